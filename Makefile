@@ -1,0 +1,30 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each creates the venv if missing.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= out/demo
+
+.PHONY: demo test lint venv clean
+
+$(BIN)/.installed: pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch==2.13.0 first and alone, so pip takes the CPU build on disk, never a CUDA one.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[distill,bench,dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/distill run --dataset synthetic --out $(OUT) --force
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check distill serve bench tests
+	$(BIN)/mypy serve
+
+clean:
+	rm -rf out .pytest_cache

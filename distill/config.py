@@ -1,0 +1,91 @@
+"""The run config: one frozen dataclass, every field a CLI option, saved in every bundle's manifest."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
+
+from distill.errors import ConfigError
+
+
+def _opt(default: object, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `distill run` needs. Field order is the order of `distill run --help`."""
+
+    dataset: str = _opt("synthetic", "dataset spec: synthetic[:key=value,...] | planetoid:PATH | npz:PATH")
+    split: int = _opt(0, "which fixed split of an npz dataset to use")
+    teacher: str = _opt("gat", "teacher architecture", ("gat", "gcn", "sage"))
+    teacher_layers: int = _opt(6, "teacher message-passing layers")
+    teacher_hidden: int = _opt(64, "teacher width (all heads together for gat)")
+    teacher_heads: int = _opt(4, "attention heads per gat layer")
+    teacher_dropout: float = _opt(0.5, "teacher feature dropout")
+    attn_dropout: float = _opt(0.3, "dropout on gat attention coefficients")
+    teacher_norm: str = _opt("layer", "normalisation in each teacher block", ("layer", "batch", "none"))
+    teacher_residual: bool = _opt(True, "residual connection around each gat block")
+    teacher_jk: str = _opt("none", "jumping knowledge over gat blocks", ("none", "cat", "max"))
+    teacher_fanout: int = _opt(0, "cap on in-neighbours the teacher sees (0 = full graph; useful on CPU for big graphs)")
+    student: str = _opt("gcn", "student architecture", ("gcn", "sage", "mlp"))
+    student_layers: int = _opt(2, "student layers (= hops of the served neighbourhood for gcn/sage)")
+    student_hidden: int = _opt(64, "student width")
+    student_dropout: float = _opt(0.5, "student feature dropout")
+    fanout: int = _opt(10, "neighbourhood policy: in-neighbours kept per node at every hop")
+    temperature: float = _opt(4.0, "distillation temperature T")
+    alpha: float = _opt(0.5, "weight of the soft-target KL term (1 - alpha weighs the hard-label CE)")
+    feature_norm: str = _opt("auto", "input normalisation inside the models (auto: row for planetoid, standard otherwise)",
+                             ("auto", "none", "row", "standard"))
+    epochs: int = _opt(300, "max epochs for every model (same budget for teacher, scratch, distilled)")
+    patience: int = _opt(50, "early-stopping patience on the validation metric")
+    lr: float = _opt(0.01, "Adam learning rate")
+    weight_decay: float = _opt(5e-4, "Adam weight decay")
+    seed: int = _opt(0, "seed for initialisation, dropout and the neighbourhood policy")
+    device: str = _opt("auto", "auto (CUDA when present) | cpu | cuda[:N]")
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ConfigError(f"{_flag(f.name)} {value!r} is not one of {list(choices)}")
+        positive = ("teacher_layers", "teacher_hidden", "teacher_heads", "student_layers", "student_hidden",
+                    "fanout", "epochs", "patience")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_flag(name)} {getattr(self, name)} must be >= 1")
+        if self.teacher_fanout < 0:
+            raise ConfigError(f"--teacher-fanout {self.teacher_fanout} must be >= 0 (0 = full graph)")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"--alpha {self.alpha} must lie in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError(f"--temperature {self.temperature} must be > 0")
+        for name in ("teacher_dropout", "attn_dropout", "student_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{_flag(name)} {getattr(self, name)} must lie in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """Rebuild a config (e.g. from a manifest); unknown keys are rejected, not ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def cli_fields() -> list[tuple[str, Any, str, tuple[str, ...] | None]]:
+    """(flag, default, help, choices) for every field, for the argument parser."""
+    return [
+        (_flag(f.name), f.default, f.metadata["help"], f.metadata.get("choices"))
+        for f in fields(RunConfig)
+        if f.default is not MISSING
+    ]

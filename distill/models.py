@@ -1,0 +1,227 @@
+"""Teachers and students as plain `nn.Module`s built from PyG convs, and the registry that names them.
+
+Every model's `run` returns `NodeOutputs`: logits plus per-layer node embeddings (and, for GAT,
+per-layer attention), the one API that feature- and structure-based distillation read.
+Students also have `forward_dense(x, adj)`: the same maths on a dense propagation matrix, which is
+what gets exported to ONNX (MatMul runs far faster in onnxruntime than scatter ops).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import GATConv, GCNConv, GraphConv, JumpingKnowledge, SAGEConv
+
+from distill.errors import ConfigError
+
+
+@dataclass
+class NodeOutputs:
+    """logits [N, C]; hidden: one [N, H_l] per layer; attention: (edge_index [2, E], alpha [E, heads]) per GAT layer."""
+
+    logits: Tensor
+    hidden: list[Tensor] = field(default_factory=list)
+    attention: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+
+
+class FeatureNorm(nn.Module):
+    """Input normalisation stored inside the model, so the ONNX file takes raw features.
+
+    `row`: divide each row by its L1 norm (bag-of-words); `standard`: z-score with train statistics.
+    """
+
+    def __init__(self, mode: str = "none", mean: Tensor | None = None, std: Tensor | None = None) -> None:
+        super().__init__()
+        self.mode = mode
+        self.register_buffer("mean", mean if mean is not None else torch.zeros(0))
+        self.register_buffer("std", std if std is not None else torch.ones(0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "row":
+            return x / x.abs().sum(dim=-1, keepdim=True).clamp(min=1e-12)
+        if self.mode == "standard":
+            return (x - self.mean) / self.std
+        return x
+
+
+class GAT(nn.Module):
+    """Deep GAT teacher: input projection, `num_layers` GATConv blocks with residual connections,
+    normalisation and attention dropout, optional jumping knowledge, linear classifier."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
+                 dropout: float = 0.5, heads: int = 4, attn_dropout: float = 0.3,
+                 residual: bool = True, norm: str = "layer", jk: str = "none") -> None:
+        super().__init__()
+        if hidden_channels % heads:
+            raise ConfigError(f"hidden_channels={hidden_channels} must be divisible by heads={heads}")
+        self.dropout, self.residual = dropout, residual
+        self.lin_in = nn.Linear(in_channels, hidden_channels)
+        self.convs = nn.ModuleList(
+            GATConv(hidden_channels, hidden_channels // heads, heads=heads, dropout=attn_dropout)
+            for _ in range(num_layers)
+        )
+        self.norms = nn.ModuleList(_norm(norm, hidden_channels) for _ in range(num_layers))
+        self.jk = JumpingKnowledge(jk, hidden_channels, num_layers) if jk != "none" else None
+        jk_width = hidden_channels * num_layers if jk == "cat" else hidden_channels
+        self.lin_out = nn.Linear(jk_width, out_channels)
+        self.feature_norm = FeatureNorm()
+
+    def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
+        h = self.lin_in(F.dropout(self.feature_norm(x), self.dropout, self.training))
+        hidden, attention = [], []
+        for conv, norm in zip(self.convs, self.norms):
+            z, (att_ei, alpha) = conv(h, edge_index, return_attention_weights=True)
+            z = F.dropout(F.elu(norm(z)), self.dropout, self.training)
+            h = h + z if self.residual else z
+            hidden.append(h)
+            attention.append((att_ei, alpha))
+        out = self.jk(hidden) if self.jk is not None else h
+        return NodeOutputs(self.lin_out(out), hidden, attention)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        return self.run(x, edge_index, edge_weight).logits
+
+
+class _Stack(nn.Module):
+    """Shared body of the GCN / SAGE / MLP students and the GCN / SAGE teachers."""
+
+    convs: nn.ModuleList
+
+    def __init__(self, dropout: float) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.feature_norm = FeatureNorm()
+
+    def layer(self, i: int, h: Tensor, edge_index: Tensor, edge_weight: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def dense_layer(self, i: int, h: Tensor, adj: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _stack(self, x: Tensor, step: Callable[[int, Tensor], Tensor]) -> NodeOutputs:
+        h = self.feature_norm(x)
+        hidden = []
+        for i in range(len(self.convs)):
+            h = step(i, F.dropout(h, self.dropout, self.training))
+            if i < len(self.convs) - 1:
+                h = F.relu(h)
+                hidden.append(h)
+        hidden.append(h)
+        return NodeOutputs(h, hidden)
+
+    def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
+        return self._stack(x, lambda i, h: self.layer(i, h, edge_index, edge_weight))
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        return self.run(x, edge_index, edge_weight).logits
+
+    def forward_dense(self, x: Tensor, adj: Tensor) -> Tensor:
+        """x [n, F], adj [n, n] (adj[i, j] = P[i, j]) -> logits [n, C]; equals `forward` on the same edges."""
+        return self._stack(x, lambda i, h: self.dense_layer(i, h, adj)).logits
+
+
+def _widths(in_channels: int, hidden_channels: int, num_layers: int, out_channels: int) -> list[int]:
+    if num_layers < 1:
+        raise ConfigError(f"num_layers={num_layers} must be >= 1")
+    return [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
+
+
+class GCN(_Stack):
+    """GCN. `normalize=False` takes the policy's precomputed propagation weights (students);
+    `normalize=True` lets GCNConv normalise the raw graph itself (teacher)."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
+                 dropout: float = 0.5, normalize: bool = False) -> None:
+        super().__init__(dropout)
+        w = _widths(in_channels, hidden_channels, num_layers, out_channels)
+        self.convs = nn.ModuleList(GCNConv(a, b, normalize=normalize) for a, b in zip(w, w[1:]))
+
+    def layer(self, i: int, h: Tensor, edge_index: Tensor, edge_weight: Tensor | None) -> Tensor:
+        return self.convs[i](h, edge_index, edge_weight)
+
+    def dense_layer(self, i: int, h: Tensor, adj: Tensor) -> Tensor:
+        conv = self.convs[i]
+        return adj @ conv.lin(h) + conv.bias
+
+
+class SAGE(_Stack):
+    """GraphSAGE-mean. As a student it is PyG `GraphConv` over the policy's 1/in-degree weights,
+    which is exactly mean aggregation and exports as MatMul; as a teacher it is `SAGEConv`."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
+                 dropout: float = 0.5, weighted: bool = True) -> None:
+        super().__init__(dropout)
+        w = _widths(in_channels, hidden_channels, num_layers, out_channels)
+        conv = GraphConv if weighted else SAGEConv
+        self.convs = nn.ModuleList(conv(a, b) for a, b in zip(w, w[1:]))
+
+    def layer(self, i: int, h: Tensor, edge_index: Tensor, edge_weight: Tensor | None) -> Tensor:
+        if isinstance(self.convs[i], GraphConv):
+            return self.convs[i](h, edge_index, edge_weight)
+        return self.convs[i](h, edge_index)
+
+    def dense_layer(self, i: int, h: Tensor, adj: Tensor) -> Tensor:
+        conv = self.convs[i]
+        return conv.lin_rel(adj @ h) + conv.lin_root(h)
+
+
+class MLP(_Stack):
+    """Graph-free student (GLNN): sees only the node's own features."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
+                 dropout: float = 0.5) -> None:
+        super().__init__(dropout)
+        w = _widths(in_channels, hidden_channels, num_layers, out_channels)
+        self.convs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(w, w[1:]))
+
+    def layer(self, i: int, h: Tensor, edge_index: Tensor, edge_weight: Tensor | None) -> Tensor:
+        return self.convs[i](h)
+
+    def dense_layer(self, i: int, h: Tensor, adj: Tensor) -> Tensor:
+        return self.convs[i](h)
+
+
+def _norm(kind: str, width: int) -> nn.Module:
+    norms: dict[str, Callable[[], nn.Module]] = {
+        "layer": lambda: nn.LayerNorm(width),
+        "batch": lambda: nn.BatchNorm1d(width),
+        "none": nn.Identity,
+    }
+    if kind not in norms:
+        raise ConfigError(f"unknown norm {kind!r}; choose one of {sorted(norms)}")
+    return norms[kind]()
+
+
+# name -> (builder, student propagation). The propagation names the policy's weights the student reads.
+TEACHERS: dict[str, Callable[..., nn.Module]] = {
+    "gat": GAT,
+    "gcn": lambda **kw: GCN(normalize=True, **kw),
+    "sage": lambda **kw: SAGE(weighted=False, **kw),
+}
+STUDENTS: dict[str, tuple[Callable[..., _Stack], str]] = {
+    "gcn": (GCN, "gcn"),
+    "sage": (SAGE, "mean"),
+    "mlp": (MLP, "none"),
+}
+
+
+def build_teacher(name: str, **kwargs: object) -> nn.Module:
+    """Build a teacher by name; unknown names raise ConfigError listing the choices."""
+    if name not in TEACHERS:
+        raise ConfigError(f"unknown teacher {name!r}; choose one of {sorted(TEACHERS)}")
+    if name != "gat":
+        kwargs = {k: v for k, v in kwargs.items() if k in ("in_channels", "hidden_channels", "num_layers",
+                                                           "out_channels", "dropout")}
+    return TEACHERS[name](**kwargs)
+
+
+def build_student(name: str, **kwargs: object) -> tuple[_Stack, str]:
+    """Build a student by name -> (model, propagation kind of the neighbourhood policy)."""
+    if name not in STUDENTS:
+        raise ConfigError(f"unknown student {name!r}; choose one of {sorted(STUDENTS)}")
+    builder, prop = STUDENTS[name]
+    return builder(**kwargs), prop

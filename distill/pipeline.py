@@ -1,0 +1,189 @@
+"""The offline job: data -> teacher -> scratch and distilled students -> verified ONNX bundle."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from distill import bundle, export, losses, policy, report
+from distill.config import RunConfig
+from distill.data import Dataset, load_dataset
+from distill.models import FeatureNorm, _Stack, build_student, build_teacher
+from distill.train import Graph, TrainConfig, fit, predict, resolve_device, test_metrics
+
+PARITY_NODES = 64
+
+
+@dataclass
+class StudentGraph:
+    """The student's view of the graph under the neighbourhood policy."""
+
+    policy: policy.NeighbourhoodPolicy
+    prop_index: Tensor
+    prop_weight: Tensor
+
+    @property
+    def graph(self) -> Graph:
+        return Graph(self.prop_index, self.prop_weight)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def feature_norm(cfg: RunConfig, ds: Dataset) -> FeatureNorm:
+    """The input normalisation every model (and so the ONNX student) carries."""
+    mode = cfg.feature_norm
+    if mode == "auto":
+        mode = "row" if ds.source["kind"] == "planetoid" else "standard"
+    x = ds.data.x[ds.data.train_mask]
+    return FeatureNorm(mode, x.mean(0), x.std(0).clamp(min=1e-6))
+
+
+def student_graph(cfg: RunConfig, ds: Dataset, propagation: str) -> StudentGraph:
+    n = ds.data.num_nodes
+    k_hops = 0 if propagation == "none" else cfg.student_layers
+    pol = policy.NeighbourhoodPolicy(cfg.fanout, k_hops, propagation, cfg.seed)
+    pruned = policy.prune(ds.data.edge_index, n, cfg.fanout, cfg.seed)
+    prop_index, prop_weight = policy.propagation(pruned, n, propagation)
+    return StudentGraph(pol, prop_index, prop_weight)
+
+
+def train_teacher(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig,
+                  device: torch.device, progress: bool) -> tuple[torch.nn.Module, Tensor, dict[str, Any]]:
+    """Train the teacher for accuracy alone -> (model, eval logits [N, C] on every node, metrics)."""
+    data = ds.data.to(device)
+    edges = ds.data.edge_index
+    if cfg.teacher_fanout:
+        edges = policy.prune(edges, ds.data.num_nodes, cfg.teacher_fanout, cfg.seed)
+    graph = Graph(edges).to(device)
+    torch.manual_seed(cfg.seed)
+    teacher = build_teacher(
+        cfg.teacher, in_channels=ds.data.num_features, hidden_channels=cfg.teacher_hidden,
+        num_layers=cfg.teacher_layers, out_channels=ds.num_classes, dropout=cfg.teacher_dropout,
+        heads=cfg.teacher_heads, attn_dropout=cfg.attn_dropout, residual=cfg.teacher_residual,
+        norm=cfg.teacher_norm, jk=cfg.teacher_jk,
+    )
+    teacher.feature_norm = FeatureNorm(norm.mode, norm.mean, norm.std)
+    teacher.to(device)
+    result = fit(teacher, data, graph, lambda out: losses.supervised(out.logits, data.y, data.train_mask),
+                 tcfg, f"teacher {cfg.teacher}", progress)
+    logits = predict(teacher, data, graph)
+    return teacher, logits, {**test_metrics(logits, data), **result.__dict__}
+
+
+def train_student(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, sg: StudentGraph, tcfg: TrainConfig,
+                  device: torch.device, teacher_logits: Tensor | None, progress: bool
+                  ) -> tuple[_Stack, Tensor, dict[str, Any]]:
+    """Scratch student when `teacher_logits` is None, else response-distilled. Same init, same budget."""
+    data = ds.data.to(device)
+    torch.manual_seed(cfg.seed)
+    student, _ = build_student(cfg.student, in_channels=ds.data.num_features, hidden_channels=cfg.student_hidden,
+                               num_layers=cfg.student_layers, out_channels=ds.num_classes,
+                               dropout=cfg.student_dropout)
+    student.feature_norm = FeatureNorm(norm.mode, norm.mean, norm.std)
+    student.to(device)
+    graph = sg.graph.to(device)
+    if teacher_logits is None:
+        def loss_fn(out: Any) -> Tensor:
+            return losses.supervised(out.logits, data.y, data.train_mask)
+        desc = f"scratch {cfg.student}"
+    else:
+        soft = teacher_logits.detach().to(device)
+
+        def loss_fn(out: Any) -> Tensor:
+            return losses.response_kd(out.logits, soft, data.y, data.train_mask, cfg.temperature, cfg.alpha)
+        desc = f"distilled {cfg.student}"
+    result = fit(student, data, graph, loss_fn, tcfg, desc, progress)
+    logits = predict(student, data, graph)
+    return student, logits, {**test_metrics(logits, data), **result.__dict__}
+
+
+def parity_nodes(num_nodes: int, example: int, prop_index: Tensor, seed: int) -> list[int]:
+    """Held-out nodes for the ONNX check: the highest-degree ones (largest neighbourhoods) plus random."""
+    degree = torch.bincount(prop_index[1], minlength=num_nodes)
+    top = degree.argsort(descending=True)[: PARITY_NODES // 4].tolist()
+    rng = np.random.default_rng(seed)
+    rand = rng.choice(num_nodes, size=min(num_nodes, PARITY_NODES), replace=False).tolist()
+    return [n for n in dict.fromkeys(top + rand) if n != example][:PARITY_NODES]
+
+
+def run(cfg: RunConfig, out: Path, force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run the whole job and write the bundle at `out`. Returns the report dict."""
+    bundle.check_target(out, force)
+    started = time.perf_counter()
+    device = resolve_device(cfg.device)
+    ds = load_dataset(cfg.dataset, cfg.split)
+    log(f"[data] {ds.name}: {ds.data.num_nodes} nodes, {ds.data.num_edges} edges, "
+        f"{ds.data.num_features} features, {ds.num_classes} classes; device {device}")
+    tcfg = TrainConfig(cfg.epochs, cfg.patience, cfg.lr, cfg.weight_decay)
+    norm = feature_norm(cfg, ds)
+    _, teacher_logits, teacher_m = train_teacher(cfg, ds, norm, tcfg, device, progress)
+    log(f"[teacher] test {report.headline(teacher_m)}")
+    _, prop = build_student(cfg.student, in_channels=1, hidden_channels=1, num_layers=1, out_channels=1)
+    sg = student_graph(cfg, ds, prop)
+    _, _, scratch_m = train_student(cfg, ds, norm, sg, tcfg, device, None, progress)
+    log(f"[scratch] test {report.headline(scratch_m)}")
+    student, student_logits, distilled_m = train_student(cfg, ds, norm, sg, tcfg, device, teacher_logits, progress)
+    log(f"[distilled] test {report.headline(distilled_m)}")
+    student, student_logits = student.cpu(), student_logits.cpu()
+    onnx_bytes, parity = _export(student, student_logits, ds, sg)
+    log(f"[export] parity max |diff| {parity.max_abs_diff:.2e} on {parity.nodes_checked} held-out neighbourhoods")
+    rep = report.build(ds, cfg, teacher_m, scratch_m, distilled_m)
+    rep["seconds"] = round(time.perf_counter() - started, 2)
+    with bundle.staging(out, force) as tmp:
+        _write(tmp, cfg, ds, sg, student, onnx_bytes, parity, rep)
+    return rep
+
+
+def _export(student: _Stack, logits: Tensor, ds: Dataset, sg: StudentGraph) -> tuple[bytes, export.Parity]:
+    graph_free = sg.policy.propagation == "none"
+    n = ds.data.num_nodes
+    example = int(torch.bincount(sg.prop_index[1], minlength=n).argmax()) if not graph_free else 0
+    subset, adj, _ = policy.neighbourhood(example, sg.policy.k_hops, sg.prop_index, sg.prop_weight, n)
+    onnx_bytes = export.export_onnx(student, ds.data.x[subset], adj, graph_free)
+    nodes = parity_nodes(n, example, sg.prop_index, sg.policy.seed)
+    parity = export.check_parity(onnx_bytes, logits, ds.data.x, sg.prop_index, sg.prop_weight,
+                                 sg.policy.k_hops, nodes, graph_free)
+    return onnx_bytes, parity
+
+
+def _write(tmp: Path, cfg: RunConfig, ds: Dataset, sg: StudentGraph, student: _Stack, onnx_bytes: bytes,
+           parity: export.Parity, rep: dict[str, Any]) -> None:
+    n = ds.data.num_nodes
+    csr = policy.to_csr(sg.prop_index, sg.prop_weight, n)
+    arrays = {"features": ds.data.x.cpu().numpy(), "node_ids": np.arange(n, dtype=np.int64), **csr}
+    graph_paths = bundle.save_graph(tmp, arrays)
+    export.save(onnx_bytes, tmp / "student.onnx")
+    bundle.write_json(tmp / "report.json", rep)
+    (tmp / "report.md").write_text(report.markdown(rep))
+    onnx_sha = bundle.sha256(tmp / "student.onnx")
+    manifest = {
+        "schema_version": bundle.SCHEMA_VERSION,
+        "version": f"{ds.name}-{cfg.student}-{onnx_sha[:12]}",
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": {"spec": cfg.dataset, "name": ds.name, "source": ds.source, "num_nodes": n,
+                    "num_features": ds.data.num_features, "num_classes": ds.num_classes,
+                    "class_names": list(ds.class_names)},
+        "model": {"file": "student.onnx", "student": cfg.student, "num_layers": cfg.student_layers,
+                  "hidden_channels": cfg.student_hidden, "inputs": export.input_names(sg.policy.propagation == "none"),
+                  "outputs": ["logits"], "opset": export.OPSET,
+                  "params": sum(p.numel() for p in student.parameters())},
+        "policy": {"name": "topk_in_neighbours", "score": "hash", **sg.policy.__dict__},
+        "graph": graph_paths,
+        "metrics": {k: rep[k] for k in ("teacher", "scratch", "distilled")},
+        "parity": parity.__dict__,
+        "config": cfg.to_dict(),
+        "seed": cfg.seed,
+        "versions": bundle.library_versions(),
+        "files": bundle.file_hashes(tmp),
+    }
+    bundle.write_json(tmp / "manifest.json", manifest)

@@ -1,0 +1,64 @@
+"""The run report: teacher / scratch / distilled side by side, as JSON and as markdown."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from distill.config import RunConfig
+from distill.data import Dataset
+from distill.train import selection_metric
+
+ROLES = ("teacher", "scratch", "distilled")
+METRICS = ("accuracy", "macro_f1", "auroc")
+
+
+def _clean(value: Any) -> Any:
+    """NaN (a class absent from the test set) becomes null so the JSON stays strict."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 6)
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def build(ds: Dataset, cfg: RunConfig, teacher: dict[str, Any], scratch: dict[str, Any],
+          distilled: dict[str, Any]) -> dict[str, Any]:
+    """Assemble report.json, with flags for results a user must not miss."""
+    rep: dict[str, Any] = {role: {k: _clean(v) for k, v in m.items()}
+                           for role, m in zip(ROLES, (teacher, scratch, distilled))}
+    key = selection_metric(ds.num_classes)
+    flags = []
+    if (teacher[key] or 0) <= (scratch[key] or 0):
+        flags.append(f"teacher ({cfg.teacher}) does not beat the scratch student on test {key}: "
+                     f"{teacher[key]:.4f} <= {scratch[key]:.4f}")
+    if (distilled[key] or 0) < (scratch[key] or 0):
+        flags.append(f"distilled student is below the scratch student on test {key}: "
+                     f"{distilled[key]:.4f} < {scratch[key]:.4f}")
+    rep.update({"flags": flags, "dataset": ds.name, "class_names": list(ds.class_names),
+                "teacher_name": f"{cfg.teacher}-{cfg.teacher_layers}", "student": f"{cfg.student}-{cfg.student_layers}",
+                "selection_metric": key})
+    return rep
+
+
+def headline(m: dict[str, Any]) -> str:
+    return " ".join(f"{k} {m[k]:.4f}" if m[k] is not None else f"{k} n/a" for k in METRICS)
+
+
+def markdown(rep: dict[str, Any]) -> str:
+    """A table a person reads: one row per model, recall per class, then the flags."""
+    names = rep["class_names"]
+    head = "| model | " + " | ".join(METRICS) + " | " + " | ".join(f"recall {c}" for c in names) + " | epochs |"
+    lines = [f"# {rep['dataset']}: {rep['teacher_name']} teacher -> {rep['student']} student", "", head,
+             "|" + "---|" * (len(METRICS) + len(names) + 2)]
+    for role in ROLES:
+        m = rep[role]
+        cells = [_fmt(m[k]) for k in METRICS] + [_fmt(r) for r in m["per_class_recall"]]
+        lines.append(f"| {role} | " + " | ".join(cells) + f" | {m['epochs_run']} |")
+    lines += ["", "Test set. Early stopping on validation " + rep["selection_metric"] + "."]
+    lines += [f"- **flag:** {f}" for f in rep["flags"]] or ["- no flags"]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
