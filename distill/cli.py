@@ -19,7 +19,9 @@ def _bool(text: str) -> bool:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="distill", description="Distil a large GNN teacher into a small ONNX student bundle.")
+    p = argparse.ArgumentParser(
+        prog="distill", description="Distil a large GNN teacher into a small ONNX student bundle."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train teacher, scratch and distilled students; write a bundle",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -47,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from distill import pipeline, report  # torch/PyG import only once the arguments are valid
-
     values = {k: v for k, v in vars(args).items() if k not in ("command", "out", "force", "quiet")}
     cfg = RunConfig.from_dict(values)
+    from distill import pipeline, report  # torch/PyG import only once the arguments are valid
+
     rep = pipeline.run(cfg, args.out, force=args.force, progress=not args.quiet)
     print(report.markdown(rep))
     print(f"bundle written to {args.out} in {rep['seconds']:.1f}s")

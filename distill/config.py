@@ -27,7 +27,8 @@ class RunConfig:
     teacher_norm: str = _opt("layer", "normalisation in each teacher block", ("layer", "batch", "none"))
     teacher_residual: bool = _opt(True, "residual connection around each gat block")
     teacher_jk: str = _opt("none", "jumping knowledge over gat blocks", ("none", "cat", "max"))
-    teacher_fanout: int = _opt(0, "cap on in-neighbours the teacher sees (0 = full graph; useful on CPU for big graphs)")
+    teacher_fanout: int = _opt(0, "cap on in-neighbours the teacher sees (0 = full graph; "
+                                  "useful on CPU for big graphs)")
     student: str = _opt("gcn", "student architecture", ("gcn", "sage", "mlp"))
     student_layers: int = _opt(2, "student layers (= hops of the served neighbourhood for gcn/sage)")
     student_hidden: int = _opt(64, "student width")
@@ -35,8 +36,8 @@ class RunConfig:
     fanout: int = _opt(10, "neighbourhood policy: in-neighbours kept per node at every hop")
     temperature: float = _opt(4.0, "distillation temperature T")
     alpha: float = _opt(0.5, "weight of the soft-target KL term (1 - alpha weighs the hard-label CE)")
-    feature_norm: str = _opt("auto", "input normalisation inside the models (auto: row for planetoid, standard otherwise)",
-                             ("auto", "none", "row", "standard"))
+    feature_norm: str = _opt("auto", "input normalisation inside the models "
+                             "(auto: row for planetoid, standard otherwise)", ("auto", "none", "row", "standard"))
     epochs: int = _opt(300, "max epochs for every model (same budget for teacher, scratch, distilled)")
     patience: int = _opt(50, "early-stopping patience on the validation metric")
     lr: float = _opt(0.01, "Adam learning rate")

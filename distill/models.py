@@ -8,8 +8,8 @@ what gets exported to ONNX (MatMul runs far faster in onnxruntime than scatter o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +73,7 @@ class GAT(nn.Module):
     def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
         h = self.lin_in(F.dropout(self.feature_norm(x), self.dropout, self.training))
         hidden, attention = [], []
-        for conv, norm in zip(self.convs, self.norms):
+        for conv, norm in zip(self.convs, self.norms, strict=True):
             z, (att_ei, alpha) = conv(h, edge_index, return_attention_weights=True)
             z = F.dropout(F.elu(norm(z)), self.dropout, self.training)
             h = h + z if self.residual else z
@@ -138,7 +138,7 @@ class GCN(_Stack):
                  dropout: float = 0.5, normalize: bool = False) -> None:
         super().__init__(dropout)
         w = _widths(in_channels, hidden_channels, num_layers, out_channels)
-        self.convs = nn.ModuleList(GCNConv(a, b, normalize=normalize) for a, b in zip(w, w[1:]))
+        self.convs = nn.ModuleList(GCNConv(a, b, normalize=normalize) for a, b in zip(w, w[1:], strict=False))
 
     def layer(self, i: int, h: Tensor, edge_index: Tensor, edge_weight: Tensor | None) -> Tensor:
         return self.convs[i](h, edge_index, edge_weight)
@@ -157,7 +157,7 @@ class SAGE(_Stack):
         super().__init__(dropout)
         w = _widths(in_channels, hidden_channels, num_layers, out_channels)
         conv = GraphConv if weighted else SAGEConv
-        self.convs = nn.ModuleList(conv(a, b) for a, b in zip(w, w[1:]))
+        self.convs = nn.ModuleList(conv(a, b) for a, b in zip(w, w[1:], strict=False))
 
     def layer(self, i: int, h: Tensor, edge_index: Tensor, edge_weight: Tensor | None) -> Tensor:
         if isinstance(self.convs[i], GraphConv):
@@ -176,7 +176,7 @@ class MLP(_Stack):
                  dropout: float = 0.5) -> None:
         super().__init__(dropout)
         w = _widths(in_channels, hidden_channels, num_layers, out_channels)
-        self.convs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(w, w[1:]))
+        self.convs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(w, w[1:], strict=False))
 
     def layer(self, i: int, h: Tensor, edge_index: Tensor, edge_weight: Tensor | None) -> Tensor:
         return self.convs[i](h)

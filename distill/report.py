@@ -26,7 +26,7 @@ def build(ds: Dataset, cfg: RunConfig, teacher: dict[str, Any], scratch: dict[st
           distilled: dict[str, Any]) -> dict[str, Any]:
     """Assemble report.json, with flags for results a user must not miss."""
     rep: dict[str, Any] = {role: {k: _clean(v) for k, v in m.items()}
-                           for role, m in zip(ROLES, (teacher, scratch, distilled))}
+                           for role, m in zip(ROLES, (teacher, scratch, distilled), strict=True)}
     key = selection_metric(ds.num_classes)
     flags = []
     if (teacher[key] or 0) <= (scratch[key] or 0):

@@ -16,6 +16,7 @@ class SyntheticConfig:
     nodes: int = 2000
     avg_degree: float = 8.0
     features: int = 32
+    # Share of edges drawn inside the class; the rest join random nodes (and some of those match too).
     homophily: float = 0.8
     # Class shares, most common first: legit / suspicious / fraud.
     rare_share: float = 0.05
@@ -31,7 +32,7 @@ class SyntheticConfig:
             "features": self.features >= 1,
             "homophily": 0.0 <= self.homophily <= 1.0,
             "rare_share": 0 < self.rare_share < 0.5,
-            "mid_share": 0 < self.mid_share and self.rare_share + self.mid_share < 1,
+            "mid_share": self.mid_share > 0 and self.rare_share + self.mid_share < 1,
             "signal": self.signal >= 0,
             "power": self.power > 1.0,
         }
