@@ -7,6 +7,8 @@ from typing import Any
 
 from distill.errors import ConfigError
 
+KD_KINDS = ("response", "feature", "structure")
+
 
 def _opt(default: object, help: str, choices: tuple[str, ...] | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
@@ -34,8 +36,13 @@ class RunConfig:
     student_hidden: int = _opt(64, "student width")
     student_dropout: float = _opt(0.5, "student feature dropout")
     fanout: int = _opt(10, "neighbourhood policy: in-neighbours kept per node at every hop")
+    kd: str = _opt("response", "distillation objectives, comma-separated: response,feature,structure (or none)")
     temperature: float = _opt(4.0, "distillation temperature T")
     alpha: float = _opt(0.5, "weight of the soft-target KL term (1 - alpha weighs the hard-label CE)")
+    beta: float = _opt(1.0, "weight of the feature-distillation term (normalised-embedding MSE)")
+    gamma: float = _opt(1.0, "weight of the structure-distillation term (LSP neighbourhood KL)")
+    layer_map: str = _opt("", "teacher:student layer pairs for feature/structure KD, e.g. 3:1,6:2 "
+                          "(default: every N-th teacher layer)")
     feature_norm: str = _opt("auto", "input normalisation inside the models "
                              "(auto: row for planetoid, standard otherwise)", ("auto", "none", "row", "standard"))
     epochs: int = _opt(300, "max epochs for every model (same budget for teacher, scratch, distilled)")
@@ -60,11 +67,23 @@ class RunConfig:
             raise ConfigError(f"--teacher-fanout {self.teacher_fanout} must be >= 0 (0 = full graph)")
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"--alpha {self.alpha} must lie in [0, 1]")
+        parse_kinds(self.kd)
+        layer_map(self.layer_map, self.teacher_layers, self.student_layers)
+        if self.beta < 0 or self.gamma < 0:
+            raise ConfigError(f"--beta {self.beta} and --gamma {self.gamma} must be >= 0")
         if self.temperature <= 0:
             raise ConfigError(f"--temperature {self.temperature} must be > 0")
         for name in ("teacher_dropout", "attn_dropout", "student_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{_flag(name)} {getattr(self, name)} must lie in [0, 1)")
+
+    @property
+    def kd_kinds(self) -> tuple[str, ...]:
+        return parse_kinds(self.kd)
+
+    @property
+    def layer_pairs(self) -> list[tuple[int, int]]:
+        return layer_map(self.layer_map, self.teacher_layers, self.student_layers)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,6 +96,33 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
         return cls(**values)
+
+
+def parse_kinds(text: str) -> tuple[str, ...]:
+    """`response,feature` -> ("response", "feature"); `none` or empty -> (). Unknown names raise."""
+    kinds = tuple(k for k in (t.strip() for t in text.split(",")) if k and k != "none")
+    bad = [k for k in kinds if k not in KD_KINDS]
+    if bad:
+        raise ConfigError(f"--kd {text!r}: unknown {bad}; choose any of {list(KD_KINDS)} (comma-separated) or none")
+    return tuple(k for k in KD_KINDS if k in kinds)
+
+
+def layer_map(spec: str, teacher_layers: int, student_layers: int) -> list[tuple[int, int]]:
+    """Pairs (teacher layer, student layer), 1-based. Default: every N-th teacher layer, so a 6-layer
+    teacher and a 2-layer student give [(3, 1), (6, 2)]; explicit: `2:1,6:2`."""
+    if not spec:
+        return [(round(teacher_layers * s / student_layers), s) for s in range(1, student_layers + 1)]
+    pairs = []
+    for item in spec.split(","):
+        t, sep, s = item.partition(":")
+        if not (sep and t.strip().isdigit() and s.strip().isdigit()):
+            raise ConfigError(f"--layer-map {spec!r}: expected TEACHER:STUDENT pairs like 3:1,6:2")
+        pair = (int(t), int(s))
+        if not (1 <= pair[0] <= teacher_layers and 1 <= pair[1] <= student_layers):
+            raise ConfigError(f"--layer-map {spec!r}: {item} outside teacher 1..{teacher_layers}, "
+                              f"student 1..{student_layers}")
+        pairs.append(pair)
+    return pairs
 
 
 def _flag(name: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import GATConv, GCNConv, GraphConv, JumpingKnowledge, SAGEConv
+from torch_geometric.nn import GATConv, GCNConv, GraphConv, JumpingKnowledge
 
 from distill.errors import ConfigError
 
@@ -149,20 +149,21 @@ class GCN(_Stack):
 
 
 class SAGE(_Stack):
-    """GraphSAGE-mean. As a student it is PyG `GraphConv` over the policy's 1/in-degree weights,
-    which is exactly mean aggregation and exports as MatMul; as a teacher it is `SAGEConv`."""
+    """GraphSAGE-mean built from PyG `GraphConv` (lin_rel on aggregated neighbours + lin_root on self).
+
+    Student: `aggr="add"` over the policy's 1/in-degree weights, which is exactly mean aggregation
+    and exports as MatMul. Teacher: `aggr="mean"`, which still takes edge weights (all ones by
+    default), so gradient-based edge importance works for it too.
+    """
 
     def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
-                 dropout: float = 0.5, weighted: bool = True) -> None:
+                 dropout: float = 0.5, aggr: str = "add") -> None:
         super().__init__(dropout)
         w = _widths(in_channels, hidden_channels, num_layers, out_channels)
-        conv = GraphConv if weighted else SAGEConv
-        self.convs = nn.ModuleList(conv(a, b) for a, b in zip(w, w[1:], strict=False))
+        self.convs = nn.ModuleList(GraphConv(a, b, aggr=aggr) for a, b in zip(w, w[1:], strict=False))
 
     def layer(self, i: int, h: Tensor, edge_index: Tensor, edge_weight: Tensor | None) -> Tensor:
-        if isinstance(self.convs[i], GraphConv):
-            return self.convs[i](h, edge_index, edge_weight)
-        return self.convs[i](h, edge_index)
+        return self.convs[i](h, edge_index, edge_weight)
 
     def dense_layer(self, i: int, h: Tensor, adj: Tensor) -> Tensor:
         conv = self.convs[i]
@@ -200,7 +201,7 @@ def _norm(kind: str, width: int) -> nn.Module:
 TEACHERS: dict[str, Callable[..., nn.Module]] = {
     "gat": GAT,
     "gcn": lambda **kw: GCN(normalize=True, **kw),
-    "sage": lambda **kw: SAGE(weighted=False, **kw),
+    "sage": lambda **kw: SAGE(aggr="mean", **kw),
 }
 STUDENTS: dict[str, tuple[Callable[..., _Stack], str]] = {
     "gcn": (GCN, "gcn"),

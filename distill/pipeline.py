@@ -13,10 +13,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from distill import bundle, export, losses, policy, report
+from distill import bundle, export, kd, losses, policy, report
 from distill.config import RunConfig
 from distill.data import Dataset, load_dataset
-from distill.models import FeatureNorm, _Stack, build_student, build_teacher
+from distill.errors import ConfigError
+from distill.models import STUDENTS, FeatureNorm, _Stack, build_student, build_teacher
 from distill.train import Graph, TrainConfig, fit, predict, resolve_device, test_metrics
 
 PARITY_NODES = 64
@@ -27,8 +28,16 @@ class StudentGraph:
     """The student's view of the graph under the neighbourhood policy."""
 
     policy: policy.NeighbourhoodPolicy
+    pruned: Tensor
     prop_index: Tensor
     prop_weight: Tensor
+    score: str = "hash"
+
+    @property
+    def neighbour_edges(self) -> Tensor:
+        """The pruned graph's edges [2, E] (no self-loops): whose similarities LSP distils.
+        A graph-free student still learns its teacher's local structure over the policy's edges."""
+        return self.pruned
 
     @property
     def graph(self) -> Graph:
@@ -48,18 +57,27 @@ def feature_norm(cfg: RunConfig, ds: Dataset) -> FeatureNorm:
     return FeatureNorm(mode, x.mean(0), x.std(0).clamp(min=1e-6))
 
 
-def student_graph(cfg: RunConfig, ds: Dataset, propagation: str) -> StudentGraph:
+def propagation_of(student: str) -> str:
+    """The propagation weights a student reads (gcn / mean / none)."""
+    if student not in STUDENTS:
+        raise ConfigError(f"unknown student {student!r}; choose one of {sorted(STUDENTS)}")
+    return STUDENTS[student][1]
+
+
+def student_graph(cfg: RunConfig, ds: Dataset, propagation: str, importance: Tensor | None = None,
+                  score_name: str = "hash") -> StudentGraph:
+    """Prune under the policy (by teacher `importance` [E] when given, else by the seeded hash)."""
     n = ds.data.num_nodes
     k_hops = 0 if propagation == "none" else cfg.student_layers
     pol = policy.NeighbourhoodPolicy(cfg.fanout, k_hops, propagation, cfg.seed)
-    pruned = policy.prune(ds.data.edge_index, n, cfg.fanout, cfg.seed)
+    pruned = policy.prune(ds.data.edge_index, n, cfg.fanout, cfg.seed, importance)
     prop_index, prop_weight = policy.propagation(pruned, n, propagation)
-    return StudentGraph(pol, prop_index, prop_weight)
+    return StudentGraph(pol, pruned, prop_index, prop_weight, score_name)
 
 
 def train_teacher(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig,
-                  device: torch.device, progress: bool) -> tuple[torch.nn.Module, Tensor, dict[str, Any]]:
-    """Train the teacher for accuracy alone -> (model, eval logits [N, C] on every node, metrics)."""
+                  device: torch.device, progress: bool) -> tuple[torch.nn.Module, Graph, dict[str, Any]]:
+    """Train the teacher for accuracy alone -> (model, the graph it saw, test metrics)."""
     data = ds.data.to(device)
     edges = ds.data.edge_index
     if cfg.teacher_fanout:
@@ -77,34 +95,75 @@ def train_teacher(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainCon
     result = fit(teacher, data, graph, lambda out: losses.supervised(out.logits, data.y, data.train_mask),
                  tcfg, f"teacher {cfg.teacher}", progress)
     logits = predict(teacher, data, graph)
-    return teacher, logits, {**test_metrics(logits, data), **result.__dict__}
+    return teacher, graph, {**test_metrics(logits, data), **result.__dict__}
+
+
+@torch.no_grad()
+def teacher_signals(teacher: torch.nn.Module, ds: Dataset, graph: Graph, device: torch.device) -> kd.TeacherSignals:
+    """Eval-mode logits and per-layer embeddings of the trained teacher, detached."""
+    teacher.eval()
+    out = teacher.run(ds.data.x.to(device), graph.edge_index, graph.edge_weight)
+    return kd.TeacherSignals(out.logits.detach(), [h.detach() for h in out.hidden])
+
+
+def edge_importance(cfg: RunConfig, teacher: torch.nn.Module, ds: Dataset, graph: Graph,
+                    device: torch.device) -> Tensor:
+    """The teacher's importance of every data edge [E]: GAT attention (mean over heads and the teacher
+    layers of the layer map), or |d(predicted-class log-prob) / d(edge weight)| for other teachers."""
+    teacher.eval()
+    x = ds.data.x.to(device)
+    layers = [t for t, _ in cfg.layer_pairs]
+    if cfg.teacher == "gat":
+        with torch.no_grad():
+            attention = teacher.run(x, graph.edge_index).attention
+        scored = attention[0][0]
+        score = torch.stack([attention[t - 1][1].mean(-1) for t in layers]).mean(0)
+    else:
+        weight = torch.ones(graph.edge_index.size(1), device=device, requires_grad=True)
+        log_probs = torch.log_softmax(teacher(x, graph.edge_index, weight), -1)
+        log_probs.max(-1).values.sum().backward()
+        scored, score = graph.edge_index, weight.grad.abs()
+    return kd.importance_on_edges(ds.data.edge_index, scored.cpu(), score.cpu(), ds.data.num_nodes)
 
 
 def train_student(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, sg: StudentGraph, tcfg: TrainConfig,
-                  device: torch.device, teacher_logits: Tensor | None, progress: bool
-                  ) -> tuple[_Stack, Tensor, dict[str, Any]]:
-    """Scratch student when `teacher_logits` is None, else response-distilled. Same init, same budget."""
+                  device: torch.device, teacher: kd.TeacherSignals | None, progress: bool,
+                  kinds: tuple[str, ...] | None = None) -> tuple[_Stack, Tensor, dict[str, Any]]:
+    """Scratch student when `teacher` is None, else distilled with `kinds` (default: cfg.kd).
+    Same initialisation, same budget, same loop either way."""
     data = ds.data.to(device)
+    kinds = () if teacher is None else (cfg.kd_kinds if kinds is None else kinds)
     torch.manual_seed(cfg.seed)
     student, _ = build_student(cfg.student, in_channels=ds.data.num_features, hidden_channels=cfg.student_hidden,
                                num_layers=cfg.student_layers, out_channels=ds.num_classes,
                                dropout=cfg.student_dropout)
     student.feature_norm = FeatureNorm(norm.mode, norm.mean, norm.std)
+    widths = [cfg.student_hidden] * (cfg.student_layers - 1) + [ds.num_classes]
+    teacher_widths = [h.size(1) for h in teacher.hidden] if teacher is not None else []
+    objective = kd.Objective(kinds, cfg.layer_pairs, widths, teacher_widths, cfg.alpha, cfg.temperature,
+                             cfg.beta, cfg.gamma)
     student.to(device)
+    objective.to(device)
     graph = sg.graph.to(device)
-    if teacher_logits is None:
-        def loss_fn(out: Any) -> Tensor:
-            return losses.supervised(out.logits, data.y, data.train_mask)
-        desc = f"scratch {cfg.student}"
-    else:
-        soft = teacher_logits.detach().to(device)
-
-        def loss_fn(out: Any) -> Tensor:
-            return losses.response_kd(out.logits, soft, data.y, data.train_mask, cfg.temperature, cfg.alpha)
-        desc = f"distilled {cfg.student}"
-    result = fit(student, data, graph, loss_fn, tcfg, desc, progress)
+    lsp_edges = sg.neighbour_edges.to(device)
+    desc = f"{'+'.join(kinds) or 'scratch'} {cfg.student}"
+    result = fit(student, data, graph, lambda out: objective(out, data.y, data.train_mask, teacher, lsp_edges),
+                 tcfg, desc, progress, extra=objective)
     logits = predict(student, data, graph)
-    return student, logits, {**test_metrics(logits, data), **result.__dict__}
+    return student, logits, {**test_metrics(logits, data), **result.__dict__, "kd": list(kinds)}
+
+
+def distilled_graph(cfg: RunConfig, ds: Dataset, kinds: tuple[str, ...], teacher: torch.nn.Module,
+                    tgraph: Graph, device: torch.device) -> StudentGraph:
+    """The distilled student's graph. With structure KD the policy keeps the neighbours the teacher
+    found most important, so a student without attention still uses the teacher's edge importances,
+    and the service serves exactly that graph."""
+    prop = propagation_of(cfg.student)
+    if "structure" not in kinds or prop == "none":
+        return student_graph(cfg, ds, prop)
+    importance = edge_importance(cfg, teacher, ds, tgraph, device)
+    name = "teacher_attention" if cfg.teacher == "gat" else "teacher_gradient"
+    return student_graph(cfg, ds, prop, importance, name)
 
 
 def parity_nodes(num_nodes: int, example: int, prop_index: Tensor, seed: int) -> list[int]:
@@ -126,14 +185,15 @@ def run(cfg: RunConfig, out: Path, force: bool = False, progress: bool = True) -
         f"{ds.data.num_features} features, {ds.num_classes} classes; device {device}")
     tcfg = TrainConfig(cfg.epochs, cfg.patience, cfg.lr, cfg.weight_decay)
     norm = feature_norm(cfg, ds)
-    _, teacher_logits, teacher_m = train_teacher(cfg, ds, norm, tcfg, device, progress)
+    teacher, tgraph, teacher_m = train_teacher(cfg, ds, norm, tcfg, device, progress)
     log(f"[teacher] test {report.headline(teacher_m)}")
-    _, prop = build_student(cfg.student, in_channels=1, hidden_channels=1, num_layers=1, out_channels=1)
-    sg = student_graph(cfg, ds, prop)
-    _, _, scratch_m = train_student(cfg, ds, norm, sg, tcfg, device, None, progress)
+    signals = teacher_signals(teacher, ds, tgraph, device)
+    _, _, scratch_m = train_student(cfg, ds, norm, student_graph(cfg, ds, propagation_of(cfg.student)), tcfg,
+                                    device, None, progress)
     log(f"[scratch] test {report.headline(scratch_m)}")
-    student, student_logits, distilled_m = train_student(cfg, ds, norm, sg, tcfg, device, teacher_logits, progress)
-    log(f"[distilled] test {report.headline(distilled_m)}")
+    sg = distilled_graph(cfg, ds, cfg.kd_kinds, teacher, tgraph, device)
+    student, student_logits, distilled_m = train_student(cfg, ds, norm, sg, tcfg, device, signals, progress)
+    log(f"[distilled {cfg.kd}] test {report.headline(distilled_m)}")
     student, student_logits = student.cpu(), student_logits.cpu()
     onnx_bytes, parity = _export(student, student_logits, ds, sg)
     log(f"[export] parity max |diff| {parity.max_abs_diff:.2e} on {parity.nodes_checked} held-out neighbourhoods")
@@ -177,7 +237,7 @@ def _write(tmp: Path, cfg: RunConfig, ds: Dataset, sg: StudentGraph, student: _S
                   "hidden_channels": cfg.student_hidden, "inputs": export.input_names(sg.policy.propagation == "none"),
                   "outputs": ["logits"], "opset": export.OPSET,
                   "params": sum(p.numel() for p in student.parameters())},
-        "policy": {"name": "topk_in_neighbours", "score": "hash", **sg.policy.__dict__},
+        "policy": {"name": "topk_in_neighbours", "score": sg.score, **sg.policy.__dict__},
         "graph": graph_paths,
         "metrics": {k: rep[k] for k in ("teacher", "scratch", "distilled")},
         "parity": parity.__dict__,

@@ -76,10 +76,15 @@ def selection_metric(num_classes: int) -> str:
 
 
 def fit(model: nn.Module, data: Data, graph: Graph, loss_fn: LossFn, cfg: TrainConfig,
-        desc: str, progress: bool = True) -> FitResult:
-    """Train `model` in place on `data` (already on the device); keep the best validation state."""
+        desc: str, progress: bool = True, extra: nn.Module | None = None) -> FitResult:
+    """Train `model` in place on `data` (already on the device); keep the best validation state.
+
+    `extra` holds trainable parts of the loss (e.g. feature-distillation projections), optimised
+    alongside the model but never part of it.
+    """
     start = time.perf_counter()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     metric = selection_metric(int(data.y.max()) + 1)
     best: tuple[float, float] = (-np.inf, -np.inf)
     best_state, best_epoch, epoch = copy.deepcopy(model.state_dict()), 0, 0
