@@ -129,7 +129,8 @@ def plot(rows: list[dict[str, Any]], num_classes: dict[str, int], path: Path) ->
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
+    bars = max(len({(r["student"], r["variant"]) for r in rows if r["dataset"] == d}) for d in datasets)
+    fig, axes = plt.subplots(1, len(datasets), figsize=((0.55 * bars + 1.5) * len(datasets), 5), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         key = selection_metric(num_classes[dataset])
         drows = [r for r in rows if r["dataset"] == dataset]
@@ -146,7 +147,8 @@ def plot(rows: list[dict[str, Any]], num_classes: dict[str, int], path: Path) ->
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", action="append", required=True, help="dataset spec (repeatable)")
+    ap.add_argument("--dataset", action="append", default=[], help="dataset spec (repeatable)")
+    ap.add_argument("--from-json", type=Path, help="re-render the table and plot from an earlier --json file")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--students", default="gcn", help="comma-separated student names")
     ap.add_argument("--variants", default=",".join(kd.VARIANTS), help=f"comma-separated, of {list(kd.VARIANTS)}")
@@ -160,6 +162,12 @@ def main() -> int:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {list(kd.VARIANTS)}")
     rows: list[dict[str, Any]] = []
     num_classes: dict[str, int] = {}
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        rows, num_classes = saved["rows"], saved["num_classes"]
+        _SUPPORT.update(saved["support"])
+    elif not args.dataset:
+        raise SystemExit("give --dataset SPEC (repeatable) or --from-json FILE")
     for spec in args.dataset:
         ds = load_dataset(spec, overrides.get("split", 0))
         num_classes[ds.name] = ds.num_classes
@@ -168,7 +176,8 @@ def main() -> int:
     print(table(rows, num_classes))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows, "overrides": overrides}, indent=1))
+        args.json.write_text(json.dumps({"rows": rows, "overrides": overrides, "num_classes": num_classes,
+                                         "support": _SUPPORT}, indent=1))
     if args.png:
         plot(rows, num_classes, args.png)
         print(f"plot: {args.png}")
