@@ -17,11 +17,11 @@ class SyntheticConfig:
     avg_degree: float = 8.0
     features: int = 32
     # Share of edges drawn inside the class; the rest join random nodes (and some of those match too).
-    homophily: float = 0.8
+    homophily: float = 0.7
     # Class shares, most common first: legit / suspicious / fraud.
     rare_share: float = 0.05
     mid_share: float = 0.20
-    signal: float = 0.6
+    signal: float = 0.3
     power: float = 2.5
     seed: int = 0
 
