@@ -1,0 +1,1 @@
+"""Scoring service: serves a distill bundle with onnxruntime + numpy (never torch)."""

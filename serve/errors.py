@@ -1,0 +1,131 @@
+"""Domain errors and the one place that maps them (and every other failure) to HTTP responses.
+
+Every error body has the same shape: `{"error": {"code": str, "message": str, "detail": ...}}`.
+No handler ever puts a traceback or an exception repr in a response.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("serve")
+MAX_DETAIL = 20
+
+
+class ServeError(Exception):
+    """A failure the client (or the operator) can act on. `code` is a stable machine-readable name."""
+
+    code = "error"
+
+    def __init__(self, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class BundleError(ServeError):
+    """The bundle is missing, unknown, malformed or does not match its manifest's sha256."""
+
+    code = "bundle_invalid"
+
+
+class NotReady(ServeError):
+    code = "not_ready"
+
+
+class EmptyBatch(ServeError):
+    code = "empty_batch"
+
+
+class BatchTooLarge(ServeError):
+    code = "batch_too_large"
+
+
+class BodyTooLarge(ServeError):
+    code = "body_too_large"
+
+
+class InvalidFeatures(ServeError):
+    code = "invalid_features"
+
+
+class UnknownNodes(ServeError):
+    code = "unknown_nodes"
+
+
+class UnknownNeighbors(ServeError):
+    code = "unknown_neighbors"
+
+
+# The one mapping from domain error to status code. Subclasses not listed fall back to 500.
+STATUS: dict[type[ServeError], int] = {
+    NotReady: 503,
+    BundleError: 503,
+    EmptyBatch: 422,
+    InvalidFeatures: 422,
+    BatchTooLarge: 413,
+    BodyTooLarge: 413,
+    UnknownNodes: 404,
+    UnknownNeighbors: 404,
+}
+
+
+def status_of(exc: ServeError) -> int:
+    return STATUS.get(type(exc), 500)
+
+
+def body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "detail": detail}}
+
+
+def response_for(exc: ServeError) -> JSONResponse:
+    return JSONResponse(body(exc.code, exc.message, exc.detail), status_code=status_of(exc))
+
+
+def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
+    # Keep only loc/msg/type: pydantic's `input` and `ctx` can hold the whole (huge) body or
+    # exception objects that are neither useful to the client nor JSON-serialisable.
+    # Capped: a 100k-element list of bad values must not produce a 100k-entry error body.
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()[:MAX_DETAIL]]
+
+
+async def _on_serve_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServeError)
+    return response_for(exc)
+
+
+async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    detail = _validation_detail(exc)
+    malformed = any(d["type"] == "json_invalid" for d in detail)
+    code, message = ("malformed_json", "request body is not valid JSON") if malformed else (
+        "invalid_request", "request does not match the schema")
+    return JSONResponse(body(code, message, detail), status_code=422)
+
+
+async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return JSONResponse(body(f"http_{exc.status_code}", str(exc.detail)), status_code=exc.status_code,
+                        headers=exc.headers)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Starlette re-raises after sending this, so uvicorn logs the traceback for the operator;
+    # the client only gets a generic JSON 500.
+    log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return JSONResponse(body("internal_error", "internal server error"), status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    """Register every handler on `app`."""
+    app.add_exception_handler(ServeError, _on_serve_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,86 @@
+"""Prometheus metrics on a registry of the app's own (not the process-global one), so several
+apps in one process (tests) never collide and /metrics shows only this service."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# Sub-millisecond resolution where the service lives (0.1-10 ms), coarse above.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075,
+                   0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class Metrics:
+    """Request counts, per-stage latency histograms and cache gauges."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("serve_requests", "HTTP requests by endpoint, method and status",
+                                ["endpoint", "method", "status"], registry=self.registry)
+        self.request_seconds = Histogram("serve_request_seconds", "server-side request latency by endpoint",
+                                         ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.stage_seconds = Histogram(
+            "serve_score_stage_seconds",
+            "scoring latency by stage: cache (id lookup + neighbourhood blocks), "
+            "inference (input packing + onnxruntime + softmax), total (whole score handler)",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.scored_nodes = Counter("serve_scored_nodes", "nodes scored", ["kind"], registry=self.registry)
+        for stage in ("cache", "inference", "total"):
+            self.stage_seconds.labels(stage)  # expose all series from the start
+
+    def watch_cache(self, stats: Callable[[], dict[str, Any]]) -> None:
+        """Gauges read from `stats()` at scrape time (0 until the cache exists)."""
+        for key, doc in (("entries", "cached neighbourhood blocks"), ("bytes", "bytes held by cached blocks"),
+                         ("budget_bytes", "cache memory budget"), ("hits", "cache hits since start"),
+                         ("misses", "cache misses since start"), ("hit_ratio", "hits / (hits + misses)")):
+            gauge = Gauge(f"serve_cache_{key}", doc, registry=self.registry)
+            gauge.set_function(_reader(stats, key))
+
+    def observe_score(self, cache_s: float, inference_s: float, total_s: float) -> None:
+        self.stage_seconds.labels("cache").observe(cache_s)
+        self.stage_seconds.labels("inference").observe(inference_s)
+        self.stage_seconds.labels("total").observe(total_s)
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _reader(stats: Callable[[], dict[str, Any]], key: str) -> Callable[[], float]:
+    return lambda: float(stats().get(key, 0.0))
+
+
+class MetricsMiddleware:
+    """Pure ASGI (not BaseHTTPMiddleware, which adds a task hop per request): counts every request
+    by route template (unknown paths share one label, so scanners cannot blow up cardinality)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, paths: frozenset[str]) -> None:
+        self.app, self.metrics, self.paths = app, metrics, paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client sees if the app dies before sending a start message
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            # Requests rejected before routing (e.g. body too large) have no route: use the path
+            # when it is one of ours.
+            path = str(getattr(scope.get("route"), "path", scope["path"]))
+            endpoint = path if path in self.paths else "other"
+            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)

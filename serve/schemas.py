@@ -1,0 +1,79 @@
+"""Request and response bodies. Static limits live here; limits that depend on the bundle or the
+settings (feature width, batch size) are checked by the scorer and the endpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Strict: JSON true / 1.5 / "7" are not node ids. Bounded: ids must fit numpy int64.
+NodeId = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+# allow_inf_nan=False rejects the NaN / Infinity literals Python's json module accepts.
+Feature = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class NewNodeIn(BaseModel):
+    """A node that is not in the graph, scored inductively without changing the graph."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: list[Feature] = Field(min_length=1, description="raw features, length = dataset.num_features")
+    neighbors: list[NodeId] = Field(default_factory=list, max_length=10_000,
+                                    description="external ids of existing nodes it links to")
+
+
+class ScoreRequest(BaseModel):
+    """At least one of `node_ids` / `new_nodes`; together at most SERVE_MAX_BATCH entries."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"node_ids": [0, 7]}, {"new_nodes": [{"features": [0.1, 0.2], "neighbors": [0, 7]}]}],
+    })
+
+    node_ids: list[NodeId] = Field(default_factory=list, description="external ids of existing nodes")
+    new_nodes: list[NewNodeIn] = Field(default_factory=list)
+
+
+class NodeScore(BaseModel):
+    kind: Literal["existing", "new"]
+    node_id: int | None = Field(description="external id (existing nodes) or null")
+    new_node_index: int | None = Field(description="position in `new_nodes` (new nodes) or null")
+    label: str = Field(description="predicted class name")
+    label_index: int
+    probabilities: dict[str, float] = Field(description="softmax of the logits, by class name")
+    model_version: str
+
+
+class ScoreResponse(BaseModel):
+    model_version: str
+    results: list[NodeScore]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    detail: Any = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class Status(BaseModel):
+    status: Literal["ok", "ready", "loading", "failed"]
+    reason: str | None = None
+
+
+class ModelInfo(BaseModel):
+    """Summary of the served bundle's manifest."""
+
+    version: str
+    created_at: str | None
+    dataset: dict[str, Any]
+    student: dict[str, Any]
+    policy: dict[str, Any]
+    metrics: dict[str, Any]
+    parity: dict[str, Any] | None
+    cache: dict[str, Any]
+    lineage: dict[str, Any] = Field(default_factory=dict,
+                                    description="parent / deltas / selection (bundles of refresh / select)")

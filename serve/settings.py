@@ -1,0 +1,72 @@
+"""Service settings: every field is a `SERVE_*` environment variable (or a CLI flag of `python -m serve`).
+
+Unknown `SERVE_*` variables are rejected rather than ignored, so a typo such as `SERVE_MAX_BACH`
+fails at start-up instead of silently leaving the default in place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects `taskset` / cgroup cpusets, unlike os.cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    """Validated configuration of one service process."""
+
+    model_config = SettingsConfigDict(env_prefix="SERVE_", extra="forbid", frozen=True)
+
+    bundle: Path = Field(description="bundle directory written by `distill run`")
+    host: str = Field("127.0.0.1", description="interface to bind")
+    port: int = Field(8000, ge=1, le=65535)
+    intra_op_threads: int = Field(
+        1, ge=1, le=64,
+        description="onnxruntime intra-op threads; 1 is fastest for neighbourhood-sized matrices",
+    )
+    max_batch: int = Field(64, ge=1, le=10_000, description="node_ids + new_nodes allowed in one request")
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="request body size cap")
+    cache_budget_mb: float = Field(
+        256.0, ge=0.0, description="memory for cached neighbourhoods; filled at start-up, then LRU"
+    )
+    pack_nodes: int = Field(
+        128, ge=1, le=8192,
+        description="max rows of one block-diagonal ONNX call when scoring a batch",
+    )
+    warmup_runs: int = Field(50, ge=0, le=100_000, description="inference calls before becoming ready")
+    log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_unknown_env(cls, data: object) -> object:
+        # pydantic-settings' extra="forbid" only covers init kwargs and dotenv files: an unknown
+        # SERVE_* environment variable would otherwise be dropped without a word.
+        known = {f"SERVE_{name}".upper() for name in cls.model_fields}
+        unknown = sorted(k for k in os.environ if k.upper().startswith("SERVE_") and k.upper() not in known)
+        if unknown:
+            raise ValueError(f"unknown environment variables {unknown}; known: {sorted(known)}")
+        return data
+
+    @model_validator(mode="after")
+    def _threads_fit_cores(self) -> Settings:
+        cores = available_cores()
+        # One uvicorn worker (the cache is built once per process), so workers x threads = threads.
+        if self.intra_op_threads > cores:
+            raise ValueError(
+                f"intra_op_threads={self.intra_op_threads} exceeds the {cores} available cores "
+                "(1 worker x threads must fit the cores; oversubscribed threads only add latency)"
+            )
+        return self
+
+    @property
+    def cache_budget_bytes(self) -> int:
+        return int(self.cache_budget_mb * (1 << 20))
