@@ -1,0 +1,36 @@
+"""Independent references: the torch student on the full (optionally augmented) pruned graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from distill import policy as dpolicy
+from tests.serve.conftest import TinyBundle
+
+
+def new_node_logits(tiny: TinyBundle, features: list[float], neighbours: list[int]) -> np.ndarray:
+    """Logits [C] of a new node, per docs/bundle.md step 4, computed by adding the node and its row
+    of P to the whole graph and running the torch student's sparse (PyG) forward."""
+    n = tiny.features.size(0)
+    pol = tiny.policy
+    cand = torch.tensor(sorted(set(neighbours)), dtype=torch.long)
+    rank = dpolicy.edge_rank(cand.numpy(), np.full(len(cand), n), pol["seed"])
+    kept = cand[np.lexsort((cand.numpy(), rank))[: pol["fanout"]]]
+    src, dst, w = [], [], []
+    if pol["propagation"] == "gcn":
+        degree = torch.bincount(tiny.prop_index[1], minlength=n)  # row lengths of P, self-loops included
+        d_new = len(kept) + 1
+        src, dst = kept.tolist() + [n], [n] * d_new
+        w = [float(1 / np.sqrt(d_new * degree[j])) for j in kept.tolist()] + [1 / d_new]
+    elif pol["propagation"] == "mean" and len(kept):
+        src, dst, w = kept.tolist(), [n] * len(kept), [1 / len(kept)] * len(kept)
+    index = torch.cat([tiny.prop_index, torch.tensor([src, dst], dtype=torch.long).view(2, -1)], dim=1)
+    weight = torch.cat([tiny.prop_weight, torch.tensor(w, dtype=torch.float32)])
+    x = torch.cat([tiny.features, torch.tensor([features], dtype=torch.float32)])
+    with torch.no_grad():
+        return tiny.student(x, index, weight)[n].numpy()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    return torch.softmax(torch.from_numpy(logits), dim=-1).numpy()

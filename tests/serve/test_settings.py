@@ -1,0 +1,67 @@
+"""Settings: SERVE_* environment, validation, and the CLI's refusal of bad values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from serve.settings import Settings, available_cores
+from tests.serve.conftest import ROOT
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in [k for k in os.environ if k.startswith("SERVE_")]:
+        monkeypatch.delenv(key)
+
+
+def test_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVE_BUNDLE", "/b")
+    monkeypatch.setenv("SERVE_MAX_BATCH", "8")
+    s = Settings()
+    assert (s.bundle, s.max_batch, s.port, s.intra_op_threads, s.host) == (Path("/b"), 8, 8000, 1, "127.0.0.1")
+    assert s.cache_budget_bytes == 256 << 20
+
+
+def test_unknown_env_var_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVE_MAX_BACH", "8")
+    with pytest.raises(ValidationError, match="SERVE_MAX_BACH"):
+        Settings(bundle=Path("/b"))
+
+
+def test_unknown_kwarg_is_refused() -> None:
+    with pytest.raises(ValidationError, match="extra"):
+        Settings(bundle=Path("/b"), nope=1)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("port", 0), ("port", 70000), ("max_batch", 0), ("intra_op_threads", 0), ("max_body_bytes", 10),
+    ("cache_budget_mb", -1), ("log_level", "loud"), ("pack_nodes", 0),
+])
+def test_out_of_range_values_are_refused(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Settings(bundle=Path("/b"), **{field: value})
+
+
+def test_threads_must_fit_the_cores() -> None:
+    with pytest.raises(ValidationError, match="exceeds the .* available cores"):
+        Settings(bundle=Path("/b"), intra_op_threads=available_cores() + 1)
+
+
+def test_bundle_is_required() -> None:
+    with pytest.raises(ValidationError, match="bundle"):
+        Settings()
+
+
+def test_cli_exits_2_with_one_line_on_bad_settings() -> None:
+    env = {"PATH": "/usr/bin:/bin", "SERVE_PORT": "not-a-port"}
+    result = subprocess.run([sys.executable, "-m", "serve", "--bundle", "/nonexistent"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "invalid settings: port" in result.stderr and "Traceback" not in result.stderr
