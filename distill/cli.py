@@ -28,10 +28,36 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, type=Path, help="bundle directory to create")
     run.add_argument("--force", action="store_true", help="replace --out if it exists")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _config_options(run)
+    sel = sub.add_parser("select", help="distil a grid of students and keep the most accurate within a latency budget",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sel.add_argument("--out", required=True, type=Path, help="bundle directory for the chosen student")
+    sel.add_argument("--latency-budget-ms", required=True, type=float, help="p99 budget of one scoring call")
+    sel.add_argument("--grid", default=None, help="comma-separated STUDENT:LAYERS:HIDDEN candidates "
+                     "(default: a 9-candidate grid over gcn, sage, mlp)")
+    sel.add_argument("--int8", action="store_true", help="also try a dynamic-int8 copy of every candidate")
+    sel.add_argument("--calls", type=int, default=1000, help="timed calls per candidate")
+    sel.add_argument("--force", action="store_true", help="replace --out if it exists")
+    sel.add_argument("--quiet", action="store_true", help="no progress bars")
+    _config_options(sel)
+    ref = sub.add_parser("refresh", help="re-distil a bundle with its own config into a new version",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ref.add_argument("--bundle", required=True, type=Path, help="the parent bundle")
+    ref.add_argument("--out", required=True, type=Path, help="directory of the new bundle")
+    ref.add_argument("--dataset", default=None, help="dataset spec (default: the parent's)")
+    ref.add_argument("--reuse-teacher", action="store_true", help="reuse the parent's teacher.pt instead of retraining")
+    ref.add_argument("--max-drop", type=float, default=0.01,
+                     help="refuse a bundle whose distilled test metric is this much below the parent's")
+    ref.add_argument("--allow-worse", action="store_true", help="write the bundle even past --max-drop")
+    ref.add_argument("--force", action="store_true", help="replace --out if it exists")
+    ref.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _config_options(p: argparse.ArgumentParser) -> None:
     for flag, default, help_text, choices in cli_fields():
         kind = _bool if isinstance(default, bool) else type(default)
-        run.add_argument(flag, type=kind, default=default, help=help_text, choices=choices)
-    return p
+        p.add_argument(flag, type=kind, default=default, help=help_text, choices=choices)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "select":
+            return _select(args)
+        if args.command == "refresh":
+            return _refresh(args)
     except DistillError as exc:
         print(f"distill: error: {exc}", file=sys.stderr)
         return 2
@@ -48,12 +78,64 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+CLI_ONLY = ("command", "out", "force", "quiet", "latency_budget_ms", "grid", "int8", "calls")
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    return RunConfig.from_dict({k: v for k, v in vars(args).items() if k not in CLI_ONLY})
+
+
 def _run(args: argparse.Namespace) -> int:
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "out", "force", "quiet")}
-    cfg = RunConfig.from_dict(values)
+    cfg = _config(args)
     from distill import pipeline, report  # torch/PyG import only once the arguments are valid
 
     rep = pipeline.run(cfg, args.out, force=args.force, progress=not args.quiet)
     print(report.markdown(rep))
     print(f"bundle written to {args.out} in {rep['seconds']:.1f}s")
+    return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    if args.latency_budget_ms <= 0 or args.calls < 100:
+        raise DistillError(f"--latency-budget-ms {args.latency_budget_ms} must be > 0 and --calls {args.calls} >= 100")
+    from distill import select
+
+    grid = [select.Candidate.parse(c) for c in (args.grid.split(",") if args.grid else select.DEFAULT_GRID)]
+    summary = select.run_select(cfg, grid, args.latency_budget_ms, args.out, args.force, not args.quiet,
+                                args.int8, args.calls)
+    print(select.select_table(summary))
+    chosen = next(r for r in summary["candidates"] if r["chosen"])
+    print(f"chosen {chosen['name']} (p99 {chosen['p99_ms']:.3f} ms); bundle written to {args.out}")
+    return 0
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    import hashlib
+    import json
+
+    manifest_path = args.bundle / "manifest.json"
+    if not manifest_path.is_file():
+        raise DistillError(f"--bundle {args.bundle}: no manifest.json there; expected a bundle made by distill run")
+    raw = manifest_path.read_bytes()
+    manifest = json.loads(raw)
+    values = dict(manifest["config"])
+    if args.dataset:
+        values["dataset"] = args.dataset
+    cfg = RunConfig.from_dict(values)
+    from distill import bundle, pipeline, report
+
+    actual = bundle.file_hashes(args.bundle)
+    if actual != manifest["files"]:
+        raise DistillError(f"--bundle {args.bundle}: files do not match the manifest's sha256; refusing to refresh")
+    state = None
+    if args.reuse_teacher:
+        import torch
+
+        state = torch.load(args.bundle / manifest["model"]["teacher_file"], map_location="cpu", weights_only=True)
+    parent = {"manifest": manifest, "path": str(args.bundle), "manifest_sha256": hashlib.sha256(raw).hexdigest(),
+              "max_drop": args.max_drop, "allow_worse": args.allow_worse}
+    rep = pipeline.run(cfg, args.out, force=args.force, progress=not args.quiet, teacher_state=state, parent=parent)
+    print(report.markdown(rep))
+    print(f"refreshed bundle written to {args.out} (parent {manifest['version']})")
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from distill import bundle, export, kd, losses, policy, report
+from distill import bundle, export, kd, losses, policy, report, writer
 from distill.config import RunConfig
 from distill.data import Dataset, load_dataset
 from distill.errors import ConfigError
@@ -75,14 +74,12 @@ def student_graph(cfg: RunConfig, ds: Dataset, propagation: str, importance: Ten
     return StudentGraph(pol, pruned, prop_index, prop_weight, score_name)
 
 
-def train_teacher(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig,
-                  device: torch.device, progress: bool) -> tuple[torch.nn.Module, Graph, dict[str, Any]]:
-    """Train the teacher for accuracy alone -> (model, the graph it saw, test metrics)."""
-    data = ds.data.to(device)
+def teacher_model(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.device
+                  ) -> tuple[torch.nn.Module, Graph]:
+    """An untrained teacher and the graph it sees (the full graph, or capped by --teacher-fanout)."""
     edges = ds.data.edge_index
     if cfg.teacher_fanout:
         edges = policy.prune(edges, ds.data.num_nodes, cfg.teacher_fanout, cfg.seed)
-    graph = Graph(edges).to(device)
     torch.manual_seed(cfg.seed)
     teacher = build_teacher(
         cfg.teacher, in_channels=ds.data.num_features, hidden_channels=cfg.teacher_hidden,
@@ -91,7 +88,14 @@ def train_teacher(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainCon
         norm=cfg.teacher_norm, jk=cfg.teacher_jk,
     )
     teacher.feature_norm = FeatureNorm(norm.mode, norm.mean, norm.std)
-    teacher.to(device)
+    return teacher.to(device), Graph(edges).to(device)
+
+
+def train_teacher(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig,
+                  device: torch.device, progress: bool) -> tuple[torch.nn.Module, Graph, dict[str, Any]]:
+    """Train the teacher for accuracy alone -> (model, the graph it saw, test metrics)."""
+    data = ds.data.to(device)
+    teacher, graph = teacher_model(cfg, ds, norm, device)
     result = fit(teacher, data, graph, lambda out: losses.supervised(out.logits, data.y, data.train_mask),
                  tcfg, f"teacher {cfg.teacher}", progress)
     logits = predict(teacher, data, graph)
@@ -175,32 +179,88 @@ def parity_nodes(num_nodes: int, example: int, prop_index: Tensor, seed: int) ->
     return [n for n in dict.fromkeys(top + rand) if n != example][:PARITY_NODES]
 
 
-def run(cfg: RunConfig, out: Path, force: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run the whole job and write the bundle at `out`. Returns the report dict."""
-    bundle.check_target(out, force)
-    started = time.perf_counter()
+@dataclass
+class Prepared:
+    """Everything a student needs from one teacher run: data, normalisation, budget, teacher signals."""
+
+    ds: Dataset
+    device: torch.device
+    norm: FeatureNorm
+    tcfg: TrainConfig
+    teacher: torch.nn.Module
+    tgraph: Graph
+    teacher_metrics: dict[str, Any]
+    signals: kd.TeacherSignals
+
+
+@dataclass
+class Distilled:
+    """A trained, exported and parity-checked student."""
+
+    cfg: RunConfig
+    student: _Stack
+    logits: Tensor
+    metrics: dict[str, Any]
+    sg: StudentGraph
+    onnx_bytes: bytes
+    parity: export.Parity
+
+
+def prepare(cfg: RunConfig, progress: bool, teacher_state: dict[str, Tensor] | None = None) -> Prepared:
+    """Load the data and train the teacher, or restore it from `teacher_state` (a state_dict)."""
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg.dataset, cfg.split)
     log(f"[data] {ds.name}: {ds.data.num_nodes} nodes, {ds.data.num_edges} edges, "
         f"{ds.data.num_features} features, {ds.num_classes} classes; device {device}")
     tcfg = TrainConfig(cfg.epochs, cfg.patience, cfg.lr, cfg.weight_decay)
     norm = feature_norm(cfg, ds)
-    teacher, tgraph, teacher_m = train_teacher(cfg, ds, norm, tcfg, device, progress)
-    log(f"[teacher] test {report.headline(teacher_m)}")
-    signals = teacher_signals(teacher, ds, tgraph, device)
-    _, _, scratch_m = train_student(cfg, ds, norm, student_graph(cfg, ds, propagation_of(cfg.student)), tcfg,
-                                    device, None, progress)
+    if teacher_state is None:
+        teacher, tgraph, metrics = train_teacher(cfg, ds, norm, tcfg, device, progress)
+    else:
+        teacher, tgraph = teacher_model(cfg, ds, norm, device)
+        teacher.load_state_dict(teacher_state)
+        data = ds.data.to(device)
+        metrics = {**test_metrics(predict(teacher, data, tgraph), data), "reused": True, "epochs_run": 0}
+    log(f"[teacher{' (reused)' if teacher_state is not None else ''}] test {report.headline(metrics)}")
+    return Prepared(ds, device, norm, tcfg, teacher, tgraph, metrics, teacher_signals(teacher, ds, tgraph, device))
+
+
+def distill_student(cfg: RunConfig, prep: Prepared, progress: bool) -> Distilled:
+    """Train the student with `cfg.kd`, export it to ONNX and check parity."""
+    sg = distilled_graph(cfg, prep.ds, cfg.kd_kinds, prep.teacher, prep.tgraph, prep.device)
+    student, logits, metrics = train_student(cfg, prep.ds, prep.norm, sg, prep.tcfg, prep.device, prep.signals,
+                                             progress)
+    student, logits = student.cpu(), logits.cpu()
+    onnx_bytes, parity = _export(student, logits, prep.ds, sg)
+    return Distilled(cfg, student, logits, metrics, sg, onnx_bytes, parity)
+
+
+def scratch_metrics(cfg: RunConfig, prep: Prepared, progress: bool) -> dict[str, Any]:
+    """The same student trained on hard labels only, same budget: the baseline distillation must beat."""
+    sg = student_graph(cfg, prep.ds, propagation_of(cfg.student))
+    return train_student(cfg, prep.ds, prep.norm, sg, prep.tcfg, prep.device, None, progress)[2]
+
+
+def run(cfg: RunConfig, out: Path, force: bool = False, progress: bool = True,
+        teacher_state: dict[str, Tensor] | None = None, parent: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the whole job and write the bundle at `out`. Returns the report dict.
+
+    `teacher_state` reuses a trained teacher; `parent` (from `distill refresh`) is recorded in the
+    manifest and may veto the bundle through `writer.check_against_parent`.
+    """
+    bundle.check_target(out, force)
+    started = time.perf_counter()
+    prep = prepare(cfg, progress, teacher_state)
+    scratch_m = scratch_metrics(cfg, prep, progress)
     log(f"[scratch] test {report.headline(scratch_m)}")
-    sg = distilled_graph(cfg, ds, cfg.kd_kinds, teacher, tgraph, device)
-    student, student_logits, distilled_m = train_student(cfg, ds, norm, sg, tcfg, device, signals, progress)
-    log(f"[distilled {cfg.kd}] test {report.headline(distilled_m)}")
-    student, student_logits = student.cpu(), student_logits.cpu()
-    onnx_bytes, parity = _export(student, student_logits, ds, sg)
-    log(f"[export] parity max |diff| {parity.max_abs_diff:.2e} on {parity.nodes_checked} held-out neighbourhoods")
-    rep = report.build(ds, cfg, teacher_m, scratch_m, distilled_m)
+    result = distill_student(cfg, prep, progress)
+    log(f"[distilled {cfg.kd}] test {report.headline(result.metrics)}")
+    log(f"[export] parity max |diff| {result.parity.max_abs_diff:.2e} on {result.parity.nodes_checked} "
+        "held-out neighbourhoods")
+    rep = report.build(prep.ds, cfg, prep.teacher_metrics, scratch_m, result.metrics)
     rep["seconds"] = round(time.perf_counter() - started, 2)
-    with bundle.staging(out, force) as tmp:
-        _write(tmp, cfg, ds, sg, student, onnx_bytes, parity, rep)
+    extra = writer.check_against_parent(rep, parent) if parent is not None else {}
+    writer.write_bundle(out, force, prep, result, rep, extra)
     return rep
 
 
@@ -214,36 +274,3 @@ def _export(student: _Stack, logits: Tensor, ds: Dataset, sg: StudentGraph) -> t
     parity = export.check_parity(onnx_bytes, logits, ds.data.x, sg.prop_index, sg.prop_weight,
                                  sg.policy.k_hops, nodes, graph_free)
     return onnx_bytes, parity
-
-
-def _write(tmp: Path, cfg: RunConfig, ds: Dataset, sg: StudentGraph, student: _Stack, onnx_bytes: bytes,
-           parity: export.Parity, rep: dict[str, Any]) -> None:
-    n = ds.data.num_nodes
-    csr = policy.to_csr(sg.prop_index, sg.prop_weight, n)
-    arrays = {"features": ds.data.x.cpu().numpy(), "node_ids": np.arange(n, dtype=np.int64), **csr}
-    graph_paths = bundle.save_graph(tmp, arrays)
-    export.save(onnx_bytes, tmp / "student.onnx")
-    bundle.write_json(tmp / "report.json", rep)
-    (tmp / "report.md").write_text(report.markdown(rep))
-    onnx_sha = bundle.sha256(tmp / "student.onnx")
-    manifest = {
-        "schema_version": bundle.SCHEMA_VERSION,
-        "version": f"{ds.name}-{cfg.student}-{onnx_sha[:12]}",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"spec": cfg.dataset, "name": ds.name, "source": ds.source, "num_nodes": n,
-                    "num_features": ds.data.num_features, "num_classes": ds.num_classes,
-                    "class_names": list(ds.class_names)},
-        "model": {"file": "student.onnx", "student": cfg.student, "num_layers": cfg.student_layers,
-                  "hidden_channels": cfg.student_hidden, "inputs": export.input_names(sg.policy.propagation == "none"),
-                  "outputs": ["logits"], "opset": export.OPSET,
-                  "params": sum(p.numel() for p in student.parameters())},
-        "policy": {"name": "topk_in_neighbours", "score": sg.score, **sg.policy.__dict__},
-        "graph": graph_paths,
-        "metrics": {k: rep[k] for k in ("teacher", "scratch", "distilled")},
-        "parity": parity.__dict__,
-        "config": cfg.to_dict(),
-        "seed": cfg.seed,
-        "versions": bundle.library_versions(),
-        "files": bundle.file_hashes(tmp),
-    }
-    bundle.write_json(tmp / "manifest.json", manifest)

@@ -76,7 +76,8 @@ def test_end_to_end_small_synthetic(tmp_path, student, capsys):
     assert "| distilled |" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["files"] == bundle.file_hashes(out)
-    assert set(manifest["files"]) == {"student.onnx", "report.json", "report.md", *manifest["graph"].values()}
+    assert set(manifest["files"]) == {"student.onnx", "teacher.pt", "report.json", "report.md",
+                                      *manifest["graph"].values()}
     assert manifest["config"]["student"] == student and manifest["seed"] == 0
     assert manifest["policy"]["k_hops"] == (0 if student == "mlp" else 2)
     assert manifest["parity"]["max_abs_diff"] <= 1e-4
