@@ -153,8 +153,8 @@ def create_app(settings: Settings, builder: Callable[[Settings], Service] = buil
         new = [NewNode(n.features, n.neighbors) for n in request.new_nodes]
         scores = service.scorer.score(request.node_ids, new)
         response = ScoreResponse(model_version=service.bundle.version, results=_results(service, request, scores))
-        metrics.scored_nodes.labels("existing").inc(len(request.node_ids))
-        metrics.scored_nodes.labels("new").inc(len(new))
+        metrics.scored["existing"].inc(len(request.node_ids))
+        metrics.scored["new"].inc(len(new))
         metrics.observe_score(scores.cache_s, scores.inference_s, time.perf_counter() - started)
         return response
 

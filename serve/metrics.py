@@ -31,8 +31,10 @@ class Metrics:
             "inference (input packing + onnxruntime + softmax), total (whole score handler)",
             ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.scored_nodes = Counter("serve_scored_nodes", "nodes scored", ["kind"], registry=self.registry)
-        for stage in ("cache", "inference", "total"):
-            self.stage_seconds.labels(stage)  # expose all series from the start
+        # Children resolved once: labels() costs a lock and a dict lookup per call.
+        self._stages = [self.stage_seconds.labels(stage) for stage in ("cache", "inference", "total")]
+        self.scored = {kind: self.scored_nodes.labels(kind) for kind in ("existing", "new")}
+        self._by_request: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def watch_cache(self, stats: Callable[[], dict[str, Any]]) -> None:
         """Gauges read from `stats()` at scrape time (0 until the cache exists)."""
@@ -43,9 +45,16 @@ class Metrics:
             gauge.set_function(_reader(stats, key))
 
     def observe_score(self, cache_s: float, inference_s: float, total_s: float) -> None:
-        self.stage_seconds.labels("cache").observe(cache_s)
-        self.stage_seconds.labels("inference").observe(inference_s)
-        self.stage_seconds.labels("total").observe(total_s)
+        for child, seconds in zip(self._stages, (cache_s, inference_s, total_s), strict=True):
+            child.observe(seconds)
+
+    def observe_request(self, endpoint: str, method: str, status: str, seconds: float) -> None:
+        key = (endpoint, method, status)
+        children = self._by_request.get(key)
+        if children is None:  # bounded: endpoints are route templates or "other"
+            children = self._by_request[key] = (self.requests.labels(*key), self.request_seconds.labels(endpoint))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -82,5 +91,4 @@ class MetricsMiddleware:
             # when it is one of ours.
             path = str(getattr(scope.get("route"), "path", scope["path"]))
             endpoint = path if path in self.paths else "other"
-            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
-            self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - started)
+            self.metrics.observe_request(endpoint, scope["method"], str(status), time.perf_counter() - started)

@@ -8,6 +8,7 @@ crash loop hides the reason in logs; an orchestrator sees "not ready" and keeps 
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -88,6 +89,11 @@ class Runtime:
             log.exception("start-up failed")
             self._fail(f"{type(exc).__name__}: {exc}")
             return
+        # Everything built so far (imports, arrays, cached blocks) lives as long as the process:
+        # freezing it keeps full GC passes from walking it, which measured ~30 ms on Tolokers,
+        # three times the whole latency budget.
+        gc.collect()
+        gc.freeze()
         self.service, self.reason = service, None
         self.status = "ready"  # last: /readyz must never say ready before `service` is set
 
