@@ -1,0 +1,242 @@
+"""Load test: a real server subprocess from a bundle, locust headless against it, a verdict.
+
+    python bench/load.py --bundle /tmp/cora --users 20 --duration 60 [--json out.json] [--p99-ms 10]
+
+Starts `python -m serve` on a free port, waits for /readyz, runs locust (bench/locustfile.py) as a
+subprocess, then prints p50/p95/p99, requests/s and failures per endpoint and overall, and the ratio
+of the score median to the /livez median (what scoring adds over the bare HTTP stack). With
+`taskset` available, server and locust are pinned to different cores so they do not steal each
+other's CPU. Exits 1 when the score p99 exceeds --p99-ms or any request failed.
+
+Percentiles come from locust's raw per-request times (BENCH_SAMPLES, float ms); locust's --csv
+stats supply counts, failures and requests/s (and percentiles when no samples were written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SCORE = "score (all)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(cmd: list[str], cores: str | None) -> list[str]:
+    """Prefix `cmd` with taskset when asked for and possible."""
+    if not cores or shutil.which("taskset") is None:
+        return cmd
+    wanted = {int(c) for c in cores.split(",")}
+    if not wanted <= os.sched_getaffinity(0):
+        print(f"note: cores {cores} not available, not pinning", file=sys.stderr)
+        return cmd
+    return ["taskset", "-c", cores, *cmd]
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if process.poll() is not None:
+            raise SystemExit(f"server exited with code {process.returncode} before becoming ready")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return time.monotonic() - started
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"server not ready after {timeout:.0f}s")
+
+
+def read_csv(prefix: Path) -> dict[str, dict[str, float]]:
+    """locust's <prefix>_stats.csv -> {name: {count, failures, rps, p50_ms, p95_ms, p99_ms}}."""
+    out = {}
+    with open(f"{prefix}_stats.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            out[row["Name"]] = {
+                "count": int(row["Request Count"]), "failures": int(row["Failure Count"]),
+                "rps": float(row["Requests/s"]), "p50_ms": float(row["50%"]), "p95_ms": float(row["95%"]),
+                "p99_ms": float(row["99%"]),
+            }
+    return out
+
+
+def summarise(stats: dict[str, dict[str, float]], samples: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """Per endpoint + the score endpoints together + overall, percentiles from raw samples when present."""
+    rows: dict[str, dict[str, Any]] = {}
+    groups = {name: [name] for name in stats if name != "Aggregated"}
+    groups[SCORE] = [n for n in groups if n.startswith("score:")]
+    groups["overall"] = [n for n in stats if n != "Aggregated"]
+    for label, names in groups.items():
+        times = np.concatenate([np.asarray(samples.get(n, []), dtype=np.float64) for n in names] or [np.empty(0)])
+        row: dict[str, Any] = {
+            "count": int(sum(stats[n]["count"] for n in names)),
+            "failures": int(sum(stats[n]["failures"] for n in names)),
+            "rps": round(sum(stats[n]["rps"] for n in names), 2),
+        }
+        if len(times):
+            p50, p95, p99 = np.percentile(times, [50, 95, 99])
+            row.update(p50_ms=round(float(p50), 3), p95_ms=round(float(p95), 3), p99_ms=round(float(p99), 3),
+                       source="samples")
+        else:  # no raw samples: locust's whole-ms percentiles; a group takes its worst member's
+            members = ["Aggregated"] if label == "overall" else names
+            row.update({k: max((stats[n][k] for n in members), default=float("nan"))
+                        for k in ("p50_ms", "p95_ms", "p99_ms")}, source="csv")
+        rows[label] = row
+    return rows
+
+
+def print_table(rows: dict[str, dict[str, Any]]) -> None:
+    print(f"{'endpoint':<16} {'requests':>9} {'fail':>5} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")
+    for name, r in rows.items():
+        print(f"{name:<16} {r['count']:>9} {r['failures']:>5} {r['rps']:>8.1f} {r['p50_ms']:>8.3f} "
+              f"{r['p95_ms']:>8.3f} {r['p99_ms']:>8.3f}")
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Every sample of the server's /metrics, keyed by its name with labels."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def _labels(key: str) -> tuple[str, dict[str, str]]:
+    """'name{a="x",b="y"}' -> ('name', {'a': 'x', 'b': 'y'}) (our label values hold no commas)."""
+    name, _, rest = key.partition("{")
+    pairs = (p.split("=", 1) for p in rest.rstrip("}").split(",") if "=" in p)
+    return name, {k: v.strip('"') for k, v in pairs}
+
+
+def histogram_quantile(q: float, metrics: dict[str, float], series: str, labels: dict[str, str]) -> float:
+    """Prometheus-style quantile (linear within a bucket) of one histogram series, in ms."""
+    buckets = []
+    for key, count in metrics.items():
+        name, found = _labels(key)
+        if name == f"{series}_bucket" and {k: v for k, v in found.items() if k != "le"} == labels:
+            buckets.append((float(found["le"]), count))
+    buckets.sort()
+    if not buckets or buckets[-1][1] == 0:
+        return float("nan")
+    rank, lower, below = q * buckets[-1][1], 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower * 1e3
+            return (lower + (upper - lower) * (rank - below) / max(count - below, 1e-12)) * 1e3
+        lower, below = upper, count
+    return float("nan")
+
+
+def server_side(metrics: dict[str, float]) -> dict[str, float]:
+    """Server-measured p50/p99 (ms) of the whole request and of the scoring stages."""
+    out = {}
+    for name, series, labels in (("request /v1/score", "serve_request_seconds", {"endpoint": "/v1/score"}),
+                                 ("request /livez", "serve_request_seconds", {"endpoint": "/livez"}),
+                                 ("stage cache", "serve_score_stage_seconds", {"stage": "cache"}),
+                                 ("stage inference", "serve_score_stage_seconds", {"stage": "inference"}),
+                                 ("stage total", "serve_score_stage_seconds", {"stage": "total"})):
+        for q in (0.5, 0.99):
+            out[f"{name} p{int(q * 100)}_ms"] = round(histogram_quantile(q, metrics, series, labels), 3)
+    return out
+
+
+def run_locust(args: argparse.Namespace, url: str, work: Path) -> tuple[Path, Path]:
+    prefix, samples = work / "locust", work / "samples.json"
+    env = {**os.environ, "BENCH_BUNDLE": str(args.bundle), "BENCH_SAMPLES": str(samples),
+           "BENCH_WAIT_MS": str(args.wait_ms)}
+    cmd = pinned([sys.executable, "-m", "locust", "-f", str(ROOT / "bench" / "locustfile.py"), "--headless",
+                  "--users", str(args.users), "--spawn-rate", str(args.spawn_rate or args.users),
+                  "--run-time", f"{args.duration}s", "--host", url, "--csv", str(prefix), "--reset-stats",
+                  "--only-summary", "--loglevel", "WARNING", "--exit-code-on-error", "0"], args.locust_cores)
+    log = work / "locust.log"
+    with log.open("wb") as fh:
+        code = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=args.duration + 120).returncode
+    if code != 0 or not Path(f"{prefix}_stats.csv").exists():
+        raise SystemExit(f"locust failed (exit {code}):\n{log.read_text()[-3000:]}")
+    return prefix, samples
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--users", type=int, default=20)
+    p.add_argument("--spawn-rate", type=float, default=0, help="users started per second (default: all at once)")
+    p.add_argument("--duration", type=int, default=60, help="seconds of measured load")
+    p.add_argument("--wait-ms", type=float, default=100.0, help="mean exponential wait between a user's requests")
+    p.add_argument("--p99-ms", type=float, default=10.0, help="fail when the score p99 exceeds this")
+    p.add_argument("--json", type=Path, help="write the summary here")
+    p.add_argument("--server-cores", default="0", help="taskset cores for the server ('' = no pinning)")
+    p.add_argument("--locust-cores", default="1", help="taskset cores for locust ('' = no pinning)")
+    p.add_argument("--ready-timeout", type=float, default=600.0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="load-") as tmp:
+        work = Path(tmp)
+        log = (work / "server.log").open("wb")
+        # SERVE_* in the environment (e.g. SERVE_CACHE_BUDGET_MB) reach the server; CLI flags win.
+        server = subprocess.Popen(pinned([sys.executable, "-m", "serve", "--bundle", str(args.bundle), "--port",
+                                          str(port)], args.server_cores), cwd=ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        try:
+            ready_s = wait_ready(url, server, args.ready_timeout)
+            print(f"server ready in {ready_s:.1f}s at {url}; locust: {args.users} users, {args.duration}s, "
+                  f"mean wait {args.wait_ms:.0f} ms")
+            prefix, samples_file = run_locust(args, url, work)
+            metrics = scrape(url)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        samples = json.loads(samples_file.read_text()) if samples_file.exists() else {}
+        rows = summarise(read_csv(prefix), samples)
+    print_table(rows)
+    livez, score = rows.get("livez"), rows[SCORE]
+    ratio = score["p50_ms"] / livez["p50_ms"] if livez and livez["p50_ms"] else float("nan")
+    cache = {k: v for k, v in metrics.items() if k.startswith("serve_cache_")}
+    server = server_side(metrics)
+    print(f"\nscore p50 / livez p50 = {ratio:.2f}; cache hit ratio {cache.get('serve_cache_hit_ratio', 0):.3f}, "
+          f"{int(cache.get('serve_cache_entries', 0))} blocks cached")
+    print("server-side (from /metrics histograms, interpolated within buckets): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in server.items()))
+    summary = {**{k: rows["overall"][k] for k in ("p50_ms", "p95_ms", "p99_ms", "rps", "failures")},
+               "endpoints": rows, "score_livez_p50_ratio": round(ratio, 3), "cache": cache,
+               "server_side_ms": server,
+               "config": {"bundle": str(args.bundle), "users": args.users, "duration_s": args.duration,
+                          "wait_ms": args.wait_ms, "p99_budget_ms": args.p99_ms}}
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    failed = rows["overall"]["failures"] > 0
+    slow = score["p99_ms"] > args.p99_ms
+    if failed or slow:
+        print(f"FAIL: {'failures ' if failed else ''}{'score p99 over budget' if slow else ''}".strip())
+        return 1
+    print(f"PASS: score p99 {score['p99_ms']:.3f} ms <= {args.p99_ms} ms, no failures")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Locust load for the scoring service: a weighted mix of what clients send, ids from the bundle.
+
+    BENCH_BUNDLE=/tmp/cora locust -f bench/locustfile.py --host http://127.0.0.1:8000
+
+Mix (weights): single-node scores 60, batches of 2-8 nodes 15, new nodes 10, /livez 15 (the floor:
+what the HTTP stack alone costs). Node ids are drawn uniformly from graph/node_ids.npy, the worst case
+for the neighbourhood cache. Waits are exponential (a Poisson arrival process per user, mean
+BENCH_WAIT_MS, default 100 ms), so users never fire in synchronised bursts.
+
+BENCH_SAMPLES=FILE makes the run write every response time (float ms, by request name) to FILE at
+exit: locust's own percentiles are rounded to whole milliseconds, too coarse for a 10 ms budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from locust import FastHttpUser, events, task
+
+BUNDLE = Path(os.environ.get("BENCH_BUNDLE", "out/demo"))
+MEAN_WAIT_S = float(os.environ.get("BENCH_WAIT_MS", "100")) / 1000.0
+SAMPLES = os.environ.get("BENCH_SAMPLES")
+
+_manifest = json.loads((BUNDLE / "manifest.json").read_text())
+NODE_IDS: list[int] = np.load(BUNDLE / _manifest["graph"]["node_ids"], allow_pickle=False).tolist()
+_features = np.load(BUNDLE / _manifest["graph"]["features"], allow_pickle=False, mmap_mode="r")
+_samples: dict[str, list[float]] = defaultdict(list)
+
+
+@events.request.add_listener
+def _record(name: str, response_time: float, exception: Any, **_: Any) -> None:
+    if exception is None:
+        _samples[name].append(response_time)
+
+
+@events.spawning_complete.add_listener
+def _reset(**_: Any) -> None:
+    _samples.clear()  # same moment as locust's --reset-stats: drop the ramp-up
+
+
+@events.quitting.add_listener
+def _dump(**_: Any) -> None:
+    if SAMPLES:
+        Path(SAMPLES).write_text(json.dumps(_samples))
+
+
+def _new_node() -> dict[str, Any]:
+    """A plausible unseen node: a random node's features, jittered, linked to 1-5 existing nodes."""
+    donor = np.asarray(_features[random.randrange(len(NODE_IDS))], dtype=np.float64)
+    jitter = np.random.default_rng().normal(0.0, 0.05, donor.shape) * (np.abs(donor) + 1e-3)
+    return {"features": (donor + jitter).tolist(), "neighbors": random.sample(NODE_IDS, random.randint(1, 5))}
+
+
+class ScoringClient(FastHttpUser):
+    def wait_time(self) -> float:
+        return random.expovariate(1.0 / MEAN_WAIT_S)
+
+    def _score(self, body: dict[str, Any], name: str, expected: int) -> None:
+        with self.client.post("/v1/score", json=body, name=name, catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"status {response.status_code}: {response.text[:200]}")
+            elif len(response.json().get("results", [])) != expected:
+                response.failure("wrong number of results")
+
+    @task(60)
+    def score_single(self) -> None:
+        self._score({"node_ids": [random.choice(NODE_IDS)]}, "score:single", 1)
+
+    @task(15)
+    def score_batch(self) -> None:
+        size = random.randint(2, 8)
+        self._score({"node_ids": random.choices(NODE_IDS, k=size)}, "score:batch", size)
+
+    @task(10)
+    def score_new(self) -> None:
+        self._score({"new_nodes": [_new_node()]}, "score:new", 1)
+
+    @task(15)
+    def livez(self) -> None:
+        self.client.get("/livez", name="livez")
