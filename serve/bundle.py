@@ -126,6 +126,8 @@ def _load_array(root: Path, name: str, rel: str) -> npt.NDArray[Any]:
 
 def _check_graph(manifest: dict[str, Any], a: dict[str, npt.NDArray[Any]]) -> None:
     n, f = a["features"].shape
+    if n < 1 or f < 1:
+        raise BundleError(f"features are [{n}, {f}]: a bundle needs at least one node and one feature")
     ds = manifest["dataset"]
     if (n, f) != (ds.get("num_nodes"), ds.get("num_features")):
         raise BundleError(f"features are [{n}, {f}] but the manifest says [{ds.get('num_nodes')}, "

@@ -21,6 +21,7 @@ from serve.bundle import Bundle
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
 U64 = npt.NDArray[np.uint64]
+BLOCK_OVERHEAD = 400  # bytes: Block instance, two ndarray headers, the LRU's entry (measured ~350)
 
 
 def splitmix64(x: U64) -> U64:
@@ -55,7 +56,9 @@ class Block:
 
     @property
     def nbytes(self) -> int:
-        return int(self.nodes.nbytes + (self.adj.nbytes if self.adj is not None else 0))
+        """Array bytes plus the Python objects around them (counted so that tiny blocks, e.g. of a
+        graph-free student, cannot hold millions of entries inside a small budget)."""
+        return int(BLOCK_OVERHEAD + self.nodes.nbytes + (self.adj.nbytes if self.adj is not None else 0))
 
 
 class GraphStore:

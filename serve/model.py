@@ -53,6 +53,9 @@ class Model:
         expected = bundle.manifest["dataset"]["num_features"]
         if isinstance(width, int) and width != expected:
             raise BundleError(f"student.onnx takes {width} features, the manifest says {expected}")
+        classes = self.session.get_outputs()[outputs.index("logits")].shape[-1]
+        if isinstance(classes, int) and classes != self.num_classes:
+            raise BundleError(f"student.onnx outputs {classes} classes, the manifest names {self.num_classes}")
 
     @property
     def graph_free(self) -> bool:

@@ -12,6 +12,7 @@ import pytest
 
 from serve.bundle import load, sha256
 from serve.errors import BundleError
+from serve.model import Model
 from tests.serve.conftest import TinyBundle
 
 
@@ -99,3 +100,12 @@ def test_pickled_arrays_are_refused(copy: Path) -> None:
     rehash(copy, "graph/node_ids.npy")
     with pytest.raises(BundleError, match="not a plain .npy"):
         load(copy)
+
+
+def test_model_that_disagrees_with_the_manifest_is_refused(copy: Path) -> None:
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["dataset"]["class_names"].append("extra")
+    manifest["dataset"]["num_classes"] += 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="outputs 3 classes, the manifest names 4"):
+        Model(load(copy), 1)
