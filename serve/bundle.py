@@ -2,7 +2,8 @@
 
 Nothing here trusts the directory: every file the service reads must be listed in
 `manifest.files` and match its sha256, paths must stay inside the bundle, and the arrays must
-have the dtypes and shapes the contract names. Any violation raises BundleError with the reason.
+have the dtypes and shapes the contract names. Any violation raises BundleError with the reason
+(and `detail={"file": relative path}` when one file is to blame).
 """
 
 from __future__ import annotations
@@ -71,19 +72,20 @@ def read_manifest(root: Path) -> dict[str, Any]:
     """Parse manifest.json and check its schema version and the keys the service needs."""
     path = root / "manifest.json"
     if not path.is_file():
-        raise BundleError(f"{root} is not a bundle: {path.name} is missing")
+        raise BundleError(f"{root} is not a bundle: {path.name} is missing", {"file": path.name})
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{path} is not readable JSON: {exc}") from None
+        raise BundleError(f"{path} is not readable JSON: {exc}", {"file": path.name}) from None
     if not isinstance(manifest, dict):
-        raise BundleError(f"{path} must hold a JSON object")
+        raise BundleError(f"{path} must hold a JSON object", {"file": path.name})
     version = manifest.get("schema_version")
     if version not in SCHEMA_VERSIONS:
-        raise BundleError(f"unknown bundle schema_version {version!r}; this service reads {list(SCHEMA_VERSIONS)}")
+        raise BundleError(f"unknown bundle schema_version {version!r}; this service reads {list(SCHEMA_VERSIONS)}",
+                          {"file": path.name})
     missing = [k for k in ("version", "dataset", "model", "policy", "graph", "files") if k not in manifest]
     if missing:
-        raise BundleError(f"{path} lacks keys {missing}")
+        raise BundleError(f"{path} lacks keys {missing}", {"file": path.name})
     return manifest
 
 
@@ -106,10 +108,11 @@ def verify_files(root: Path, manifest: dict[str, Any]) -> None:
     for rel, expected in sorted(files.items()):
         path = _inside(root, rel)
         if not path.is_file():
-            raise BundleError(f"{rel} is listed in manifest.files but missing")
+            raise BundleError(f"{rel} is listed in manifest.files but missing", {"file": rel})
         actual = sha256(path)
         if actual != expected:
-            raise BundleError(f"{rel}: sha256 {actual[:12]}... does not match the manifest's {str(expected)[:12]}...")
+            raise BundleError(f"{rel}: sha256 {actual[:12]}... does not match the manifest's {str(expected)[:12]}...",
+                              {"file": rel})
 
 
 def _load_array(root: Path, name: str, rel: str) -> npt.NDArray[Any]:
@@ -118,9 +121,10 @@ def _load_array(root: Path, name: str, rel: str) -> npt.NDArray[Any]:
         # mmap: the OS pages arrays in on demand and shares them between processes.
         array: npt.NDArray[Any] = np.load(_inside(root, rel), allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError) as exc:
-        raise BundleError(f"{rel} is not a plain .npy array: {exc}") from None
+        raise BundleError(f"{rel} is not a plain .npy array: {exc}", {"file": rel}) from None
     if array.dtype != dtype or array.ndim != ndim:
-        raise BundleError(f"{rel}: expected {np.dtype(dtype).name} with {ndim} dims, got {array.dtype} {array.shape}")
+        raise BundleError(f"{rel}: expected {np.dtype(dtype).name} with {ndim} dims, got {array.dtype} {array.shape}",
+                          {"file": rel})
     return array
 
 

@@ -31,13 +31,14 @@ class Model:
     """x float32 [n, F] (+ adj float32 [n, n] for graph students) -> logits float32 [n, C]."""
 
     def __init__(self, bundle: Bundle, intra_op_threads: int) -> None:
+        self._blame = {"file": str(bundle.manifest["model"]["file"])}  # BundleError detail: which file
         try:
             self.session = ort.InferenceSession(
                 str(bundle.model_path), sess_options=session_options(intra_op_threads),
                 providers=["CPUExecutionProvider"],
             )
         except Exception as exc:  # onnxruntime raises its own exception types for bad models
-            raise BundleError(f"{bundle.model_path.name} is not a loadable ONNX model: {exc}") from None
+            raise BundleError(f"{bundle.model_path.name} is not a loadable ONNX model: {exc}", self._blame) from None
         self.inputs = bundle.inputs
         self.num_classes = len(bundle.class_names)
         self._check_signature(bundle)
@@ -45,17 +46,18 @@ class Model:
     def _check_signature(self, bundle: Bundle) -> None:
         names = [i.name for i in self.session.get_inputs()]
         if names != self.inputs:
-            raise BundleError(f"student.onnx takes inputs {names}, the manifest says {self.inputs}")
+            raise BundleError(f"student.onnx takes inputs {names}, the manifest says {self.inputs}", self._blame)
         outputs = [o.name for o in self.session.get_outputs()]
         if "logits" not in outputs:
-            raise BundleError(f"student.onnx has outputs {outputs}, expected 'logits'")
+            raise BundleError(f"student.onnx has outputs {outputs}, expected 'logits'", self._blame)
         width = self.session.get_inputs()[0].shape[1]
         expected = bundle.manifest["dataset"]["num_features"]
         if isinstance(width, int) and width != expected:
-            raise BundleError(f"student.onnx takes {width} features, the manifest says {expected}")
+            raise BundleError(f"student.onnx takes {width} features, the manifest says {expected}", self._blame)
         classes = self.session.get_outputs()[outputs.index("logits")].shape[-1]
         if isinstance(classes, int) and classes != self.num_classes:
-            raise BundleError(f"student.onnx outputs {classes} classes, the manifest names {self.num_classes}")
+            raise BundleError(f"student.onnx outputs {classes} classes, the manifest names {self.num_classes}",
+                              self._blame)
 
     @property
     def graph_free(self) -> bool:
