@@ -1,5 +1,8 @@
 """`python -m serve --bundle DIR [--host 127.0.0.1] [--port 8000]`: one uvicorn worker on
-uvloop + httptools. Every other setting comes from SERVE_* environment variables."""
+uvloop + httptools. Every other setting comes from SERVE_* environment variables.
+
+Exit codes: 0 after a graceful shutdown (SIGTERM / SIGINT, see serve/shutdown.py), 2 for invalid
+settings, 3 when the server could not start (e.g. the port is taken)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from pydantic import ValidationError
 
 from serve.app import create_app
 from serve.settings import Settings
+from serve.shutdown import DrainingServer
 
 
 def parse_args(argv: list[str] | None) -> dict[str, object]:
@@ -31,11 +35,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m serve: invalid settings: {problems}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, workers=1,
-        loop="uvloop", http="httptools", log_level=settings.log_level,
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, workers=1, loop="uvloop", http="httptools",
+        log_level=settings.log_level,
         access_log=False,  # a log line per request costs more than scoring a node
+        timeout_graceful_shutdown=settings.graceful_timeout_seconds,
     )
+    # Not uvicorn.run(): it builds a plain Server, and the drain needs the subclass.
+    server = DrainingServer(config, on_drain=app.state.runtime.begin_drain, drain_seconds=settings.drain_seconds)
+    server.run()
+    if not server.started:  # e.g. the port is taken; uvicorn has logged why
+        return 3
     return 0
 
 

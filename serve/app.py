@@ -3,6 +3,8 @@ loaded by the lifespan in a background thread (serve/runtime.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -12,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve import errors
+from serve import admin, errors
 from serve.errors import BatchTooLarge, BodyTooLarge, EmptyBatch
 from serve.metrics import Metrics, MetricsMiddleware
 from serve.runtime import Runtime, Service, build
@@ -20,6 +22,7 @@ from serve.schemas import ErrorResponse, ModelInfo, NodeScore, ScoreRequest, Sco
 from serve.scoring import NewNode, Scores
 from serve.settings import Settings
 
+log = logging.getLogger("serve")
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in (
         (404, "unknown node ids or neighbour ids (listed in error.detail)"),
@@ -107,6 +110,7 @@ def create_app(settings: Settings, builder: Callable[[Settings], Service] = buil
     runtime = Runtime()
     metrics = Metrics()
     metrics.watch_cache(lambda: runtime.service.scorer.cache.stats() if runtime.service else {})
+    metrics.watch_model(lambda: runtime.service.bundle.version if runtime.service else None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -118,14 +122,20 @@ def create_app(settings: Settings, builder: Callable[[Settings], Service] = buil
     app.state.runtime = runtime
     errors.install(app)
     live = Response(b'{"status":"ok"}', media_type="application/json")
+    delay_s = settings.debug_score_delay_ms / 1000
+    if delay_s:
+        log.warning("SERVE_DEBUG_SCORE_DELAY_MS=%g: every score request is delayed (fault injection)",
+                    settings.debug_score_delay_ms)
 
     @app.get("/livez", response_model=Status, summary="liveness: the process answers")
     async def livez() -> Response:
         return live
 
     @app.get("/readyz", response_model=Status, summary="readiness: 200 once the bundle is verified, loaded and warm",
-             responses={503: {"model": Status, "description": "loading, or the bundle was refused (reason)"}})
+             responses={503: {"model": Status, "description": "loading, bundle refused (reason), or draining"}})
     async def readyz() -> JSONResponse:
+        if runtime.draining:  # first: a shutting-down process must leave the load balancer at once
+            return JSONResponse({"status": "draining", "reason": "shutting down"}, status_code=503)
         body = Status(status=runtime.status, reason=runtime.reason)
         return JSONResponse(body.model_dump(), status_code=200 if runtime.status == "ready" else 503)
 
@@ -143,7 +153,9 @@ def create_app(settings: Settings, builder: Callable[[Settings], Service] = buil
     @app.post("/v1/score", response_model=ScoreResponse, responses=ERRORS, summary="score existing and new nodes")
     async def score(request: ScoreRequest) -> ScoreResponse:
         started = time.perf_counter()
-        service = runtime.require()
+        service = runtime.require()  # once: a reload meanwhile must not mix two models in one response
+        if delay_s:  # fault injection (SERVE_DEBUG_SCORE_DELAY_MS) for the drain and reload tests
+            await asyncio.sleep(delay_s)
         size = len(request.node_ids) + len(request.new_nodes)
         if size == 0:
             raise EmptyBatch("give at least one of node_ids / new_nodes")
@@ -158,6 +170,7 @@ def create_app(settings: Settings, builder: Callable[[Settings], Service] = buil
         metrics.observe_score(scores.cache_s, scores.inference_s, time.perf_counter() - started)
         return response
 
+    admin.install(app, runtime, settings, metrics, builder)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     paths = frozenset(str(getattr(r, "path", "")) for r in app.routes)
     app.add_middleware(MetricsMiddleware, metrics=metrics, paths=paths)

@@ -63,6 +63,31 @@ class UnknownNeighbors(ServeError):
     code = "unknown_neighbors"
 
 
+class Unauthorized(ServeError):
+    """Missing or wrong admin bearer token."""
+
+    code = "unauthorized"
+
+
+class BundleNotFound(ServeError):
+    """A reload named a path that is not a directory. 422, not 404: on /admin/reload a 404 already
+    means "admin endpoint disabled", and the two must not be confused."""
+
+    code = "bundle_not_found"
+
+
+class BundleRejected(ServeError):
+    """A reload's bundle failed verification or could not be built; the old bundle keeps serving."""
+
+    code = "bundle_rejected"
+
+
+class ReloadInProgress(ServeError):
+    """A bundle is already being loaded (the start-up load or another reload)."""
+
+    code = "reload_in_progress"
+
+
 # The one mapping from domain error to status code. Subclasses not listed fall back to 500.
 STATUS: dict[type[ServeError], int] = {
     NotReady: 503,
@@ -73,6 +98,14 @@ STATUS: dict[type[ServeError], int] = {
     BodyTooLarge: 413,
     UnknownNodes: 404,
     UnknownNeighbors: 404,
+    Unauthorized: 401,
+    BundleNotFound: 422,
+    BundleRejected: 422,
+    ReloadInProgress: 409,
+}
+# Headers a status requires (RFC 6750: a 401 names the scheme the client should use).
+HEADERS: dict[type[ServeError], dict[str, str]] = {
+    Unauthorized: {"WWW-Authenticate": "Bearer"},
 }
 
 
@@ -85,7 +118,8 @@ def body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
 
 
 def response_for(exc: ServeError) -> JSONResponse:
-    return JSONResponse(body(exc.code, exc.message, exc.detail), status_code=status_of(exc))
+    return JSONResponse(body(exc.code, exc.message, exc.detail), status_code=status_of(exc),
+                        headers=HEADERS.get(type(exc)))
 
 
 def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:

@@ -4,11 +4,13 @@ apps in one process (tests) never collide and /metrics shows only this service."
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Sub-millisecond resolution where the service lives (0.1-10 ms), coarse above.
@@ -17,7 +19,7 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003
 
 
 class Metrics:
-    """Request counts, per-stage latency histograms and cache gauges."""
+    """Request counts, per-stage latency histograms, cache gauges, reloads and the served version."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -31,6 +33,11 @@ class Metrics:
             "inference (input packing + onnxruntime + softmax), total (whole score handler)",
             ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.scored_nodes = Counter("serve_scored_nodes", "nodes scored", ["kind"], registry=self.registry)
+        reloads = Counter("serve_reloads", "hot reloads that ran (409s and 401s are only in serve_requests_total)",
+                          ["result"], registry=self.registry)
+        self.reloads = {result: reloads.labels(result) for result in ("success", "failure")}
+        self.in_flight = Gauge("serve_requests_in_flight", "HTTP requests being handled (a scrape counts itself)",
+                               registry=self.registry)
         # Children resolved once: labels() costs a lock and a dict lookup per call.
         self._stages = [self.stage_seconds.labels(stage) for stage in ("cache", "inference", "total")]
         self.scored = {kind: self.scored_nodes.labels(kind) for kind in ("existing", "new")}
@@ -43,6 +50,10 @@ class Metrics:
                          ("misses", "cache misses since start"), ("hit_ratio", "hits / (hits + misses)")):
             gauge = Gauge(f"serve_cache_{key}", doc, registry=self.registry)
             gauge.set_function(_reader(stats, key))
+
+    def watch_model(self, version: Callable[[], str | None]) -> None:
+        """`serve_model_info{version="..."} 1` for the bundle being served (no sample until one is)."""
+        self.registry.register(_ModelInfo(version))
 
     def observe_score(self, cache_s: float, inference_s: float, total_s: float) -> None:
         for child, seconds in zip(self._stages, (cache_s, inference_s, total_s), strict=True):
@@ -58,6 +69,21 @@ class Metrics:
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _ModelInfo(Collector):
+    """Reads the version at scrape time, so a reload needs no bookkeeping and the old label
+    disappears at once (a labelled Gauge would keep it until removed)."""
+
+    def __init__(self, version: Callable[[], str | None]) -> None:
+        self.version = version
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("serve_model_info", "the served bundle's model_version", labels=["version"])
+        current = self.version()
+        if current is not None:
+            family.add_metric([current], 1.0)
+        yield family
 
 
 def _reader(stats: Callable[[], dict[str, Any]], key: str) -> Callable[[], float]:
@@ -84,9 +110,11 @@ class MetricsMiddleware:
                 status = int(message["status"])
             await send(message)
 
+        self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            self.metrics.in_flight.dec()
             # Requests rejected before routing (e.g. body too large) have no route: use the path
             # when it is one of ours.
             path = str(getattr(scope.get("route"), "path", scope["path"]))

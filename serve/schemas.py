@@ -60,8 +60,24 @@ class ErrorResponse(BaseModel):
 
 
 class Status(BaseModel):
-    status: Literal["ok", "ready", "loading", "failed"]
+    status: Literal["ok", "ready", "loading", "failed", "draining"]
     reason: str | None = None
+
+
+class ReloadRequest(BaseModel):
+    """A bundle directory on the server's filesystem (absolute, or relative to its working directory)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"bundle": "/bundles/next"}]})
+
+    bundle: str = Field(min_length=1, max_length=4096)
+
+
+class ReloadResponse(BaseModel):
+    status: Literal["reloaded"]
+    version: str = Field(description="model_version now served")
+    previous_version: str | None = Field(description="model_version served before (null after a failed start)")
+    bundle: str
+    seconds: float = Field(description="verify + build + warm-up + swap")
 
 
 class ModelInfo(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,6 +44,22 @@ class Settings(BaseSettings):
     )
     warmup_runs: int = Field(50, ge=0, le=100_000, description="inference calls before becoming ready")
     log_level: str = Field("info", pattern="^(critical|error|warning|info|debug)$")
+    admin_token: SecretStr | None = Field(
+        None, min_length=16,
+        description="bearer token for POST /admin/reload; unset = the admin endpoint does not exist",
+    )
+    drain_seconds: float = Field(
+        0.0, ge=0.0, le=300.0,
+        description="after SIGTERM: keep serving with /readyz 503 this long before closing the listener",
+    )
+    graceful_timeout_seconds: int = Field(  # int: uvicorn's timeout_graceful_shutdown is one
+        10, ge=1, le=600,
+        description="after the drain: wait this long for in-flight requests, then cancel them and exit",
+    )
+    debug_score_delay_ms: float = Field(
+        0.0, ge=0.0, le=60_000.0,
+        description="FAULT INJECTION for tests: every /v1/score awaits this long after taking the model; keep 0",
+    )
 
     @model_validator(mode="before")
     @classmethod

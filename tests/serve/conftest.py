@@ -38,7 +38,7 @@ class TinyBundle:
     policy: dict[str, Any]
 
 
-def build_tiny(out: Path, student: str) -> TinyBundle:
+def build_tiny(out: Path, student: str, seed: int = 0) -> TinyBundle:
     import torch
 
     from distill import pipeline
@@ -51,7 +51,8 @@ def build_tiny(out: Path, student: str) -> TinyBundle:
         captured.update(student=student_model, logits=logits, ds=ds, sg=sg)
         return original(student_model, logits, ds, sg)
 
-    cfg = RunConfig(dataset=TINY, teacher_layers=2, teacher_hidden=16, epochs=30, patience=10, student=student)
+    cfg = RunConfig(dataset=TINY, teacher_layers=2, teacher_hidden=16, epochs=30, patience=10, student=student,
+                    seed=seed)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: more threads only fight over a shared CPU
     try:
@@ -69,22 +70,28 @@ def build_tiny(out: Path, student: str) -> TinyBundle:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundles(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], TinyBundle]:
-    """student name (gcn / sage / mlp) -> its tiny bundle, built once per session on first use."""
+def tiny_bundles(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., TinyBundle]:
+    """(student name (gcn / sage / mlp), seed=0) -> its tiny bundle, built once per session on first use."""
     root = tmp_path_factory.mktemp("bundles")
-    built: dict[str, TinyBundle] = {}
+    built: dict[tuple[str, int], TinyBundle] = {}
 
-    def get(student: str) -> TinyBundle:
-        if student not in built:
-            built[student] = build_tiny(root / student, student)
-        return built[student]
+    def get(student: str, seed: int = 0) -> TinyBundle:
+        if (student, seed) not in built:
+            built[student, seed] = build_tiny(root / f"{student}-seed{seed}", student, seed)
+        return built[student, seed]
 
     return get
 
 
 @pytest.fixture(scope="session")
-def gcn(tiny_bundles: Callable[[str], TinyBundle]) -> TinyBundle:
+def gcn(tiny_bundles: Callable[..., TinyBundle]) -> TinyBundle:
     return tiny_bundles("gcn")
+
+
+@pytest.fixture(scope="session")
+def gcn_seed1(tiny_bundles: Callable[..., TinyBundle]) -> TinyBundle:
+    """Same data and student as `gcn`, another seed: another model_version to hot-reload to."""
+    return tiny_bundles("gcn", seed=1)
 
 
 def free_port() -> int:
@@ -149,6 +156,22 @@ def wait_ready(server: Server, timeout: float = 60.0) -> list[int]:
             return seen
         time.sleep(0.02)
     raise TimeoutError(f"not ready after {timeout}s (seen {seen[-5:]}):\n{server.log.read_text()}")
+
+
+def metric(client: httpx.Client, name: str) -> float:
+    """One sample of /metrics by its full name with labels (`a_total{x="y"}`); 0 when absent."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def wait_in_flight(client: httpx.Client, requests: int, timeout: float = 20.0) -> None:
+    """Until `requests` requests besides this scrape are being handled (serve_requests_in_flight)."""
+    deadline = time.monotonic() + timeout
+    while metric(client, "serve_requests_in_flight") < requests + 1:
+        assert time.monotonic() < deadline, "the request never became in flight"
+        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")

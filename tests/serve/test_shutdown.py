@@ -1,0 +1,114 @@
+"""Graceful shutdown of a real `python -m serve`: drain, finish in-flight requests, exit 0."""
+
+from __future__ import annotations
+
+import signal
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serve.conftest import Server, TinyBundle, start_server, wait_in_flight, wait_ready
+
+EXIT_WITHIN = 30.0  # seconds: generous for a loaded 2-core machine; this is a bound, not a speed test
+
+
+def slow_score(pool: ThreadPoolExecutor, server: Server) -> Future[httpx.Response]:
+    """A score request held in the handler by SERVE_DEBUG_SCORE_DELAY_MS, once it is in flight."""
+    client = httpx.Client(base_url=server.url, timeout=60.0)
+    pending = pool.submit(client.post, "/v1/score", json={"node_ids": [1, 2]})
+    pending.add_done_callback(lambda _: client.close())
+    with server.client() as probe:
+        wait_in_flight(probe, 1)
+    return pending
+
+
+def not_a_success(pending: Future[httpx.Response]) -> bool:
+    """The request failed visibly: a 5xx, or the connection closed without a response."""
+    try:
+        return pending.result(timeout=EXIT_WITHIN).status_code >= 500
+    except httpx.TransportError:
+        return True
+
+
+def readiness_until_refused(server: Server) -> list[int | str]:
+    """Poll /readyz after the signal -> the statuses seen, ending with "refused" once the listener closes."""
+    seen: list[int | str] = []
+    deadline = time.monotonic() + EXIT_WITHIN
+    while time.monotonic() < deadline:
+        try:
+            seen.append(httpx.get(f"{server.url}/readyz", timeout=5.0).status_code)
+        except httpx.ConnectError:
+            return [*seen, "refused"]
+        time.sleep(0.02)
+    raise AssertionError(f"listener still open after {EXIT_WITHIN}s: {seen[-5:]}")
+
+
+def test_sigterm_drains_finishes_the_in_flight_request_and_exits_0(gcn: TinyBundle, tmp_path: Path) -> None:
+    srv = start_server(gcn.path, tmp_path / "drain.log", SERVE_WARMUP_RUNS="2", SERVE_DRAIN_SECONDS="1",
+                       SERVE_DEBUG_SCORE_DELAY_MS="4000")
+    try:
+        wait_ready(srv)
+        with ThreadPoolExecutor(1) as pool:
+            pending = slow_score(pool, srv)
+            srv.process.send_signal(signal.SIGTERM)
+            body = httpx.get(f"{srv.url}/readyz", timeout=5.0)
+            seen = readiness_until_refused(srv)
+            response = pending.result(timeout=EXIT_WITHIN)
+        # /readyz was 503 draining from the first poll after the signal until the listener closed.
+        assert body.status_code == 503 and body.json()["status"] == "draining"
+        assert set(seen[:-1]) == {503} and seen[-1] == "refused"
+        assert response.status_code == 200 and len(response.json()["results"]) == 2
+        assert srv.process.wait(timeout=EXIT_WITHIN) == 0
+        assert "Traceback" not in srv.log.read_text()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_idle_server_exits_0_on_a_signal(gcn: TinyBundle, tmp_path: Path, sig: signal.Signals) -> None:
+    srv = start_server(gcn.path, tmp_path / "idle.log", SERVE_WARMUP_RUNS="0")
+    try:
+        wait_ready(srv)
+        srv.process.send_signal(sig)
+        assert srv.process.wait(timeout=EXIT_WITHIN) == 0
+    finally:
+        srv.stop()
+
+
+def test_graceful_timeout_bounds_the_wait_for_a_stuck_request(gcn: TinyBundle, tmp_path: Path) -> None:
+    # The request would take 60 s; SERVE_GRACEFUL_TIMEOUT_SECONDS=1 lets uvicorn cancel it and exit.
+    srv = start_server(gcn.path, tmp_path / "stuck.log", SERVE_WARMUP_RUNS="0", SERVE_GRACEFUL_TIMEOUT_SECONDS="1",
+                       SERVE_DEBUG_SCORE_DELAY_MS="60000")
+    try:
+        wait_ready(srv)
+        with ThreadPoolExecutor(1) as pool:
+            pending = slow_score(pool, srv)
+            srv.process.send_signal(signal.SIGTERM)
+            assert srv.process.wait(timeout=EXIT_WITHIN) == 0
+            assert not_a_success(pending)  # uvicorn answers the cancelled request 500: never a fake 200
+        assert "graceful shutdown exceeded" in srv.log.read_text()
+    finally:
+        srv.stop()
+
+
+def test_second_sigint_forces_the_exit(gcn: TinyBundle, tmp_path: Path) -> None:
+    # uvicorn's own rule, kept: a second Ctrl+C stops waiting for requests (and exits by the signal).
+    # The graceful timeout is far beyond EXIT_WITHIN, so only forcing can pass this test.
+    srv = start_server(gcn.path, tmp_path / "force.log", SERVE_WARMUP_RUNS="0", SERVE_DRAIN_SECONDS="0",
+                       SERVE_GRACEFUL_TIMEOUT_SECONDS="300", SERVE_DEBUG_SCORE_DELAY_MS="60000")
+    try:
+        wait_ready(srv)
+        with ThreadPoolExecutor(1) as pool:
+            pending = slow_score(pool, srv)
+            srv.process.send_signal(signal.SIGINT)
+            with srv.client() as probe:  # the first signal has been seen once /readyz says draining
+                while probe.get("/readyz").json()["status"] != "draining":
+                    time.sleep(0.02)
+            srv.process.send_signal(signal.SIGINT)
+            assert srv.process.wait(timeout=EXIT_WITHIN) != 0
+            assert not_a_success(pending)
+    finally:
+        srv.stop()
