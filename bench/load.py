@@ -10,6 +10,17 @@ other's CPU. Exits 1 when the score p99 exceeds --p99-ms or any request failed.
 
 Percentiles come from locust's raw per-request times (BENCH_SAMPLES, float ms); locust's --csv
 stats supply counts, failures and requests/s (and percentiles when no samples were written).
+
+Hot reloads under load:
+
+    python bench/load.py --bundle /tmp/cora --reload-bundles /tmp/cora_s1 --reload-every 15 --duration 60
+
+starts the server with a random SERVE_ADMIN_TOKEN and, from the first score request on, POSTs
+/admin/reload every --reload-every seconds, cycling through the given bundles and then --bundle
+again (at least 3 reloads: --duration must exceed 3 x --reload-every). Per reload it prints the
+status, the time it took, the version /v1/model reports afterwards and how many score responses
+carried the new version after the swap (from the locustfile's BENCH_VERSIONS record). Exits 1 on
+any failed request or any reload that did not switch what clients see.
 """
 
 from __future__ import annotations
@@ -17,7 +28,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -30,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from reloads import Reloader, attribute, print_reloads, reload_latency, reload_plan  # bench/, next to this file
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORE = "score (all)"
@@ -163,7 +177,7 @@ def server_side(metrics: dict[str, float]) -> dict[str, float]:
 def run_locust(args: argparse.Namespace, url: str, work: Path) -> tuple[Path, Path]:
     prefix, samples = work / "locust", work / "samples.json"
     env = {**os.environ, "BENCH_BUNDLE": str(args.bundle), "BENCH_SAMPLES": str(samples),
-           "BENCH_WAIT_MS": str(args.wait_ms)}
+           "BENCH_VERSIONS": str(work / "versions.json"), "BENCH_WAIT_MS": str(args.wait_ms)}
     cmd = pinned([sys.executable, "-m", "locust", "-f", str(ROOT / "bench" / "locustfile.py"), "--headless",
                   "--users", str(args.users), "--spawn-rate", str(args.spawn_rate or args.users),
                   "--run-time", f"{args.duration}s", "--host", url, "--csv", str(prefix), "--reset-stats",
@@ -188,31 +202,70 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--server-cores", default="0", help="taskset cores for the server ('' = no pinning)")
     p.add_argument("--locust-cores", default="1", help="taskset cores for locust ('' = no pinning)")
     p.add_argument("--ready-timeout", type=float, default=600.0)
-    return p.parse_args(argv)
+    p.add_argument("--reload-bundles", type=lambda v: [Path(b) for b in v.split(",") if b], default=[],
+                   metavar="DIR[,DIR...]", help="hot-reload these bundles (then --bundle again) during the run")
+    p.add_argument("--reload-every", type=float, default=15.0, metavar="SECONDS")
+    args = p.parse_args(argv)
+    if args.reload_bundles and math.ceil(args.duration / args.reload_every) - 1 < 3:
+        p.error("--reload-bundles needs at least 3 reloads: make --duration larger than 3 x --reload-every")
+    for bundle in [args.bundle, *args.reload_bundles]:
+        if not (bundle / "manifest.json").is_file():
+            p.error(f"{bundle} is not a bundle (no manifest.json)")
+    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def start_server(args: argparse.Namespace, port: int, log: Path, token: str | None) -> subprocess.Popen[bytes]:
+    # SERVE_* in the environment (e.g. SERVE_CACHE_BUDGET_MB) reach the server; CLI flags win.
+    env = {**os.environ, **({"SERVE_ADMIN_TOKEN": token} if token else {})}
+    with log.open("wb") as fh:
+        return subprocess.Popen(pinned([sys.executable, "-m", "serve", "--bundle", str(args.bundle), "--port",
+                                        str(port)], args.server_cores), cwd=ROOT, stdout=fh,
+                                stderr=subprocess.STDOUT, env=env)
+
+
+def stop_server(server: subprocess.Popen[bytes]) -> int | None:
+    """SIGTERM and wait: the service drains and exits 0 (None: it had to be killed)."""
+    server.terminate()
+    try:
+        return server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+        return None
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Server + locust (+ reloader) -> raw results: rows, metrics, versions, reloads, server exit code."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory(prefix="load-") as tmp:
-        work = Path(tmp)
-        log = (work / "server.log").open("wb")
-        # SERVE_* in the environment (e.g. SERVE_CACHE_BUDGET_MB) reach the server; CLI flags win.
-        server = subprocess.Popen(pinned([sys.executable, "-m", "serve", "--bundle", str(args.bundle), "--port",
-                                          str(port)], args.server_cores), cwd=ROOT, stdout=log,
-                                  stderr=subprocess.STDOUT)
-        try:
-            ready_s = wait_ready(url, server, args.ready_timeout)
-            print(f"server ready in {ready_s:.1f}s at {url}; locust: {args.users} users, {args.duration}s, "
-                  f"mean wait {args.wait_ms:.0f} ms")
-            prefix, samples_file = run_locust(args, url, work)
-            metrics = scrape(url)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-        samples = json.loads(samples_file.read_text()) if samples_file.exists() else {}
-        rows = summarise(read_csv(prefix), samples)
+    token = secrets.token_urlsafe(32) if args.reload_bundles else None
+    server = start_server(args, port, work / "server.log", token)
+    plan = reload_plan(args.bundle, args.reload_bundles, math.ceil(args.duration / args.reload_every) - 1)
+    reloader = Reloader(url, token, plan, args.reload_every) if token else None
+    try:
+        ready_s = wait_ready(url, server, args.ready_timeout)
+        print(f"server ready in {ready_s:.1f}s at {url}; locust: {args.users} users, {args.duration}s, "
+              f"mean wait {args.wait_ms:.0f} ms" + (f"; {len(reloader.plan)} reloads, one every "
+                                                     f"{args.reload_every:g}s" if reloader else ""))
+        if reloader:
+            reloader.start()
+        prefix, samples_file = run_locust(args, url, work)
+        if reloader:
+            reloader.stop.set()
+            reloader.join()
+        metrics = scrape(url)
+    finally:
+        exit_code = stop_server(server)
+    samples = json.loads(samples_file.read_text()) if samples_file.exists() else {}
+    versions_file = work / "versions.json"
+    versions = json.loads(versions_file.read_text()) if versions_file.exists() else {}
+    return {"rows": summarise(read_csv(prefix), samples), "metrics": metrics, "versions": versions,
+            "reloads": reloader.done if reloader else [], "planned": len(reloader.plan) if reloader else 0,
+            "exit_code": exit_code}
+
+
+def report(args: argparse.Namespace, rows: dict[str, dict[str, Any]], metrics: dict[str, float]) -> dict[str, Any]:
+    """Print the latency table and the server-side view -> the JSON summary."""
     print_table(rows)
     livez, score = rows.get("livez"), rows[SCORE]
     ratio = score["p50_ms"] / livez["p50_ms"] if livez and livez["p50_ms"] else float("nan")
@@ -222,20 +275,51 @@ def main(argv: list[str] | None = None) -> int:
           f"{int(cache.get('serve_cache_entries', 0))} blocks cached")
     print("server-side (from /metrics histograms, interpolated within buckets): "
           + ", ".join(f"{k} {v:.3f}" for k, v in server.items()))
-    summary = {**{k: rows["overall"][k] for k in ("p50_ms", "p95_ms", "p99_ms", "rps", "failures")},
-               "endpoints": rows, "score_livez_p50_ratio": round(ratio, 3), "cache": cache,
-               "server_side_ms": server,
-               "config": {"bundle": str(args.bundle), "users": args.users, "duration_s": args.duration,
-                          "wait_ms": args.wait_ms, "p99_budget_ms": args.p99_ms}}
+    return {**{k: rows["overall"][k] for k in ("p50_ms", "p95_ms", "p99_ms", "rps", "failures")},
+            "endpoints": rows, "score_livez_p50_ratio": round(ratio, 3), "cache": cache,
+            "server_side_ms": server,
+            "config": {"bundle": str(args.bundle), "users": args.users, "duration_s": args.duration,
+                       "wait_ms": args.wait_ms, "p99_budget_ms": args.p99_ms,
+                       "reload_bundles": [str(b) for b in args.reload_bundles],
+                       "reload_every_s": args.reload_every if args.reload_bundles else None}}
+
+
+def verdict(args: argparse.Namespace, result: dict[str, Any], summary: dict[str, Any]) -> int:
+    rows, reloads = result["rows"], result["reloads"]
+    problems = []
+    if rows["overall"]["failures"] > 0:
+        problems.append(f"{rows['overall']['failures']} failed requests")
+    if rows[SCORE]["p99_ms"] > args.p99_ms:
+        problems.append(f"score p99 {rows[SCORE]['p99_ms']:.3f} ms over the {args.p99_ms} ms budget")
+    if len(reloads) < result["planned"]:
+        problems.append(f"only {len(reloads)} of {result['planned']} reloads ran")
+    if any(not r.switched for r in reloads):
+        problems.append(f"{sum(not r.switched for r in reloads)} reload(s) did not switch")
+    if result["exit_code"] != 0:
+        problems.append(f"server exit code {result['exit_code']} after SIGTERM (expected 0)")
+    summary["server_exit_code"] = result["exit_code"]
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
-    failed = rows["overall"]["failures"] > 0
-    slow = score["p99_ms"] > args.p99_ms
-    if failed or slow:
-        print(f"FAIL: {'failures ' if failed else ''}{'score p99 over budget' if slow else ''}".strip())
+    if problems:
+        print("FAIL: " + "; ".join(problems))
         return 1
-    print(f"PASS: score p99 {score['p99_ms']:.3f} ms <= {args.p99_ms} ms, no failures")
+    print(f"PASS: score p99 {rows[SCORE]['p99_ms']:.3f} ms <= {args.p99_ms} ms, no failures"
+          + (f", {len(reloads)} reloads switched" if reloads else "") + ", server exited 0 on SIGTERM")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="load-") as tmp:
+        result = measure(args, Path(tmp))
+    summary = report(args, result["rows"], result["metrics"])
+    if result["planned"]:
+        attribute(result["reloads"], result["versions"])
+        latency = reload_latency(result["reloads"], result["versions"])
+        print_reloads(result["reloads"], result["versions"], latency)
+        summary["reloads"] = [vars(r) | {"switched": r.switched} for r in result["reloads"]]
+        summary["reload_latency"] = latency
+    return verdict(args, result, summary)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ BENCH_WAIT_MS, default 100 ms), so users never fire in synchronised bursts.
 
 BENCH_SAMPLES=FILE makes the run write every response time (float ms, by request name) to FILE at
 exit: locust's own percentiles are rounded to whole milliseconds, too coarse for a 10 ms budget.
+
+BENCH_VERSIONS=FILE makes it write, at exit, the `model_version` of every successful score response
+with its arrival time (unix seconds) and response time (ms), from the first request on (not reset
+after the ramp-up): bench/load.py --reload-bundles uses it to prove that responses switched
+models. A response whose results carry another version than the response itself is a failure.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -26,11 +32,14 @@ from locust import FastHttpUser, events, task
 BUNDLE = Path(os.environ.get("BENCH_BUNDLE", "out/demo"))
 MEAN_WAIT_S = float(os.environ.get("BENCH_WAIT_MS", "100")) / 1000.0
 SAMPLES = os.environ.get("BENCH_SAMPLES")
+VERSIONS = os.environ.get("BENCH_VERSIONS")
 
 _manifest = json.loads((BUNDLE / "manifest.json").read_text())
 NODE_IDS: list[int] = np.load(BUNDLE / _manifest["graph"]["node_ids"], allow_pickle=False).tolist()
 _features = np.load(BUNDLE / _manifest["graph"]["features"], allow_pickle=False, mmap_mode="r")
 _samples: dict[str, list[float]] = defaultdict(list)
+_version_index: dict[str, int] = {}  # version -> its index in the dump (one short int per event)
+_version_events: list[tuple[float, int, float]] = []  # (unix time received, version index, ms)
 
 
 @events.request.add_listener
@@ -48,6 +57,13 @@ def _reset(**_: Any) -> None:
 def _dump(**_: Any) -> None:
     if SAMPLES:
         Path(SAMPLES).write_text(json.dumps(_samples))
+    if VERSIONS:
+        Path(VERSIONS).write_text(json.dumps({"versions": list(_version_index), "events": _version_events}))
+
+
+def _seen(version: str, response_ms: float) -> None:
+    index = _version_index.setdefault(version, len(_version_index))
+    _version_events.append((time.time(), index, response_ms))
 
 
 def _new_node() -> dict[str, Any]:
@@ -62,11 +78,20 @@ class ScoringClient(FastHttpUser):
         return random.expovariate(1.0 / MEAN_WAIT_S)
 
     def _score(self, body: dict[str, Any], name: str, expected: int) -> None:
+        started = time.perf_counter()
         with self.client.post("/v1/score", json=body, name=name, catch_response=True) as response:
+            elapsed_ms = (time.perf_counter() - started) * 1e3
             if response.status_code != 200:
                 response.failure(f"status {response.status_code}: {response.text[:200]}")
-            elif len(response.json().get("results", [])) != expected:
+                return
+            payload = response.json()
+            results = payload.get("results", [])
+            if len(results) != expected:
                 response.failure("wrong number of results")
+            elif {r.get("model_version") for r in results} != {payload.get("model_version")}:
+                response.failure("results of one response carry different model versions")
+            else:
+                _seen(str(payload["model_version"]), elapsed_ms)
 
     @task(60)
     def score_single(self) -> None:
