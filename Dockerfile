@@ -53,6 +53,9 @@ COPY --from=serve-build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 USER app
 EXPOSE 8000
+# python is PID 1 and installs its own handlers: SIGTERM drains (/readyz 503), finishes in-flight
+# requests and exits 0 within SERVE_DRAIN_SECONDS + SERVE_GRACEFUL_TIMEOUT_SECONDS (serve/README.md).
+STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=60 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
 CMD ["python", "-m", "serve", "--bundle", "/bundle", "--host", "0.0.0.0"]
