@@ -53,7 +53,7 @@ class Reload:
     model_after: str | None = None  # /v1/model's version right after the response
     done_at: float = float("nan")  # unix time the response arrived
     error: str | None = None
-    seen_after: int = 0  # score responses with `expected` after done_at (until the next reload)
+    seen_after: int = 0  # score responses with `expected` after done_at (until the next reload is sent)
     stale_after: int = 0  # score responses with another version > STALE_S after done_at
 
     @property
@@ -119,7 +119,9 @@ def attribute(reloads: list[Reload], versions: dict[str, Any]) -> None:
     names = versions.get("versions", [])
     events = [(t, names[i]) for t, i, _ in versions.get("events", [])]
     for k, r in enumerate(reloads):
-        end = reloads[k + 1].done_at if k + 1 < len(reloads) else float("inf")
+        # Until the next reload was *sent*: its swap lands before its response does, and responses
+        # with its version in between are not stale ones of this reload.
+        end = reloads[k + 1].done_at - reloads[k + 1].seconds if k + 1 < len(reloads) else float("inf")
         after = [v for t, v in events if r.done_at <= t < end]
         r.seen_after = sum(v == r.expected for v in after)
         r.stale_after = sum(v != r.expected for t, v in events if r.done_at + STALE_S <= t < end)
