@@ -167,3 +167,13 @@ def test_in_flight_request_finishes_on_the_model_it_started_with(gcn: TinyBundle
     finally:
         srv.stop()
 
+
+
+def test_openapi_documents_the_admin_endpoint(admin: Server) -> None:
+    with admin.client() as client:
+        spec = client.get("/openapi.json").json()
+    operation = spec["paths"]["/admin/reload"]["post"]
+    assert operation["security"] == [{"HTTPBearer": []}]
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert "bundle" in operation["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert {"200", "401", "409", "422", "503"} <= set(operation["responses"])
