@@ -45,11 +45,11 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def run_dataset(spec: str, seeds: int, students: list[str], variants: list[str],
-                overrides: dict[str, Any]) -> list[dict[str, Any]]:
-    """All rows for one dataset: one per (student, variant, seed), plus the teacher per seed."""
+                overrides: dict[str, Any], rows: list[dict[str, Any]], save: Any) -> None:
+    """Append all rows for one dataset to `rows`: one per (student, variant, seed), plus the teacher per
+    seed; `save()` after each row, so a long run cut short keeps what it measured."""
     ds = load_dataset(spec, overrides.get("split", 0))
     device = resolve_device(overrides.get("device", "auto"))
-    rows = []
     for seed in range(seeds):
         cfg = RunConfig(**{**overrides, "dataset": spec, "seed": seed})
         tcfg = TrainConfig(cfg.epochs, cfg.patience, cfg.lr, cfg.weight_decay)
@@ -58,6 +58,7 @@ def run_dataset(spec: str, seeds: int, students: list[str], variants: list[str],
         signals = pipeline.teacher_signals(teacher, ds, tgraph, device)
         rows.append(_row(ds.name, f"{cfg.teacher}-{cfg.teacher_layers}", "teacher", seed, m))
         _log(rows[-1])
+        save()
         for student in students:
             scfg = replace(cfg, student=student)
             for variant in variants:
@@ -67,7 +68,7 @@ def run_dataset(spec: str, seeds: int, students: list[str], variants: list[str],
                                                  progress=False, kinds=kinds)
                 rows.append(_row(ds.name, f"{student}-{cfg.student_layers}", variant, seed, m))
                 _log(rows[-1])
-    return rows
+                save()
 
 
 def _row(dataset: str, student: str, variant: str, seed: int, m: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +149,8 @@ def plot(rows: list[dict[str, Any]], num_classes: dict[str, int], path: Path) ->
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", action="append", default=[], help="dataset spec (repeatable)")
-    ap.add_argument("--from-json", type=Path, help="re-render the table and plot from an earlier --json file")
+    ap.add_argument("--from-json", type=Path, action="append", default=[],
+                    help="re-render the table and plot from earlier --json files (repeatable: merged)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--students", default="gcn", help="comma-separated student names")
     ap.add_argument("--variants", default=",".join(kd.VARIANTS), help=f"comma-separated, of {list(kd.VARIANTS)}")
@@ -162,22 +164,27 @@ def main() -> int:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {list(kd.VARIANTS)}")
     rows: list[dict[str, Any]] = []
     num_classes: dict[str, int] = {}
-    if args.from_json:
-        saved = json.loads(args.from_json.read_text())
-        rows, num_classes = saved["rows"], saved["num_classes"]
+    for path in args.from_json:
+        saved = json.loads(path.read_text())
+        rows += saved["rows"]
+        num_classes.update(saved["num_classes"])
         _SUPPORT.update(saved["support"])
-    elif not args.dataset:
+    if not args.from_json and not args.dataset:
         raise SystemExit("give --dataset SPEC (repeatable) or --from-json FILE")
+
+    def save() -> None:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"rows": rows, "overrides": overrides, "num_classes": num_classes,
+                                             "support": _SUPPORT}, indent=1))
+
     for spec in args.dataset:
         ds = load_dataset(spec, overrides.get("split", 0))
         num_classes[ds.name] = ds.num_classes
         _SUPPORT[ds.name] = np.bincount(ds.data.y.numpy(), minlength=ds.num_classes).tolist()
-        rows += run_dataset(spec, args.seeds, args.students.split(","), args.variants.split(","), overrides)
+        run_dataset(spec, args.seeds, args.students.split(","), args.variants.split(","), overrides, rows, save)
     print(table(rows, num_classes))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows, "overrides": overrides, "num_classes": num_classes,
-                                         "support": _SUPPORT}, indent=1))
+    save()
     if args.png:
         plot(rows, num_classes, args.png)
         print(f"plot: {args.png}")

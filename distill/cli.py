@@ -26,8 +26,7 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train teacher, scratch and distilled students; write a bundle",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     run.add_argument("--out", required=True, type=Path, help="bundle directory to create")
-    run.add_argument("--force", action="store_true", help="replace --out if it exists")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _job_flags(run)
     _config_options(run)
     sel = sub.add_parser("select", help="distil a grid of students and keep the most accurate within a latency budget",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -37,8 +36,7 @@ def parser() -> argparse.ArgumentParser:
                      "(default: a 9-candidate grid over gcn, sage, mlp)")
     sel.add_argument("--int8", action="store_true", help="also try a dynamic-int8 copy of every candidate")
     sel.add_argument("--calls", type=int, default=1000, help="timed calls per candidate")
-    sel.add_argument("--force", action="store_true", help="replace --out if it exists")
-    sel.add_argument("--quiet", action="store_true", help="no progress bars")
+    _job_flags(sel)
     _config_options(sel)
     ref = sub.add_parser("refresh", help="re-distil a bundle with its own config into a new version",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -49,9 +47,15 @@ def parser() -> argparse.ArgumentParser:
     ref.add_argument("--max-drop", type=float, default=0.01,
                      help="refuse a bundle whose distilled test metric is this much below the parent's")
     ref.add_argument("--allow-worse", action="store_true", help="write the bundle even past --max-drop")
-    ref.add_argument("--force", action="store_true", help="replace --out if it exists")
-    ref.add_argument("--quiet", action="store_true", help="no progress bars")
+    _job_flags(ref)
     return p
+
+
+def _job_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0 = torch's default; on a shared machine, 1 avoids oversubscription)")
 
 
 def _config_options(p: argparse.ArgumentParser) -> None:
@@ -62,7 +66,14 @@ def _config_options(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.threads < 0:
+        print(f"distill: error: --threads {args.threads} must be >= 0 (0 = torch's default)", file=sys.stderr)
+        return 2
     try:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         if args.command == "run":
             return _run(args)
         if args.command == "select":
@@ -78,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-CLI_ONLY = ("command", "out", "force", "quiet", "latency_budget_ms", "grid", "int8", "calls")
+CLI_ONLY = ("command", "out", "force", "quiet", "threads", "latency_budget_ms", "grid", "int8", "calls")
 
 
 def _config(args: argparse.Namespace) -> RunConfig:

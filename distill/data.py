@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch_geometric.data import Data
+from torch_geometric.utils import coalesce
 
 from distill import synthetic
 from distill.errors import DatasetError
@@ -133,7 +134,8 @@ def _to_data(x: np.ndarray, y: np.ndarray, edge_index: np.ndarray, masks: dict[s
     return Data(
         x=torch.as_tensor(np.asarray(x, dtype=np.float32)),
         y=torch.as_tensor(np.asarray(y, dtype=np.int64)),
-        edge_index=torch.as_tensor(np.asarray(edge_index, dtype=np.int64)),
+        # Coalesced (sorted, no duplicate edges): the bundle's CSR of P then has one entry per edge.
+        edge_index=coalesce(torch.as_tensor(np.asarray(edge_index, dtype=np.int64)), num_nodes=len(y)),
         train_mask=torch.as_tensor(masks["train"]),
         val_mask=torch.as_tensor(masks["val"]),
         test_mask=torch.as_tensor(masks["test"]),

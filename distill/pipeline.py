@@ -231,7 +231,7 @@ def distill_student(cfg: RunConfig, prep: Prepared, progress: bool) -> Distilled
     student, logits, metrics = train_student(cfg, prep.ds, prep.norm, sg, prep.tcfg, prep.device, prep.signals,
                                              progress)
     student, logits = student.cpu(), logits.cpu()
-    onnx_bytes, parity = _export(student, logits, prep.ds, sg)
+    onnx_bytes, parity = export_student(student, logits, prep.ds, sg)
     return Distilled(cfg, student, logits, metrics, sg, onnx_bytes, parity)
 
 
@@ -264,7 +264,9 @@ def run(cfg: RunConfig, out: Path, force: bool = False, progress: bool = True,
     return rep
 
 
-def _export(student: _Stack, logits: Tensor, ds: Dataset, sg: StudentGraph) -> tuple[bytes, export.Parity]:
+def export_student(student: _Stack, logits: Tensor, ds: Dataset, sg: StudentGraph) -> tuple[bytes, export.Parity]:
+    """The student as ONNX bytes, exported on the busiest node's neighbourhood and checked on other nodes'
+    neighbourhoods against `logits` [N, C] (its full-graph output under the policy). Raises on a parity miss."""
     graph_free = sg.policy.propagation == "none"
     n = ds.data.num_nodes
     example = int(torch.bincount(sg.prop_index[1], minlength=n).argmax()) if not graph_free else 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,10 +41,10 @@ def _write(tmp: Path, prep: Prepared, result: Distilled, rep: dict[str, Any], ex
         (tmp / name).write_bytes(blob)
     bundle.write_json(tmp / "report.json", rep)
     (tmp / "report.md").write_text(report.markdown(rep))
-    onnx_sha = bundle.sha256(tmp / "student.onnx")
+    files = bundle.file_hashes(tmp)
     manifest = {
         "schema_version": bundle.SCHEMA_VERSION,
-        "version": f"{ds.name}-{cfg.student}-{onnx_sha[:12]}",
+        "version": f"{ds.name}-{cfg.student}-{_served_digest(files)[:12]}",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": {"spec": cfg.dataset, "name": ds.name, "source": ds.source, "num_nodes": n,
                     "num_features": ds.data.num_features, "num_classes": ds.num_classes,
@@ -60,9 +62,16 @@ def _write(tmp: Path, prep: Prepared, result: Distilled, rep: dict[str, Any], ex
         "seed": cfg.seed,
         "versions": bundle.library_versions(),
         **extra_manifest,
-        "files": bundle.file_hashes(tmp),
+        "files": files,
     }
     bundle.write_json(tmp / "manifest.json", manifest)
+
+
+def _served_digest(files: dict[str, str]) -> str:
+    """sha256 over the hashes of what the service computes with (the ONNX model and the graph store): a
+    refresh that changes only the graph (new nodes, new edges) still gets a new version."""
+    served = sorted((k, v) for k, v in files.items() if k == "student.onnx" or k.startswith("graph/"))
+    return hashlib.sha256(json.dumps(served).encode()).hexdigest()
 
 
 def check_against_parent(rep: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:

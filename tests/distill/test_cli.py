@@ -30,6 +30,7 @@ def _bad_cases(tmp_path):
         (["--dataset", "synthetic:nodes=5"], "nodes=5"),
         (["--alpha", "1.5"], "--alpha 1.5"),
         (["--fanout", "0"], "--fanout 0"),
+        (["--threads", "-1"], "--threads -1"),
     ]
 
 
@@ -88,3 +89,11 @@ def test_end_to_end_small_synthetic(tmp_path, student, capsys):
     n = manifest["dataset"]["num_nodes"]
     indptr = np.load(out / "graph/indptr.npy", allow_pickle=False)
     assert indptr.shape == (n + 1,) and indptr[-1] == len(np.load(out / "graph/indices.npy"))
+
+
+def test_version_changes_with_the_graph_store_not_with_the_report():
+    from distill.writer import _served_digest
+
+    files = {"student.onnx": "a" * 64, "graph/features.npy": "b" * 64, "report.json": "c" * 64}
+    assert _served_digest(files) != _served_digest({**files, "graph/features.npy": "d" * 64})
+    assert _served_digest(files) == _served_digest({**files, "report.json": "e" * 64})

@@ -1,6 +1,6 @@
 """Tiny bundles for the serve tests, built by the real offline job, plus the torch reference.
 
-The reference is the torch student itself: the fixture spies on `distill.pipeline._export` to keep
+The reference is the torch student itself: the fixture spies on `distill.pipeline.export_student` to keep
 the trained student, its full-graph logits (what the report evaluated) and the pruned propagation
 matrix. The service must reproduce those logits from cached neighbourhoods.
 """
@@ -45,7 +45,7 @@ def build_tiny(out: Path, student: str, seed: int = 0) -> TinyBundle:
     from distill.config import RunConfig
 
     captured: dict[str, Any] = {}
-    original = pipeline._export
+    original = pipeline.export_student
 
     def spy(student_model: Any, logits: Any, ds: Any, sg: Any) -> Any:
         captured.update(student=student_model, logits=logits, ds=ds, sg=sg)
@@ -57,7 +57,7 @@ def build_tiny(out: Path, student: str, seed: int = 0) -> TinyBundle:
     torch.set_num_threads(1)  # tiny tensors: more threads only fight over a shared CPU
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(pipeline, "_export", spy)
+            mp.setattr(pipeline, "export_student", spy)
             pipeline.run(cfg, out, progress=False)
     finally:
         torch.set_num_threads(threads)
