@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distill import kd, pipeline  # noqa: E402
 from distill.config import RunConfig  # noqa: E402
 from distill.data import load_dataset  # noqa: E402
-from distill.train import TrainConfig, resolve_device, selection_metric  # noqa: E402
+from distill.train import resolve_device, selection_metric  # noqa: E402
 
 METRICS = ("accuracy", "macro_f1", "auroc")
 
@@ -52,7 +52,7 @@ def run_dataset(spec: str, seeds: int, students: list[str], variants: list[str],
     device = resolve_device(overrides.get("device", "auto"))
     for seed in range(seeds):
         cfg = RunConfig(**{**overrides, "dataset": spec, "seed": seed})
-        tcfg = TrainConfig(cfg.epochs, cfg.patience, cfg.lr, cfg.weight_decay)
+        tcfg = cfg.train_config
         norm = pipeline.feature_norm(cfg, ds)
         teacher, tgraph, m = pipeline.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
         signals = pipeline.teacher_signals(teacher, ds, tgraph, device)

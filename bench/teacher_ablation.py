@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distill import pipeline  # noqa: E402
 from distill.config import RunConfig  # noqa: E402
 from distill.data import load_dataset  # noqa: E402
-from distill.train import TrainConfig, resolve_device  # noqa: E402
+from distill.train import resolve_device  # noqa: E402
 
 VARIANTS: dict[str, dict[str, object]] = {
     "plain (no residual, no norm)": {"teacher_residual": False, "teacher_norm": "none"},
@@ -52,7 +52,7 @@ def main() -> int:
     ds = load_dataset(base.dataset)
     device = resolve_device("auto")
     norm = pipeline.feature_norm(base, ds)
-    tcfg = TrainConfig(base.epochs, base.patience, base.lr, base.weight_decay)
+    tcfg = base.train_config
     wanted = [v for v in VARIANTS if not args.only or any(s in v for s in args.only.split(","))]
     rows = []
     for seed in range(args.seeds):

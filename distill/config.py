@@ -47,6 +47,7 @@ class RunConfig:
                              "(auto: row for planetoid, standard otherwise)", ("auto", "none", "row", "standard"))
     epochs: int = _opt(300, "max epochs for every model (same budget for teacher, scratch, distilled)")
     patience: int = _opt(50, "early-stopping patience on the validation metric")
+    min_epochs: int = _opt(100, "no early stop before this many epochs")
     lr: float = _opt(0.01, "Adam learning rate")
     weight_decay: float = _opt(5e-4, "Adam weight decay")
     seed: int = _opt(0, "seed for initialisation, dropout and the neighbourhood policy")
@@ -60,6 +61,8 @@ class RunConfig:
                 raise ConfigError(f"{_flag(f.name)} {value!r} is not one of {list(choices)}")
         positive = ("teacher_layers", "teacher_hidden", "teacher_heads", "student_layers", "student_hidden",
                     "fanout", "epochs", "patience")
+        if self.min_epochs < 0:
+            raise ConfigError(f"--min-epochs {self.min_epochs} must be >= 0")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} {getattr(self, name)} must be >= 1")
@@ -80,6 +83,13 @@ class RunConfig:
     @property
     def kd_kinds(self) -> tuple[str, ...]:
         return parse_kinds(self.kd)
+
+    @property
+    def train_config(self) -> Any:
+        """The optimisation budget as a `distill.train.TrainConfig` (imported here: it pulls in torch)."""
+        from distill.train import TrainConfig
+
+        return TrainConfig(self.epochs, self.patience, self.lr, self.weight_decay, self.min_epochs)
 
     @property
     def layer_pairs(self) -> list[tuple[int, int]]:

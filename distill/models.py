@@ -107,10 +107,11 @@ class _Stack(nn.Module):
         hidden = []
         for i in range(len(self.convs)):
             h = step(i, F.dropout(h, self.dropout, self.training))
+            # Pre-activation embeddings are what KD matches: a post-ReLU target lets one large LSP step
+            # kill every unit, after which no loss term has a gradient (seen on Cora, seed 2).
+            hidden.append(h)
             if i < len(self.convs) - 1:
                 h = F.relu(h)
-                hidden.append(h)
-        hidden.append(h)
         return NodeOutputs(h, hidden)
 
     def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:

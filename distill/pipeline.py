@@ -212,7 +212,7 @@ def prepare(cfg: RunConfig, progress: bool, teacher_state: dict[str, Tensor] | N
     ds = load_dataset(cfg.dataset, cfg.split)
     log(f"[data] {ds.name}: {ds.data.num_nodes} nodes, {ds.data.num_edges} edges, "
         f"{ds.data.num_features} features, {ds.num_classes} classes; device {device}")
-    tcfg = TrainConfig(cfg.epochs, cfg.patience, cfg.lr, cfg.weight_decay)
+    tcfg = cfg.train_config
     norm = feature_norm(cfg, ds)
     if teacher_state is None:
         teacher, tgraph, metrics = train_teacher(cfg, ds, norm, tcfg, device, progress)

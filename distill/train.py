@@ -32,9 +32,10 @@ class TrainConfig:
     patience: int = 50
     lr: float = 0.01
     weight_decay: float = 5e-4
+    min_epochs: int = 100
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.patience < 1 or self.lr <= 0 or self.weight_decay < 0:
+        if self.epochs < 1 or self.patience < 1 or self.lr <= 0 or self.weight_decay < 0 or self.min_epochs < 0:
             raise ConfigError(f"bad training budget {self}; epochs, patience, lr must be positive")
 
 
@@ -79,6 +80,9 @@ def fit(model: nn.Module, data: Data, graph: Graph, loss_fn: LossFn, cfg: TrainC
         desc: str, progress: bool = True, extra: nn.Module | None = None) -> FitResult:
     """Train `model` in place on `data` (already on the device); keep the best validation state.
 
+    Never stops before `cfg.min_epochs`: a distillation term can hold validation flat for the first
+    tens of epochs (the LSP term on Cora, seed 2) and patience alone then stops at the initial state.
+
     `extra` holds trainable parts of the loss (e.g. feature-distillation projections), optimised
     alongside the model but never part of it.
     """
@@ -99,7 +103,7 @@ def fit(model: nn.Module, data: Data, graph: Graph, loss_fn: LossFn, cfg: TrainC
         if score > best:
             best, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
-        elif epoch - best_epoch >= cfg.patience:
+        elif epoch - best_epoch >= cfg.patience and epoch >= cfg.min_epochs:
             break
         bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{best[0]:.3f}", refresh=False)
     model.load_state_dict(best_state)

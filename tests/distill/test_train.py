@@ -1,0 +1,40 @@
+"""The shared training loop: early stopping, the minimum budget, and what students expose to KD."""
+
+import torch
+from torch_geometric.data import Data
+
+from distill.models import GCN
+from distill.train import Graph, TrainConfig, fit
+
+EDGES = torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]])
+
+
+def _data() -> Data:
+    torch.manual_seed(0)
+    mask = torch.tensor([True, True, False, False])
+    return Data(x=torch.randn(4, 3), y=torch.tensor([0, 1, 0, 1]), edge_index=EDGES,
+                train_mask=mask, val_mask=~mask, test_mask=~mask)
+
+
+def _flat_loss(out):
+    # A loss whose value never changes validation: patience runs out at once.
+    return (out.logits * 0).sum() + torch.zeros((), requires_grad=True)
+
+
+def test_min_epochs_holds_off_early_stopping():
+    data = _data()
+    model = GCN(3, 8, 2, 2, dropout=0.0, normalize=True)
+    budget = {"epochs": 200, "patience": 5, "weight_decay": 0.0}  # no decay: the weights never move
+    quick = fit(model, data, Graph(EDGES), _flat_loss, TrainConfig(**budget, min_epochs=0), "t", False)
+    held = fit(model, data, Graph(EDGES), _flat_loss, TrainConfig(**budget, min_epochs=40), "t", False)
+    assert quick.epochs_run == 6
+    assert held.epochs_run == 41
+
+
+def test_student_hidden_is_pre_activation():
+    # KD targets before the ReLU: negative values must survive, else a dead layer stops all gradients.
+    torch.manual_seed(0)
+    model = GCN(3, 8, 2, 2, dropout=0.0, normalize=True).eval()
+    out = model.run(_data().x, EDGES)
+    assert len(out.hidden) == 2 and (out.hidden[0] < 0).any()
+    assert torch.equal(out.hidden[1], out.logits)
