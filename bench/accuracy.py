@@ -44,13 +44,13 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def run_dataset(spec: str, seeds: int, students: list[str], variants: list[str],
+def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str],
                 overrides: dict[str, Any], rows: list[dict[str, Any]], save: Any) -> None:
     """Append all rows for one dataset to `rows`: one per (student, variant, seed), plus the teacher per
     seed; `save()` after each row, so a long run cut short keeps what it measured."""
     ds = load_dataset(spec, overrides.get("split", 0))
     device = resolve_device(overrides.get("device", "auto"))
-    for seed in range(seeds):
+    for seed in seeds:
         cfg = RunConfig(**{**overrides, "dataset": spec, "seed": seed})
         tcfg = cfg.train_config
         norm = pipeline.feature_norm(cfg, ds)
@@ -152,6 +152,8 @@ def main() -> int:
     ap.add_argument("--from-json", type=Path, action="append", default=[],
                     help="re-render the table and plot from earlier --json files (repeatable: merged)")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed + seeds - 1 "
+                    "(split a long run across processes, then merge with --from-json)")
     ap.add_argument("--students", default="gcn", help="comma-separated student names")
     ap.add_argument("--variants", default=",".join(kd.VARIANTS), help=f"comma-separated, of {list(kd.VARIANTS)}")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run option")
@@ -169,6 +171,8 @@ def main() -> int:
         rows += saved["rows"]
         num_classes.update(saved["num_classes"])
         _SUPPORT.update(saved["support"])
+    # Merged runs may repeat a row (each run retrains the teacher of its seeds): keep the first.
+    rows = list({(r["dataset"], r["student"], r["variant"], r["seed"]): r for r in reversed(rows)}.values())[::-1]
     if not args.from_json and not args.dataset:
         raise SystemExit("give --dataset SPEC (repeatable) or --from-json FILE")
 
@@ -182,7 +186,8 @@ def main() -> int:
         ds = load_dataset(spec, overrides.get("split", 0))
         num_classes[ds.name] = ds.num_classes
         _SUPPORT[ds.name] = np.bincount(ds.data.y.numpy(), minlength=ds.num_classes).tolist()
-        run_dataset(spec, args.seeds, args.students.split(","), args.variants.split(","), overrides, rows, save)
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        run_dataset(spec, seeds, args.students.split(","), args.variants.split(","), overrides, rows, save)
     print(table(rows, num_classes))
     save()
     if args.png:
