@@ -27,15 +27,20 @@ def check_target(out: Path, force: bool) -> None:
         raise ConfigError(f"--out {out} already exists; choose a new directory or pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
-    parent = out.resolve().parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
-        raise ConfigError(f"--out {out}: parent directory {parent} is missing or not writable")
+    # Missing parents are created when the bundle is written (after the work succeeded); the nearest
+    # existing ancestor must be a writable directory.
+    ancestor = out.resolve().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
+        raise ConfigError(f"--out {out}: {ancestor} is not a writable directory")
 
 
 @contextmanager
 def staging(out: Path, force: bool) -> Iterator[Path]:
     """Yield a temp dir next to `out`; on success rename it to `out`, on any error delete it."""
     out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp

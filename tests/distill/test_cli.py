@@ -97,3 +97,17 @@ def test_version_changes_with_the_graph_store_not_with_the_report():
     files = {"student.onnx": "a" * 64, "graph/features.npy": "b" * 64, "report.json": "c" * 64}
     assert _served_digest(files) != _served_digest({**files, "graph/features.npy": "d" * 64})
     assert _served_digest(files) == _served_digest({**files, "report.json": "e" * 64})
+
+
+def test_out_under_missing_parents_is_created(tmp_path):
+    # `make demo` on a fresh clone writes out/demo before out/ exists.
+    out = tmp_path / "new" / "deeper" / "b"
+    assert main(["run", "--out", str(out), "--dataset", "synthetic:nodes=200", *TINY]) == 0
+    assert (out / "manifest.json").is_file()
+
+
+def test_out_under_a_file_is_refused_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert main(["run", "--out", str(blocker / "b"), *TINY]) == 2
+    assert "is not a writable directory" in capsys.readouterr().err
