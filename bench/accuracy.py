@@ -101,11 +101,19 @@ def table(rows: list[dict[str, Any]], num_classes: dict[str, int]) -> str:
         for student in dict.fromkeys(r["student"] for r in drows if r["variant"] != "teacher"):
             srows = [r for r in drows if r["student"] == student]
             scratch = np.mean([r[key] for r in srows if r["variant"] == "scratch"])
-            for variant in dict.fromkeys(r["variant"] for r in srows):
+            for variant in dict.fromkeys(r["variant"] for r in _canonical(srows)):
                 sel = [r for r in srows if r["variant"] == variant]
                 lines.append(_line(student, variant, sel, key, scratch, t_mean, rare))
         lines.append("")
     return "\n".join(lines)
+
+
+def _canonical(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Teacher first, then students as first seen, variants in kd.VARIANTS order (merged runs mix them)."""
+    students = list(dict.fromkeys(r["student"] for r in rows if r["variant"] != "teacher"))
+    order = ["teacher", *kd.VARIANTS]
+    return sorted(rows, key=lambda r: (r["variant"] != "teacher", students.index(r["student"])
+                                       if r["student"] in students else -1, order.index(r["variant"])))
 
 
 # Label counts per dataset: the rarest class is the one whose recall the table tracks.
@@ -135,7 +143,8 @@ def plot(rows: list[dict[str, Any]], num_classes: dict[str, int], path: Path) ->
     for ax, dataset in zip(axes[0], datasets, strict=True):
         key = selection_metric(num_classes[dataset])
         drows = [r for r in rows if r["dataset"] == dataset]
-        labels = list(dict.fromkeys(f"{r['student']}\n{r['variant']}" for r in drows))
+        labels = [f"{r['student']}\n{r['variant']}" for r in _canonical(drows)]
+        labels = list(dict.fromkeys(labels))
         vals = [[r[key] for r in drows if f"{r['student']}\n{r['variant']}" == lab] for lab in labels]
         ax.bar(range(len(labels)), [np.mean(v) for v in vals], yerr=[np.std(v) for v in vals], capsize=3)
         ax.set_xticks(range(len(labels)), labels, rotation=60, fontsize=7)
