@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distill.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distill.train import TrainConfig
 
 KD_KINDS = ("response", "feature", "structure")
 
@@ -85,8 +88,8 @@ class RunConfig:
         return parse_kinds(self.kd)
 
     @property
-    def train_config(self) -> Any:
-        """The optimisation budget as a `distill.train.TrainConfig` (imported here: it pulls in torch)."""
+    def train_config(self) -> TrainConfig:
+        """The optimisation budget, shared by teacher, scratch and distilled runs (torch imported only here)."""
         from distill.train import TrainConfig
 
         return TrainConfig(self.epochs, self.patience, self.lr, self.weight_decay, self.min_epochs)
