@@ -181,7 +181,10 @@ def main() -> int:
         num_classes.update(saved["num_classes"])
         _SUPPORT.update(saved["support"])
     # Merged runs may repeat a row (each run retrains the teacher of its seeds): keep the first.
-    rows = list({(r["dataset"], r["student"], r["variant"], r["seed"]): r for r in reversed(rows)}.values())[::-1]
+    unique: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        unique.setdefault((r["dataset"], r["student"], r["variant"], r["seed"]), r)
+    rows = list(unique.values())
     if not args.from_json and not args.dataset:
         raise SystemExit("give --dataset SPEC (repeatable) or --from-json FILE")
 

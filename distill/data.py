@@ -123,7 +123,7 @@ def _npz(spec: str, path: Path, split: int) -> Dataset:
         raise DatasetError(f"dataset spec {spec!r}: --split {split} out of range; the file has {num_splits} splits")
     both = np.concatenate([edges.T, edges.T[::-1]], axis=1)
     masks = {m: arrays[f"{m}_masks"][split] for m in ("train", "val", "test")}
-    data = _to_data(x, y, np.unique(both, axis=1), masks)
+    data = _to_data(x, y, both, masks)  # _to_data coalesces: duplicates from listing both directions go
     num_classes = int(y.max()) + 1
     classes = ("not_banned", "banned") if path.stem == "tolokers" else tuple(f"class_{i}" for i in range(num_classes))
     source = {"kind": "npz", "spec": spec, "split": split, "files": _hashes([path])}
