@@ -55,17 +55,15 @@ def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str
         tcfg = cfg.train_config
         norm = pipeline.feature_norm(cfg, ds)
         teacher, tgraph, m = pipeline.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
-        signals = pipeline.teacher_signals(teacher, ds, tgraph, device)
+        prep = pipeline.Prepared(ds, device, norm, tcfg, teacher, tgraph, m,
+                                 pipeline.teacher_signals(teacher, ds, tgraph, device))
         rows.append(_row(ds.name, f"{cfg.teacher}-{cfg.teacher_layers}", "teacher", seed, m))
         _log(rows[-1])
         save()
         for student in students:
             scfg = replace(cfg, student=student)
             for variant in variants:
-                kinds = kd.VARIANTS[variant]
-                sg = pipeline.distilled_graph(scfg, ds, kinds, teacher, tgraph, device)
-                _, _, m = pipeline.train_student(scfg, ds, norm, sg, tcfg, device, signals if kinds else None,
-                                                 progress=False, kinds=kinds)
+                _, _, m, _ = pipeline.train_distilled(scfg, prep, kd.VARIANTS[variant], progress=False)
                 rows.append(_row(ds.name, f"{student}-{cfg.student_layers}", variant, seed, m))
                 _log(rows[-1])
                 save()
@@ -73,12 +71,14 @@ def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str
 
 def _row(dataset: str, student: str, variant: str, seed: int, m: dict[str, Any]) -> dict[str, Any]:
     return {"dataset": dataset, "student": student, "variant": variant, "seed": seed,
-            **{k: m[k] for k in METRICS}, "per_class_recall": m["per_class_recall"], "seconds": m["seconds"]}
+            **{k: m[k] for k in METRICS}, "per_class_recall": m["per_class_recall"], "seconds": m["seconds"],
+            "propagation": m.get("propagation")}
 
 
 def _log(row: dict[str, Any]) -> None:
     print(f"  {row['dataset']} seed {row['seed']} {row['student']:>8} {row['variant']:<20} "
-          f"acc {row['accuracy']:.4f} auroc {row['auroc']:.4f} ({row['seconds']:.1f}s)", file=sys.stderr, flush=True)
+          f"acc {row['accuracy']:.4f} auroc {row['auroc']:.4f} P={row['propagation']} ({row['seconds']:.1f}s)",
+          file=sys.stderr, flush=True)
 
 
 def _ms(values: list[float]) -> str:

@@ -43,7 +43,10 @@ class RunConfig:
     temperature: float = _opt(4.0, "distillation temperature T")
     alpha: float = _opt(0.5, "weight of the soft-target KL term (1 - alpha weighs the hard-label CE)")
     beta: float = _opt(1.0, "weight of the feature-distillation term (normalised-embedding MSE)")
-    gamma: float = _opt(1.0, "weight of the structure-distillation term (LSP neighbourhood KL)")
+    gamma: float = _opt(0.1, "weight of the structure-distillation term (LSP neighbourhood KL)")
+    structure_weights: str = _opt("auto", "structure KD from a gat teacher: the student propagates with the "
+                                  "teacher's attention (attention), its own fixed weights (fixed), or "
+                                  "whichever scores better on validation (auto)", ("auto", "attention", "fixed"))
     layer_map: str = _opt("", "teacher:student layer pairs for feature/structure KD, e.g. 3:1,6:2 "
                           "(default: every N-th teacher layer)")
     feature_norm: str = _opt("auto", "input normalisation inside the models "

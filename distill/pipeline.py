@@ -64,13 +64,19 @@ def propagation_of(student: str) -> str:
 
 
 def student_graph(cfg: RunConfig, ds: Dataset, propagation: str, importance: Tensor | None = None,
-                  score_name: str = "hash") -> StudentGraph:
-    """Prune under the policy (by teacher `importance` [E] when given, else by the seeded hash)."""
+                  score_name: str = "hash", self_attention: Tensor | None = None) -> StudentGraph:
+    """Prune under the policy (by teacher `importance` [E] when given, else by the seeded hash).
+    With `self_attention` [N] (the teacher's self-loop attention) the student propagates with the
+    teacher's attention instead of `propagation`'s fixed weights."""
     n = ds.data.num_nodes
+    pruned = policy.prune(ds.data.edge_index, n, cfg.fanout, cfg.seed, importance)
+    attention = None
+    if self_attention is not None and importance is not None and propagation != "none":
+        propagation = "attention"
+        attention = (kd.importance_on_edges(pruned, ds.data.edge_index, importance, n), self_attention)
     k_hops = 0 if propagation == "none" else cfg.student_layers
     pol = policy.NeighbourhoodPolicy(cfg.fanout, k_hops, propagation, cfg.seed)
-    pruned = policy.prune(ds.data.edge_index, n, cfg.fanout, cfg.seed, importance)
-    prop_index, prop_weight = policy.propagation(pruned, n, propagation)
+    prop_index, prop_weight = policy.propagation(pruned, n, propagation, attention)
     return StudentGraph(pol, pruned, prop_index, prop_weight, score_name)
 
 
@@ -110,24 +116,35 @@ def teacher_signals(teacher: torch.nn.Module, ds: Dataset, graph: Graph, device:
     return kd.TeacherSignals(out.logits.detach(), [h.detach() for h in out.hidden])
 
 
+@dataclass
+class EdgeImportance:
+    """The teacher's importance of every data edge, edges [E]; for a GAT also of every node's
+    self-loop, self_loops [N] (attention has one; a gradient score does not)."""
+
+    edges: Tensor
+    self_loops: Tensor | None = None
+
+
 def edge_importance(cfg: RunConfig, teacher: torch.nn.Module, ds: Dataset, graph: Graph,
-                    device: torch.device) -> Tensor:
-    """The teacher's importance of every data edge [E]: GAT attention (mean over heads and the teacher
-    layers of the layer map), or |d(predicted-class log-prob) / d(edge weight)| for other teachers."""
+                    device: torch.device) -> EdgeImportance:
+    """GAT: attention averaged over heads and the teacher layers of the layer map; other teachers:
+    |d(predicted-class log-prob) / d(edge weight)|."""
     teacher.eval()
     x = ds.data.x.to(device)
-    layers = [t for t, _ in cfg.layer_pairs]
-    if cfg.teacher == "gat":
-        with torch.no_grad():
-            attention = teacher.run(x, graph.edge_index).attention
-        scored = attention[0][0]
-        score = torch.stack([attention[t - 1][1].mean(-1) for t in layers]).mean(0)
-    else:
+    n = ds.data.num_nodes
+    if cfg.teacher != "gat":
         weight = torch.ones(graph.edge_index.size(1), device=device, requires_grad=True)
         log_probs = torch.log_softmax(teacher(x, graph.edge_index, weight), -1)
         log_probs.max(-1).values.sum().backward()
-        scored, score = graph.edge_index, weight.grad.abs()
-    return kd.importance_on_edges(ds.data.edge_index, scored.cpu(), score.cpu(), ds.data.num_nodes)
+        return EdgeImportance(kd.importance_on_edges(ds.data.edge_index, graph.edge_index.cpu(),
+                                                     weight.grad.abs().cpu(), n))
+    with torch.no_grad():
+        attention = teacher.run(x, graph.edge_index).attention
+    scored = attention[0][0].cpu()
+    score = torch.stack([attention[t - 1][1].mean(-1) for t, _ in cfg.layer_pairs]).mean(0).cpu()
+    loops = scored[0] == scored[1]  # GATConv adds one self-loop per node
+    self_loops = torch.zeros(n).index_put_((scored[0][loops],), score[loops])
+    return EdgeImportance(kd.importance_on_edges(ds.data.edge_index, scored, score, n), self_loops)
 
 
 def train_student(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, sg: StudentGraph, tcfg: TrainConfig,
@@ -157,17 +174,41 @@ def train_student(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, sg: StudentGra
     return student, logits, {**test_metrics(logits, data), **result.__dict__, "kd": list(kinds)}
 
 
-def distilled_graph(cfg: RunConfig, ds: Dataset, kinds: tuple[str, ...], teacher: torch.nn.Module,
-                    tgraph: Graph, device: torch.device) -> StudentGraph:
-    """The distilled student's graph. With structure KD the policy keeps the neighbours the teacher
-    found most important, so a student without attention still uses the teacher's edge importances,
-    and the service serves exactly that graph."""
+def distilled_graphs(cfg: RunConfig, ds: Dataset, kinds: tuple[str, ...], teacher: torch.nn.Module,
+                     tgraph: Graph, device: torch.device) -> list[StudentGraph]:
+    """The candidate graphs of a student distilled with `kinds`. With structure KD the policy keeps
+    the neighbours the teacher found most important; for a GAT teacher a second candidate also
+    propagates with the teacher's attention over them, so a student without attention aggregates
+    the way the teacher did at no serving cost (the weights are in the stored P). Which one serves
+    is `--structure-weights` (auto: chosen on validation by `train_distilled`; on Tolokers attention
+    weights helped, on Cora they hurt)."""
     prop = propagation_of(cfg.student)
     if "structure" not in kinds or prop == "none":
-        return student_graph(cfg, ds, prop)
+        return [student_graph(cfg, ds, prop)]
     importance = edge_importance(cfg, teacher, ds, tgraph, device)
     name = "teacher_attention" if cfg.teacher == "gat" else "teacher_gradient"
-    return student_graph(cfg, ds, prop, importance, name)
+    fixed = student_graph(cfg, ds, prop, importance.edges, name)
+    if importance.self_loops is None or cfg.structure_weights == "fixed":
+        return [fixed]
+    attention = student_graph(cfg, ds, prop, importance.edges, name, importance.self_loops)
+    return [attention] if cfg.structure_weights == "attention" else [fixed, attention]
+
+
+def train_distilled(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...], progress: bool
+                    ) -> tuple[_Stack, Tensor, dict[str, Any], StudentGraph]:
+    """Train the student with `kinds` (() = scratch) on each candidate graph and keep the one with the
+    best validation score -> (student, logits [N, C], test metrics, its graph)."""
+    best: tuple[_Stack, Tensor, dict[str, Any], StudentGraph] | None = None
+    candidates: dict[str, float] = {}
+    for sg in distilled_graphs(cfg, prep.ds, kinds, prep.teacher, prep.tgraph, prep.device):
+        student, logits, m = train_student(cfg, prep.ds, prep.norm, sg, prep.tcfg, prep.device,
+                                           prep.signals if kinds else None, progress, kinds)
+        candidates[sg.policy.propagation] = m["best_val"]
+        if best is None or m["best_val"] > best[2]["best_val"]:
+            best = (student, logits, m, sg)
+    assert best is not None  # distilled_graphs always returns at least one graph
+    best[2].update(propagation=best[3].policy.propagation, propagation_val=candidates)
+    return best
 
 
 def parity_nodes(num_nodes: int, example: int, prop_index: Tensor, seed: int) -> list[int]:
@@ -227,9 +268,7 @@ def prepare(cfg: RunConfig, progress: bool, teacher_state: dict[str, Tensor] | N
 
 def distill_student(cfg: RunConfig, prep: Prepared, progress: bool) -> Distilled:
     """Train the student with `cfg.kd`, export it to ONNX and check parity."""
-    sg = distilled_graph(cfg, prep.ds, cfg.kd_kinds, prep.teacher, prep.tgraph, prep.device)
-    student, logits, metrics = train_student(cfg, prep.ds, prep.norm, sg, prep.tcfg, prep.device, prep.signals,
-                                             progress)
+    student, logits, metrics, sg = train_distilled(cfg, prep, cfg.kd_kinds, progress)
     student, logits = student.cpu(), logits.cpu()
     onnx_bytes, parity = export_student(student, logits, prep.ds, sg)
     return Distilled(cfg, student, logits, metrics, sg, onnx_bytes, parity)
@@ -237,8 +276,7 @@ def distill_student(cfg: RunConfig, prep: Prepared, progress: bool) -> Distilled
 
 def scratch_metrics(cfg: RunConfig, prep: Prepared, progress: bool) -> dict[str, Any]:
     """The same student trained on hard labels only, same budget: the baseline distillation must beat."""
-    sg = student_graph(cfg, prep.ds, propagation_of(cfg.student))
-    return train_student(cfg, prep.ds, prep.norm, sg, prep.tcfg, prep.device, None, progress)[2]
+    return train_distilled(cfg, prep, (), progress)[2]
 
 
 def run(cfg: RunConfig, out: Path, force: bool = False, progress: bool = True,

@@ -19,7 +19,7 @@ from torch_geometric.utils import k_hop_subgraph
 
 from distill.errors import ConfigError
 
-PROPAGATIONS = ("gcn", "mean", "none")
+PROPAGATIONS = ("gcn", "mean", "attention", "none")
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -76,11 +76,15 @@ def prune(edge_index: torch.Tensor, num_nodes: int, fanout: int, seed: int,
     return edge_index[:, torch.from_numpy(keep)]
 
 
-def propagation(edge_index: torch.Tensor, num_nodes: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+def propagation(edge_index: torch.Tensor, num_nodes: int, kind: str,
+                attention: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Propagation matrix P of the student as (edge_index [2, E''], weight [E'']), P[dst, src] = weight.
 
     `gcn`: symmetric normalisation with self-loops (PyG `gcn_norm`); `mean`: 1 / in-degree, no
-    self-loops (GraphSAGE-mean as a weighted sum); `none`: no edges (graph-free students).
+    self-loops (GraphSAGE-mean as a weighted sum); `attention`: the teacher's attention, given as
+    `attention = (score of each kept edge [E], score of each node's self-loop [N])`, renormalised
+    over each row (kept in-neighbours plus the self-loop), so the student aggregates its
+    neighbours the way the teacher weighed them; `none`: no edges (graph-free students).
     """
     if kind == "gcn":
         ei, w = gcn_norm(edge_index, None, num_nodes, add_self_loops=True)
@@ -88,6 +92,15 @@ def propagation(edge_index: torch.Tensor, num_nodes: int, kind: str) -> tuple[to
     if kind == "mean":
         deg = torch.zeros(num_nodes).index_add_(0, edge_index[1], torch.ones(edge_index.size(1)))
         return edge_index, 1.0 / deg[edge_index[1]]
+    if kind == "attention":
+        if attention is None:
+            raise ConfigError("attention propagation needs the teacher's edge and self-loop scores")
+        loops = torch.arange(num_nodes).repeat(2, 1)
+        ei = torch.cat([edge_index.cpu(), loops], 1)
+        # A floor keeps every kept edge in P: a zero would silently drop a neighbour the policy kept.
+        w = torch.cat([attention[0].cpu(), attention[1].cpu()]).float().clamp_min(1e-6)
+        row_sum = torch.zeros(num_nodes).index_add_(0, ei[1], w)
+        return ei, w / row_sum[ei[1]]
     return edge_index[:, :0], torch.zeros(0)
 
 

@@ -19,6 +19,8 @@ def _clean(value: Any) -> Any:
         return None if math.isnan(value) else round(value, 6)
     if isinstance(value, list):
         return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
     return value
 
 
@@ -56,6 +58,11 @@ def markdown(rep: dict[str, Any]) -> str:
         cells = [_fmt(m[k]) for k in METRICS] + [_fmt(r) for r in m["per_class_recall"]]
         lines.append(f"| {role} | " + " | ".join(cells) + f" | {m['epochs_run']} |")
     lines += ["", "Test set. Early stopping on validation " + rep["selection_metric"] + "."]
+    candidates = rep["distilled"].get("propagation_val", {})
+    if len(candidates) > 1:
+        vals = ", ".join(f"{k} {v:.4f}" for k, v in candidates.items())
+        lines.append(f"Distilled student propagates with `{rep['distilled']['propagation']}` weights "
+                     f"(validation {rep['selection_metric']}: {vals}).")
     lines += [f"- **flag:** {f}" for f in rep["flags"]] or ["- no flags"]
     return "\n".join(lines) + "\n"
 

@@ -27,7 +27,7 @@ GRAPH_ARRAYS = {  # name -> (dtype, ndim)
     "indices": (np.int64, 1),
     "weights": (np.float32, 1),
 }
-PROPAGATIONS = ("gcn", "mean", "none")
+PROPAGATIONS = ("gcn", "mean", "attention", "none")
 
 
 @dataclass(frozen=True)

@@ -173,6 +173,9 @@ class GraphStore:
             row[1:] = 1.0 / np.sqrt(d_new * self.degree[kept].astype(np.float64))
         elif self.propagation == "mean" and len(kept):
             row[1:] = 1.0 / len(kept)
+        elif self.propagation == "attention":
+            # The teacher never scored a new node's edges: uniform attention over itself and kept.
+            row[:] = 1.0 / (len(kept) + 1)
         return row
 
 

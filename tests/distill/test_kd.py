@@ -80,3 +80,25 @@ def test_each_term_is_nonzero_and_reaches_the_student(kinds):
     assert set(kd.Objective((), [], [5, 2], [], 0.5, 4.0, 1, 1)(out, torch.tensor([0, 1, 0]),
                                                                    torch.tensor([True, True, False]), None,
                                                                    EDGES).shape) == set()
+
+
+@pytest.mark.parametrize("weights, expected", [("fixed", ["gcn"]), ("attention", ["attention"]),
+                                               ("auto", ["gcn", "attention"])])
+def test_structure_weights_candidates_and_validation_choice(weights, expected):
+    """Structure KD from a GAT teacher trains on the candidate propagations and keeps the best on validation."""
+    from dataclasses import replace
+
+    from distill import pipeline
+    from distill.config import RunConfig
+
+    cfg = RunConfig(dataset="synthetic:nodes=200,avg_degree=8,features=6,seed=3", teacher_layers=2,
+                    teacher_hidden=16, epochs=20, patience=5, min_epochs=0, kd="response,structure",
+                    structure_weights=weights, fanout=3)
+    prep = pipeline.prepare(cfg, progress=False)
+    _, _, m, sg = pipeline.train_distilled(cfg, prep, cfg.kd_kinds, progress=False)
+    assert list(m["propagation_val"]) == expected
+    assert m["propagation"] == sg.policy.propagation == max(expected, key=lambda k: (m["propagation_val"][k],
+                                                                                   -expected.index(k)))
+    assert sg.score == "teacher_attention"
+    _, _, scratch, scratch_sg = pipeline.train_distilled(replace(cfg, kd="none"), prep, (), progress=False)
+    assert scratch["propagation_val"] == {"gcn": scratch["best_val"]} and scratch_sg.score == "hash"

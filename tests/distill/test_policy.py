@@ -58,3 +58,17 @@ def test_neighbourhood_reproduces_full_graph_output_exactly():
             assert len(subset) <= pol.max_nodes
             sub = model.forward_dense(d.x[subset], adj)[local]
             torch.testing.assert_close(sub, full[node], atol=1e-5, rtol=0)
+
+
+def test_attention_propagation_is_the_row_normalised_teacher_attention():
+    # Node 0 keeps in-edges from 1 and 2 (attention 0.2, 0.6) and its self-loop (0.2); node 1 keeps 0 -> 1.
+    edge_index = torch.tensor([[1, 2, 0], [0, 0, 1]])
+    ei, w = policy.propagation(edge_index, 3, "attention",
+                               (torch.tensor([0.2, 0.6, 0.0]), torch.tensor([0.2, 0.5, 0.7])))
+    dense = torch.zeros(3, 3)
+    dense[ei[1], ei[0]] = w
+    expected = torch.tensor([[0.2, 0.2, 0.6],
+                             [1e-6 / (1e-6 + 0.5), 0.5 / (1e-6 + 0.5), 0.0],  # zero attention floored, not dropped
+                             [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(dense, expected)
+    assert ei.size(1) == 3 + 3  # every kept edge plus one self-loop per node

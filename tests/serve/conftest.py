@@ -51,8 +51,12 @@ def build_tiny(out: Path, student: str, seed: int = 0) -> TinyBundle:
         captured.update(student=student_model, logits=logits, ds=ds, sg=sg)
         return original(student_model, logits, ds, sg)
 
-    cfg = RunConfig(dataset=TINY, teacher_layers=2, teacher_hidden=16, epochs=30, patience=10, student=student,
-                    seed=seed)
+    # "gcn+attention": structure KD, the student propagating with the GAT teacher's attention.
+    attention = student.endswith("+attention")
+    cfg = RunConfig(dataset=TINY, teacher_layers=2, teacher_hidden=16, epochs=30, patience=10,
+                    student=student.removesuffix("+attention"), seed=seed,
+                    kd="response,structure" if attention else "response",
+                    structure_weights="attention" if attention else "auto")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: more threads only fight over a shared CPU
     try:
@@ -71,7 +75,8 @@ def build_tiny(out: Path, student: str, seed: int = 0) -> TinyBundle:
 
 @pytest.fixture(scope="session")
 def tiny_bundles(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., TinyBundle]:
-    """(student name (gcn / sage / mlp), seed=0) -> its tiny bundle, built once per session on first use."""
+    """(student name (gcn / sage / mlp, or gcn+attention / sage+attention), seed=0) -> its tiny bundle,
+    built once per session on first use."""
     root = tmp_path_factory.mktemp("bundles")
     built: dict[tuple[str, int], TinyBundle] = {}
 

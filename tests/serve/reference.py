@@ -25,6 +25,9 @@ def new_node_logits(tiny: TinyBundle, features: list[float], neighbours: list[in
         w = [float(1 / np.sqrt(d_new * degree[j])) for j in kept.tolist()] + [1 / d_new]
     elif pol["propagation"] == "mean" and len(kept):
         src, dst, w = kept.tolist(), [n] * len(kept), [1 / len(kept)] * len(kept)
+    elif pol["propagation"] == "attention":
+        src, dst = kept.tolist() + [n], [n] * (len(kept) + 1)
+        w = [1 / (len(kept) + 1)] * (len(kept) + 1)
     index = torch.cat([tiny.prop_index, torch.tensor([src, dst], dtype=torch.long).view(2, -1)], dim=1)
     weight = torch.cat([tiny.prop_weight, torch.tensor(w, dtype=torch.float32)])
     x = torch.cat([tiny.features, torch.tensor([features], dtype=torch.float32)])

@@ -21,7 +21,7 @@ def test_splitmix64_matches_reference_vector_and_distill() -> None:
     np.testing.assert_array_equal(edge_rank(src, dst, 7), dpolicy.edge_rank(src, dst, 7))
 
 
-@pytest.mark.parametrize("student", ["gcn", "sage"])
+@pytest.mark.parametrize("student", ["gcn", "sage", "gcn+attention"])
 def test_every_block_equals_distill_neighbourhood(tiny_bundles, student: str) -> None:
     tiny: TinyBundle = tiny_bundles(student)
     store = GraphStore(load(tiny.path))
@@ -92,6 +92,9 @@ def test_new_node_row_formulas() -> None:
     mean = GraphStore(csr_bundle(*CSR, propagation="mean"))
     np.testing.assert_allclose(mean.new_row(kept), [0.0, 0.5, 0.5])
     np.testing.assert_array_equal(mean.new_row(kept[:0]), [0.0])  # no neighbours: empty row
+    attention = GraphStore(csr_bundle(*CSR, propagation="attention"))
+    np.testing.assert_allclose(attention.new_row(kept), [1 / 3, 1 / 3, 1 / 3])
+    np.testing.assert_array_equal(attention.new_row(kept[:0]), [1.0])  # alone: attends to itself
 
 
 def test_new_node_block_layout() -> None:
