@@ -32,6 +32,7 @@ class RunConfig:
     teacher_norm: str = _opt("layer", "normalisation in each teacher block", ("layer", "batch", "none"))
     teacher_residual: bool = _opt(True, "residual connection around each gat block")
     teacher_jk: str = _opt("none", "jumping knowledge over gat blocks", ("none", "cat", "max"))
+    teacher_restarts: int = _opt(1, "train the teacher from this many initialisations, keep the best on validation")
     teacher_fanout: int = _opt(0, "cap on in-neighbours the teacher sees (0 = full graph; "
                                   "useful on CPU for big graphs)")
     student: str = _opt("gcn", "student architecture", ("gcn", "sage", "mlp"))
@@ -65,8 +66,8 @@ class RunConfig:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise ConfigError(f"{_flag(f.name)} {value!r} is not one of {list(choices)}")
-        positive = ("teacher_layers", "teacher_hidden", "teacher_heads", "student_layers", "student_hidden",
-                    "fanout", "epochs", "patience")
+        positive = ("teacher_layers", "teacher_hidden", "teacher_heads", "teacher_restarts", "student_layers",
+                    "student_hidden", "fanout", "epochs", "patience")
         if self.min_epochs < 0:
             raise ConfigError(f"--min-epochs {self.min_epochs} must be >= 0")
         for name in positive:
