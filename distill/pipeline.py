@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,20 +64,23 @@ def propagation_of(student: str) -> str:
 
 
 def student_graph(cfg: RunConfig, ds: Dataset, propagation: str, importance: Tensor | None = None,
-                  score_name: str = "hash", self_attention: Tensor | None = None) -> StudentGraph:
-    """Prune under the policy (by teacher `importance` [E] when given, else by the seeded hash).
-    With `self_attention` [N] (the teacher's self-loop attention) the student propagates with the
-    teacher's attention instead of `propagation`'s fixed weights."""
+                  score_name: str = "hash") -> StudentGraph:
+    """Prune under the policy (by teacher `importance` [E] when given, else by the seeded hash)."""
     n = ds.data.num_nodes
-    pruned = policy.prune(ds.data.edge_index, n, cfg.fanout, cfg.seed, importance)
-    attention = None
-    if self_attention is not None and importance is not None and propagation != "none":
-        propagation = "attention"
-        attention = (kd.importance_on_edges(pruned, ds.data.edge_index, importance, n), self_attention)
     k_hops = 0 if propagation == "none" else cfg.student_layers
     pol = policy.NeighbourhoodPolicy(cfg.fanout, k_hops, propagation, cfg.seed)
-    prop_index, prop_weight = policy.propagation(pruned, n, propagation, attention)
+    pruned = policy.prune(ds.data.edge_index, n, cfg.fanout, cfg.seed, importance)
+    prop_index, prop_weight = policy.propagation(pruned, n, propagation)
     return StudentGraph(pol, pruned, prop_index, prop_weight, score_name)
+
+
+def attention_graph(sg: StudentGraph, ds: Dataset, edges: Tensor, self_loops: Tensor) -> StudentGraph:
+    """`sg`'s kept neighbours, propagated with the teacher's attention (`edges` [E] on the data edges,
+    `self_loops` [N]) instead of the student's fixed weights."""
+    n = ds.data.num_nodes
+    kept = kd.importance_on_edges(sg.pruned, ds.data.edge_index, edges, n)
+    prop_index, prop_weight = policy.propagation(sg.pruned, n, "attention", (kept, self_loops))
+    return StudentGraph(replace(sg.policy, propagation="attention"), sg.pruned, prop_index, prop_weight, sg.score)
 
 
 def teacher_model(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.device, restart: int = 0
@@ -202,7 +205,7 @@ def distilled_graphs(cfg: RunConfig, ds: Dataset, kinds: tuple[str, ...], teache
     fixed = student_graph(cfg, ds, prop, importance.edges, name)
     if importance.self_loops is None or cfg.structure_weights == "fixed":
         return [fixed]
-    attention = student_graph(cfg, ds, prop, importance.edges, name, importance.self_loops)
+    attention = attention_graph(fixed, ds, importance.edges, importance.self_loops)
     return [attention] if cfg.structure_weights == "attention" else [fixed, attention]
 
 
