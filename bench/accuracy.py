@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -72,12 +73,13 @@ def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str
 def _row(dataset: str, student: str, variant: str, seed: int, m: dict[str, Any]) -> dict[str, Any]:
     return {"dataset": dataset, "student": student, "variant": variant, "seed": seed,
             **{k: m[k] for k in METRICS}, "per_class_recall": m["per_class_recall"], "seconds": m["seconds"],
-            "propagation": m.get("propagation")}
+            "propagation": m.get("propagation"), "alpha": m.get("alpha")}
 
 
 def _log(row: dict[str, Any]) -> None:
     print(f"  {row['dataset']} seed {row['seed']} {row['student']:>8} {row['variant']:<20} "
-          f"acc {row['accuracy']:.4f} auroc {row['auroc']:.4f} P={row['propagation']} ({row['seconds']:.1f}s)",
+          f"acc {row['accuracy']:.4f} auroc {row['auroc']:.4f} P={row['propagation']} "
+          f"alpha={row['alpha']} ({row['seconds']:.1f}s)",
           file=sys.stderr, flush=True)
 
 
@@ -95,7 +97,7 @@ def table(rows: list[dict[str, Any]], num_classes: dict[str, int]) -> str:
         rare = int(np.argmin(_SUPPORT[dataset]))
         lines += [f"### {dataset} ({len(teacher)} seeds, test set; gain/gap in {key})", "",
                   f"| model | variant | accuracy | macro-F1 | AUROC | gain vs scratch | gap to teacher "
-                  f"| recall rarest class ({rare}) |", "|---|---|---|---|---|---|---|---|"]
+                  f"| recall rarest class ({rare}) | chosen on validation |", "|---|---|---|---|---|---|---|---|---|"]
         t_mean = np.mean([r[key] for r in teacher])
         lines.append(_line(teacher[0]["student"], "teacher", teacher, key, None, t_mean, rare))
         for student in dict.fromkeys(r["student"] for r in drows if r["variant"] != "teacher"):
@@ -127,7 +129,14 @@ def _line(student: str, variant: str, sel: list[dict[str, Any]], key: str, scrat
     gap = "" if variant == "teacher" else f"{mean - teacher:+.4f}"
     recall = _ms([r["per_class_recall"][rare] for r in sel])
     cells = [_ms([r[k] for r in sel]) for k in METRICS]
-    return f"| {student} | {variant} | " + " | ".join(cells) + f" | {gain} | {gap} | {recall} |"
+    return f"| {student} | {variant} | " + " | ".join(cells) + f" | {gain} | {gap} | {recall} | {_chosen(sel)} |"
+
+
+def _chosen(sel: list[dict[str, Any]]) -> str:
+    """Which candidate (propagation, soft-target weight) validation kept, counted over seeds."""
+    names = Counter(pipeline.candidate_name(r["propagation"], r.get("alpha")) for r in sel if r.get("propagation"))
+    return ", ".join(f"{name} ×{count}" for name, count in names.most_common()) if len(sel) > 1 else \
+        ", ".join(names)
 
 
 def plot(rows: list[dict[str, Any]], num_classes: dict[str, int], path: Path) -> None:

@@ -164,9 +164,11 @@ def edge_importance(cfg: RunConfig, teacher: torch.nn.Module, ds: Dataset, graph
 
 def train_student(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, sg: StudentGraph, tcfg: TrainConfig,
                   device: torch.device, teacher: kd.TeacherSignals | None, progress: bool,
-                  kinds: tuple[str, ...] | None = None) -> tuple[_Stack, Tensor, dict[str, Any]]:
-    """Scratch student when `teacher` is None, else distilled with `kinds` (default: cfg.kd).
-    Same initialisation, same budget, same loop either way."""
+                  kinds: tuple[str, ...] | None = None, alpha: float | None = None
+                  ) -> tuple[_Stack, Tensor, dict[str, Any]]:
+    """Scratch student when `teacher` is None, else distilled with `kinds` (default: cfg.kd) and
+    soft-target weight `alpha` (default: the largest of cfg.alphas). Same initialisation, same budget,
+    same loop either way."""
     data = ds.data.to(device)
     kinds = () if teacher is None else (cfg.kd_kinds if kinds is None else kinds)
     torch.manual_seed(cfg.seed)
@@ -176,7 +178,8 @@ def train_student(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, sg: StudentGra
     student.feature_norm = FeatureNorm(norm.mode, norm.mean, norm.std)
     widths = [cfg.student_hidden] * (cfg.student_layers - 1) + [ds.num_classes]
     teacher_widths = [h.size(1) for h in teacher.hidden] if teacher is not None else []
-    objective = kd.Objective(kinds, cfg.layer_pairs, widths, teacher_widths, cfg.alpha, cfg.temperature,
+    alpha = max(cfg.alphas) if alpha is None else alpha
+    objective = kd.Objective(kinds, cfg.layer_pairs, widths, teacher_widths, alpha, cfg.temperature,
                              cfg.beta, cfg.gamma)
     student.to(device)
     objective.to(device)
@@ -186,7 +189,8 @@ def train_student(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, sg: StudentGra
     result = fit(student, data, graph, lambda out: objective(out, data.y, data.train_mask, teacher, lsp_edges),
                  tcfg, desc, progress, extra=objective)
     logits = predict(student, data, graph)
-    return student, logits, {**test_metrics(logits, data), **result.__dict__, "kd": list(kinds)}
+    return student, logits, {**test_metrics(logits, data), **result.__dict__, "kd": list(kinds),
+                             "alpha": alpha if "response" in kinds else None}
 
 
 def distilled_graphs(cfg: RunConfig, ds: Dataset, kinds: tuple[str, ...], teacher: torch.nn.Module,
@@ -211,19 +215,28 @@ def distilled_graphs(cfg: RunConfig, ds: Dataset, kinds: tuple[str, ...], teache
 
 def train_distilled(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...], progress: bool
                     ) -> tuple[_Stack, Tensor, dict[str, Any], StudentGraph]:
-    """Train the student with `kinds` (() = scratch) on each candidate graph and keep the one with the
-    best validation score -> (student, logits [N, C], test metrics, its graph)."""
+    """Train the student with `kinds` (() = scratch) on each candidate graph and, with response KD,
+    each soft-target weight of `cfg.alphas`; keep the best on validation -> (student, logits [N, C],
+    test metrics, its graph). Metrics record the choice (`propagation`, `alpha`) and every
+    candidate's validation score (`candidates_val`)."""
     best: tuple[_Stack, Tensor, dict[str, Any], StudentGraph] | None = None
     candidates: dict[str, float] = {}
+    alphas = cfg.alphas if "response" in kinds else (None,)
     for sg in distilled_graphs(cfg, prep.ds, kinds, prep.teacher, prep.tgraph, prep.device):
-        student, logits, m = train_student(cfg, prep.ds, prep.norm, sg, prep.tcfg, prep.device,
-                                           prep.signals if kinds else None, progress, kinds)
-        candidates[sg.policy.propagation] = m["best_val"]
-        if best is None or m["best_val"] > best[2]["best_val"]:
-            best = (student, logits, m, sg)
+        for alpha in alphas:
+            student, logits, m = train_student(cfg, prep.ds, prep.norm, sg, prep.tcfg, prep.device,
+                                               prep.signals if kinds else None, progress, kinds, alpha)
+            candidates[candidate_name(sg.policy.propagation, alpha)] = m["best_val"]
+            if best is None or m["best_val"] > best[2]["best_val"]:
+                best = (student, logits, m, sg)
     assert best is not None  # distilled_graphs always returns at least one graph
-    best[2].update(propagation=best[3].policy.propagation, propagation_val=candidates)
+    best[2].update(propagation=best[3].policy.propagation, candidates_val=candidates)
     return best
+
+
+def candidate_name(propagation: str, alpha: float | None) -> str:
+    """How a candidate appears in metrics and reports: `gcn` or `attention, alpha 0.2`."""
+    return propagation if alpha is None else f"{propagation}, alpha {alpha:g}"
 
 
 def parity_nodes(num_nodes: int, example: int, prop_index: Tensor, seed: int) -> list[int]:

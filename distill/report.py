@@ -58,11 +58,13 @@ def markdown(rep: dict[str, Any]) -> str:
         cells = [_fmt(m[k]) for k in METRICS] + [_fmt(r) for r in m["per_class_recall"]]
         lines.append(f"| {role} | " + " | ".join(cells) + f" | {m['epochs_run']} |")
     lines += ["", "Test set. Early stopping on validation " + rep["selection_metric"] + "."]
-    candidates = rep["distilled"].get("propagation_val", {})
+    d = rep["distilled"]
+    candidates = d.get("candidates_val", {})
     if len(candidates) > 1:
         vals = ", ".join(f"{k} {v:.4f}" for k, v in candidates.items())
-        lines.append(f"Distilled student propagates with `{rep['distilled']['propagation']}` weights "
-                     f"(validation {rep['selection_metric']}: {vals}).")
+        alpha = f", soft-target weight alpha {d['alpha']:g}" if d.get("alpha") is not None else ""
+        lines.append(f"Distilled student: `{d['propagation']}` propagation{alpha}, chosen on validation "
+                     f"{rep['selection_metric']} ({vals}).")
     lines += [f"- **flag:** {f}" for f in rep["flags"]] or ["- no flags"]
     return "\n".join(lines) + "\n"
 

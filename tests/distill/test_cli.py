@@ -29,6 +29,7 @@ def _bad_cases(tmp_path):
         (["--dataset", f"planetoid:{tmp_path}"], "expected exactly one raw/ind.<name>.x"),
         (["--dataset", "synthetic:nodes=5"], "nodes=5"),
         (["--alpha", "1.5"], "--alpha 1.5"),
+        (["--alpha", "often"], "--alpha 'often'"),
         (["--fanout", "0"], "--fanout 0"),
         (["--threads", "-1"], "--threads -1"),
     ]

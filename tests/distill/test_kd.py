@@ -14,6 +14,14 @@ H_S = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
 H_T = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
 
 
+def test_alpha_is_a_weight_or_the_auto_grid():
+    from distill.config import ALPHA_GRID, RunConfig
+
+    assert RunConfig().alphas == ALPHA_GRID == (0.0, 0.2, 0.8)
+    assert RunConfig(alpha="0.5").alphas == (0.5,)
+    assert RunConfig.from_dict({"alpha": 0.5}).alpha == "0.5"  # manifests written before `auto`
+
+
 def test_layer_map_default_and_explicit():
     assert layer_map("", 6, 2) == [(3, 1), (6, 2)]
     assert layer_map("2:1,6:2", 6, 2) == [(2, 1), (6, 2)]
@@ -96,9 +104,12 @@ def test_structure_weights_candidates_and_validation_choice(weights, expected):
                     structure_weights=weights, fanout=3)
     prep = pipeline.prepare(cfg, progress=False)
     _, _, m, sg = pipeline.train_distilled(cfg, prep, cfg.kd_kinds, progress=False)
-    assert list(m["propagation_val"]) == expected
-    assert m["propagation"] == sg.policy.propagation == max(expected, key=lambda k: (m["propagation_val"][k],
-                                                                                   -expected.index(k)))
+    names = [pipeline.candidate_name(p, a) for p in expected for a in (0.0, 0.2, 0.8)]
+    assert list(m["candidates_val"]) == names
+    best = max(names, key=lambda k: (m["candidates_val"][k], -names.index(k)))
+    assert pipeline.candidate_name(m["propagation"], m["alpha"]) == best
+    assert m["propagation"] == sg.policy.propagation and m["best_val"] == m["candidates_val"][best]
     assert sg.score == "teacher_attention"
     _, _, scratch, scratch_sg = pipeline.train_distilled(replace(cfg, kd="none"), prep, (), progress=False)
-    assert scratch["propagation_val"] == {"gcn": scratch["best_val"]} and scratch_sg.score == "hash"
+    assert scratch["candidates_val"] == {"gcn": scratch["best_val"]} and scratch_sg.score == "hash"
+    assert scratch["alpha"] is None
