@@ -39,13 +39,43 @@ class FeatureNorm(nn.Module):
         self.mode = mode
         self.register_buffer("mean", mean if mean is not None else torch.zeros(0))
         self.register_buffer("std", std if std is not None else torch.ones(0))
+        self._last: tuple[Tensor, tuple[int, ...], Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        """x [N, F] -> normalised [N, F]. Full-batch training feeds the same feature matrix every
+        epoch; normalising CiteSeer's 3327 x 3703 floats took 40 % of a student's training, so the
+        last result is reused while the input is the same, unmodified tensor (never while exporting)."""
+        versions = (x._version, self.mean._version, self.std._version)
+        last = self._last
+        if last is not None and last[0] is x and last[1] == versions:
+            return last[2]
+        out = self._normalise(x)
+        if not (x.requires_grad or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
+            self._last = (x, versions, out)
+        return out
+
+    def _normalise(self, x: Tensor) -> Tensor:
         if self.mode == "row":
             return x / x.abs().sum(dim=-1, keepdim=True).clamp(min=1e-12)
         if self.mode == "standard":
             return (x - self.mean) / self.std
         return x
+
+
+def input_dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """`F.dropout` for a model's input features [N, F]. On sparse inputs (bag-of-words: Cora 1.3 %
+    non-zero) only the non-zeros draw a random number: the same distribution (a dropped zero is
+    still zero), at 1/density less RNG work, which was 60 % of a Cora student's training time."""
+    if not training or p == 0.0 or x.requires_grad:
+        return F.dropout(x, p, training)
+    rows, cols = x.nonzero(as_tuple=True)
+    if 4 * rows.numel() > x.numel():
+        return F.dropout(x, p, training)
+    keep = torch.rand(rows.numel(), device=x.device) >= p
+    rows, cols = rows[keep], cols[keep]
+    out = torch.zeros_like(x)
+    out[rows, cols] = x[rows, cols] / (1.0 - p)
+    return out
 
 
 class GAT(nn.Module):
@@ -71,7 +101,7 @@ class GAT(nn.Module):
         self.feature_norm = FeatureNorm()
 
     def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
-        h = self.lin_in(F.dropout(self.feature_norm(x), self.dropout, self.training))
+        h = self.lin_in(input_dropout(self.feature_norm(x), self.dropout, self.training))
         hidden, attention = [], []
         for conv, norm in zip(self.convs, self.norms, strict=True):
             z, (att_ei, alpha) = conv(h, edge_index, return_attention_weights=True)
@@ -106,7 +136,8 @@ class _Stack(nn.Module):
         h = self.feature_norm(x)
         hidden = []
         for i in range(len(self.convs)):
-            h = step(i, F.dropout(h, self.dropout, self.training))
+            drop = input_dropout if i == 0 else F.dropout
+            h = step(i, drop(h, self.dropout, self.training))
             # Pre-activation embeddings are what KD matches: a post-ReLU target lets one large LSP step
             # kill every unit, after which no loss term has a gradient (seen on Cora, seed 2).
             hidden.append(h)

@@ -1,0 +1,41 @@
+"""Model building blocks whose speed-ups must not change the maths."""
+
+import torch
+import torch.nn.functional as F
+
+from distill.models import FeatureNorm, input_dropout
+
+
+def test_feature_norm_reuses_only_an_unchanged_input():
+    norm = FeatureNorm("row")
+    x = torch.tensor([[1.0, 3.0], [2.0, 2.0]])
+    first = norm(x)
+    assert norm(x) is first  # same tensor, not modified: the cached result
+    x[0, 0] = 3.0  # in place: must be recomputed
+    assert torch.allclose(norm(x), torch.tensor([[0.5, 0.5], [0.5, 0.5]]))
+    assert torch.allclose(norm(x.clone()), norm(x))
+    std = FeatureNorm("standard", torch.zeros(2), torch.ones(2))
+    y = torch.ones(2, 2)
+    assert torch.equal(std(y), y)
+    std.load_state_dict({"mean": torch.ones(2), "std": torch.ones(2)})  # new statistics, same input
+    assert torch.equal(std(y), torch.zeros(2, 2))
+
+
+def test_input_dropout_on_sparse_input_keeps_zeros_and_scales_survivors():
+    torch.manual_seed(0)
+    x = torch.zeros(200, 50)
+    x[torch.arange(200), torch.arange(200) % 50] = 2.0  # 2 % non-zero: the sparse path
+    out = input_dropout(x, 0.5, training=True)
+    assert torch.all(out[x == 0] == 0)
+    survivors = out[x != 0]
+    assert set(survivors.unique().tolist()) <= {0.0, 4.0}  # dropped, or kept and scaled by 1 / (1 - p)
+    assert 70 < int((survivors > 0).sum()) < 130  # about half of 200 kept
+    assert input_dropout(x, 0.5, training=False) is x
+
+
+def test_input_dropout_on_dense_input_is_plain_dropout():
+    x = torch.randn(20, 4)
+    torch.manual_seed(1)
+    expected = F.dropout(x, 0.3, True)
+    torch.manual_seed(1)
+    assert torch.equal(input_dropout(x, 0.3, True), expected)
