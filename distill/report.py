@@ -37,6 +37,9 @@ def build(ds: Dataset, cfg: RunConfig, teacher: dict[str, Any], scratch: dict[st
     if (distilled[key] or 0) < (scratch[key] or 0):
         flags.append(f"distilled student is below the scratch student on test {key}: "
                      f"{distilled[key]:.4f} < {scratch[key]:.4f}")
+    if "response" in cfg.kd_kinds and distilled.get("alpha") == 0.0:
+        flags.append("validation kept alpha 0: the teacher's soft labels did not help this student, so it "
+                     "was trained on hard labels (and any other --kd objectives) only")
     rep.update({"flags": flags, "dataset": ds.name, "class_names": list(ds.class_names),
                 "teacher_name": f"{cfg.teacher}-{cfg.teacher_layers}", "student": f"{cfg.student}-{cfg.student_layers}",
                 "selection_metric": key})
