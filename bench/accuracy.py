@@ -13,6 +13,7 @@ of the rarest class) and draws the same as a bar chart. `--set key=value` overri
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from collections import Counter
@@ -21,13 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill import kd, pipeline  # noqa: E402
 from distill.config import RunConfig  # noqa: E402
-from distill.data import load_dataset  # noqa: E402
-from distill.train import resolve_device, selection_metric  # noqa: E402
+from distill.data import Dataset, load_dataset  # noqa: E402
+from distill.models import FeatureNorm  # noqa: E402
+from distill.train import Graph, TrainConfig, resolve_device, selection_metric  # noqa: E402
 
 METRICS = ("accuracy", "macro_f1", "auroc")
 
@@ -45,8 +48,35 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+# Options that only shape the students: a teacher trained under any values of these is the same teacher.
+STUDENT_OPTIONS = {"student", "student_layers", "student_hidden", "student_dropout", "fanout", "kd", "temperature",
+                   "alpha", "beta", "gamma", "structure_weights", "layer_map"}
+
+
+def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,
+                cache: Path | None) -> tuple[torch.nn.Module, Graph, dict[str, Any]]:
+    """The seed's trained teacher, from `cache` when it holds one trained under the same options (a
+    Tolokers teacher takes 5-10 min on a 2-core CPU and is deterministic per seed), else trained
+    and, with a cache, saved there. Keyed by every option except STUDENT_OPTIONS."""
+    if cache is None:
+        return pipeline.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
+    key = {k: v for k, v in cfg.to_dict().items() if k not in STUDENT_OPTIONS}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache / f"{ds.name}-seed{cfg.seed}-{digest}.pt"
+    if path.exists():
+        saved = torch.load(path, map_location=device)
+        teacher, graph = pipeline.teacher_model(cfg, ds, norm, device)
+        teacher.load_state_dict(saved["state"])
+        return teacher, graph, saved["metrics"]
+    teacher, graph, m = pipeline.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": teacher.state_dict(), "metrics": m, "options": key}, path)
+    return teacher, graph, m
+
+
 def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str],
-                overrides: dict[str, Any], rows: list[dict[str, Any]], save: Any) -> None:
+                overrides: dict[str, Any], rows: list[dict[str, Any]], save: Any,
+                cache: Path | None = None) -> None:
     """Append all rows for one dataset to `rows`: one per (student, variant, seed), plus the teacher per
     seed; `save()` after each row, so a long run cut short keeps what it measured."""
     ds = load_dataset(spec, overrides.get("split", 0))
@@ -55,7 +85,7 @@ def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str
         cfg = RunConfig(**{**overrides, "dataset": spec, "seed": seed})
         tcfg = cfg.train_config
         norm = pipeline.feature_norm(cfg, ds)
-        teacher, tgraph, m = pipeline.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
+        teacher, tgraph, m = teacher_for(cfg, ds, norm, tcfg, device, cache)
         prep = pipeline.Prepared(ds, device, norm, tcfg, teacher, tgraph, m,
                                  pipeline.teacher_signals(teacher, ds, tgraph, device))
         rows.append(_row(ds.name, f"{cfg.teacher}-{cfg.teacher_layers}", "teacher", seed, m))
@@ -175,6 +205,8 @@ def main() -> int:
     ap.add_argument("--students", default="gcn", help="comma-separated student names")
     ap.add_argument("--variants", default=",".join(kd.VARIANTS), help=f"comma-separated, of {list(kd.VARIANTS)}")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run option")
+    ap.add_argument("--teacher-cache", type=Path, default=None, metavar="DIR",
+                    help="reuse each seed's trained teacher from DIR (and save new ones there)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
     args = ap.parse_args()
@@ -208,7 +240,8 @@ def main() -> int:
         num_classes[ds.name] = ds.num_classes
         _SUPPORT[ds.name] = np.bincount(ds.data.y.numpy(), minlength=ds.num_classes).tolist()
         seeds = range(args.first_seed, args.first_seed + args.seeds)
-        run_dataset(spec, seeds, args.students.split(","), args.variants.split(","), overrides, rows, save)
+        run_dataset(spec, seeds, args.students.split(","), args.variants.split(","), overrides, rows, save,
+                    args.teacher_cache)
     print(table(rows, num_classes))
     save()
     if args.png:

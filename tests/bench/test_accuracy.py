@@ -1,0 +1,47 @@
+"""bench/accuracy.py: the teacher cache must hand back the same teacher, and only for the same options."""
+
+import importlib.util
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill import pipeline
+from distill.config import RunConfig
+from distill.data import load_dataset
+
+TINY = "synthetic:nodes=120,avg_degree=6,features=5,seed=2"
+
+
+def _bench():
+    path = Path(__file__).resolve().parents[2] / "bench" / "accuracy.py"
+    spec = importlib.util.spec_from_file_location("bench_accuracy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_teacher_cache_hits_for_student_options_and_misses_for_teacher_options(tmp_path, monkeypatch):
+    acc = _bench()
+    cfg = RunConfig(dataset=TINY, teacher_layers=2, teacher_hidden=8, teacher_heads=2, epochs=4, patience=2,
+                    min_epochs=0)
+    ds = load_dataset(cfg.dataset)
+    norm = pipeline.feature_norm(cfg, ds)
+    cpu = torch.device("cpu")
+    first, _, m1 = acc.teacher_for(cfg, ds, norm, cfg.train_config, cpu, tmp_path)
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+
+    def no_training(*args, **kwargs):
+        raise RuntimeError("trained again")
+
+    monkeypatch.setattr(acc.pipeline, "train_teacher", no_training)
+    again, _, m2 = acc.teacher_for(replace(cfg, student="mlp", alpha="0.5", kd="response,structure"), ds, norm,
+                                   cfg.train_config, cpu, tmp_path)
+    assert m2["accuracy"] == m1["accuracy"]
+    for name, value in first.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value), name
+    with pytest.raises(RuntimeError, match="trained again"):
+        acc.teacher_for(replace(cfg, teacher_hidden=16), ds, norm, cfg.train_config, cpu, tmp_path)
+    with pytest.raises(RuntimeError, match="trained again"):
+        acc.teacher_for(replace(cfg, seed=1), ds, norm, cfg.train_config, cpu, tmp_path)
