@@ -21,6 +21,9 @@ FROM base AS distill
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
+# The job checks the bundle it writes through the service's own loading and scoring code.
+COPY bundle ./bundle
+COPY serve ./serve
 COPY distill ./distill
 RUN /opt/venv/bin/pip install '.[distill]'
 ENV PATH=/opt/venv/bin:$PATH
@@ -34,6 +37,7 @@ CMD ["run", "--dataset", "synthetic", "--out", "/bundles/current", "--force"]
 FROM base AS serve-build
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
+COPY bundle ./bundle
 COPY serve ./serve
 RUN /opt/venv/bin/pip install . \
  && ! /opt/venv/bin/python -c "import torch" 2>/dev/null

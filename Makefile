@@ -23,8 +23,8 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 lint: venv
-	$(BIN)/ruff check distill serve bench tests
-	$(BIN)/mypy serve
+	$(BIN)/ruff check bundle distill serve bench tests
+	$(BIN)/mypy serve bundle
 
 clean:
 	rm -rf out .pytest_cache

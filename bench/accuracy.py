@@ -26,13 +26,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill import kd, pipeline  # noqa: E402
-from distill.config import RunConfig  # noqa: E402
+from distill import teacher as teachers  # noqa: E402
+from distill.artefacts import Prepared  # noqa: E402
+from distill.config import KD_KINDS, RunConfig  # noqa: E402
 from distill.data import Dataset, load_dataset  # noqa: E402
 from distill.models import FeatureNorm  # noqa: E402
-from distill.train import Graph, TrainConfig, resolve_device, selection_metric  # noqa: E402
+from distill.students import candidate_name, train_candidates  # noqa: E402
+from distill.train import Edges, TrainConfig, resolve_device, selection_metric  # noqa: E402
 
 METRICS = ("accuracy", "macro_f1", "auroc")
+# Variant name -> the objectives it switches on.
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "scratch": (),
+    "response": ("response",),
+    "response+feature": ("response", "feature"),
+    "response+structure": ("response", "structure"),
+    "all": KD_KINDS,
+}
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -54,21 +64,21 @@ STUDENT_OPTIONS = {"student", "student_layers", "student_hidden", "student_dropo
 
 
 def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,
-                cache: Path | None) -> tuple[torch.nn.Module, Graph, dict[str, Any]]:
+                cache: Path | None) -> tuple[torch.nn.Module, Edges, dict[str, Any]]:
     """The seed's trained teacher, from `cache` when it holds one trained under the same options (a
     Tolokers teacher takes 5-10 min on a 2-core CPU and is deterministic per seed), else trained
     and, with a cache, saved there. Keyed by every option except STUDENT_OPTIONS."""
     if cache is None:
-        return pipeline.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
+        return teachers.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
     key = {k: v for k, v in cfg.to_dict().items() if k not in STUDENT_OPTIONS}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / f"{ds.name}-seed{cfg.seed}-{digest}.pt"
     if path.exists():
         saved = torch.load(path, map_location=device)
-        teacher, graph = pipeline.teacher_model(cfg, ds, norm, device)
+        teacher, graph = teachers.teacher_model(cfg, ds, norm, device)
         teacher.load_state_dict(saved["state"])
         return teacher, graph, saved["metrics"]
-    teacher, graph, m = pipeline.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
+    teacher, graph, m = teachers.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
     cache.mkdir(parents=True, exist_ok=True)
     torch.save({"state": teacher.state_dict(), "metrics": m, "options": key}, path)
     return teacher, graph, m
@@ -84,17 +94,17 @@ def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str
     for seed in seeds:
         cfg = RunConfig(**{**overrides, "dataset": spec, "seed": seed})
         tcfg = cfg.train_config
-        norm = pipeline.feature_norm(cfg, ds)
+        norm = teachers.feature_norm(cfg, ds)
         teacher, tgraph, m = teacher_for(cfg, ds, norm, tcfg, device, cache)
-        prep = pipeline.Prepared(ds, device, norm, tcfg, teacher, tgraph, m,
-                                 pipeline.teacher_signals(teacher, ds, tgraph, device))
+        signals = teachers.teacher_signals(teacher, ds, tgraph, device)
+        prep = Prepared(ds, device, norm, tcfg, teacher, tgraph, m, signals)
         rows.append(_row(ds.name, f"{cfg.teacher}-{cfg.teacher_layers}", "teacher", seed, m))
         _log(rows[-1])
         save()
         for student in students:
             scfg = replace(cfg, student=student)
             for variant in variants:
-                _, _, m, _ = pipeline.train_distilled(scfg, prep, kd.VARIANTS[variant], progress=False)
+                m = train_candidates(scfg, prep, VARIANTS[variant], progress=False).record()
                 rows.append(_row(ds.name, f"{student}-{cfg.student_layers}", variant, seed, m))
                 _log(rows[-1])
                 save()
@@ -141,9 +151,9 @@ def table(rows: list[dict[str, Any]], num_classes: dict[str, int]) -> str:
 
 
 def _canonical(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Teacher first, then students as first seen, variants in kd.VARIANTS order (merged runs mix them)."""
+    """Teacher first, then students as first seen, variants in VARIANTS order (merged runs mix them)."""
     students = list(dict.fromkeys(r["student"] for r in rows if r["variant"] != "teacher"))
-    order = ["teacher", *kd.VARIANTS]
+    order = ["teacher", *VARIANTS]
     return sorted(rows, key=lambda r: (r["variant"] != "teacher", students.index(r["student"])
                                        if r["student"] in students else -1, order.index(r["variant"])))
 
@@ -164,7 +174,7 @@ def _line(student: str, variant: str, sel: list[dict[str, Any]], key: str, scrat
 
 def _chosen(sel: list[dict[str, Any]]) -> str:
     """Which candidate (propagation, soft-target weight) validation kept, counted over seeds."""
-    names = Counter(pipeline.candidate_name(r["propagation"], r.get("alpha")) for r in sel if r.get("propagation"))
+    names = Counter(candidate_name(r["propagation"], r.get("alpha")) for r in sel if r.get("propagation"))
     return ", ".join(f"{name} ×{count}" for name, count in names.most_common()) if len(sel) > 1 else \
         ", ".join(names)
 
@@ -194,7 +204,7 @@ def plot(rows: list[dict[str, Any]], num_classes: dict[str, int], path: Path) ->
     fig.savefig(path, dpi=120)
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", action="append", default=[], help="dataset spec (repeatable)")
     ap.add_argument("--from-json", type=Path, action="append", default=[],
@@ -203,29 +213,38 @@ def main() -> int:
     ap.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed + seeds - 1 "
                     "(split a long run across processes, then merge with --from-json)")
     ap.add_argument("--students", default="gcn", help="comma-separated student names")
-    ap.add_argument("--variants", default=",".join(kd.VARIANTS), help=f"comma-separated, of {list(kd.VARIANTS)}")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run option")
     ap.add_argument("--teacher-cache", type=Path, default=None, metavar="DIR",
                     help="reuse each seed's trained teacher from DIR (and save new ones there)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
-    args = ap.parse_args()
-    overrides = parse_set(args.set)
-    unknown = [v for v in args.variants.split(",") if v not in kd.VARIANTS]
-    if unknown:
-        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(kd.VARIANTS)}")
+    return ap
+
+
+def merged_rows(paths: list[Path], num_classes: dict[str, int]) -> list[dict[str, Any]]:
+    """Rows of earlier --json files; merged runs may repeat a row (each run retrains the teacher of its
+    seeds): the first is kept."""
     rows: list[dict[str, Any]] = []
-    num_classes: dict[str, int] = {}
-    for path in args.from_json:
+    for path in paths:
         saved = json.loads(path.read_text())
         rows += saved["rows"]
         num_classes.update(saved["num_classes"])
         _SUPPORT.update(saved["support"])
-    # Merged runs may repeat a row (each run retrains the teacher of its seeds): keep the first.
     unique: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:
         unique.setdefault((r["dataset"], r["student"], r["variant"], r["seed"]), r)
-    rows = list(unique.values())
+    return list(unique.values())
+
+
+def main() -> int:
+    args = parser().parse_args()
+    overrides = parse_set(args.set)
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
+    num_classes: dict[str, int] = {}
+    rows = merged_rows(args.from_json, num_classes)
     if not args.from_json and not args.dataset:
         raise SystemExit("give --dataset SPEC (repeatable) or --from-json FILE")
 

@@ -19,9 +19,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distill import pipeline  # noqa: E402
+from distill import teacher as teachers  # noqa: E402
+from distill.artefacts import Prepared  # noqa: E402
 from distill.config import RunConfig  # noqa: E402
 from distill.data import load_dataset  # noqa: E402
+from distill.students import train_candidates  # noqa: E402
 from distill.train import resolve_device  # noqa: E402
 
 VARIANTS: dict[str, dict[str, object]] = {
@@ -51,19 +53,20 @@ def main() -> int:
                      teacher_fanout=args.teacher_fanout, epochs=args.epochs)
     ds = load_dataset(base.dataset)
     device = resolve_device("auto")
-    norm = pipeline.feature_norm(base, ds)
+    norm = teachers.feature_norm(base, ds)
     tcfg = base.train_config
     wanted = [v for v in VARIANTS if not args.only or any(s in v for s in args.only.split(","))]
     rows = []
     for seed in range(args.seeds):
         for name in wanted:
             cfg = replace(base, seed=seed, **VARIANTS[name])  # type: ignore[arg-type]
-            _, _, m = pipeline.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
+            teacher, edges, m = teachers.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
             rows.append({"variant": f"gat-{cfg.teacher_layers} {name}", "seed": seed, **_pick(m)})
             print(f"seed {seed} {rows[-1]['variant']}: acc {m['accuracy']:.4f} ({m['seconds']:.1f}s)",
                   file=sys.stderr, flush=True)
-        sg = pipeline.student_graph(replace(base, seed=seed), ds, "gcn")
-        _, _, m = pipeline.train_student(replace(base, seed=seed), ds, norm, sg, tcfg, device, None, False)
+        # The scratch student never reads the teacher; Prepared just carries the data and budget.
+        prep = Prepared(ds, device, norm, tcfg, teacher, edges, m, teachers.teacher_signals(teacher, ds, edges, device))
+        m = train_candidates(replace(base, seed=seed, student="gcn"), prep, (), progress=False).record()
         rows.append({"variant": "gcn-2 scratch student (reference)", "seed": seed, **_pick(m)})
     print(table(rows, ds.name, args.seeds))
     if args.json:

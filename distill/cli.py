@@ -35,7 +35,10 @@ def parser() -> argparse.ArgumentParser:
     sel.add_argument("--grid", default=None, help="comma-separated STUDENT:LAYERS:HIDDEN candidates "
                      "(default: a 9-candidate grid over gcn, sage, mlp)")
     sel.add_argument("--int8", action="store_true", help="also try a dynamic-int8 copy of every candidate")
-    sel.add_argument("--calls", type=int, default=1000, help="timed calls per candidate")
+    sel.add_argument("--calls", type=int, default=1000, help="timed in-process scoring calls per candidate")
+    sel.add_argument("--http-calls", type=int, default=0,
+                     help="also time this many single-node HTTP requests against a real `python -m serve` per "
+                          "candidate; the budget then applies to the HTTP p99 (0 = in-process only)")
     _job_flags(sel)
     _config_options(sel)
     ref = sub.add_parser("refresh", help="re-distil a bundle with its own config into a new version",
@@ -45,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
     ref.add_argument("--dataset", default=None, help="dataset spec (default: the parent's)")
     ref.add_argument("--reuse-teacher", action="store_true", help="reuse the parent's teacher.pt instead of retraining")
     ref.add_argument("--max-drop", type=float, default=0.01,
-                     help="refuse a bundle whose distilled test metric is this much below the parent's")
+                     help="refuse a bundle whose served validation metric is this much below the parent's, "
+                          "both scored on the same validation nodes")
     ref.add_argument("--allow-worse", action="store_true", help="write the bundle even past --max-drop")
     _job_flags(ref)
     return p
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-CLI_ONLY = ("command", "out", "force", "quiet", "threads", "latency_budget_ms", "grid", "int8", "calls")
+CLI_ONLY = ("command", "out", "force", "quiet", "threads", "latency_budget_ms", "grid", "int8", "calls", "http_calls")
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
@@ -108,45 +112,25 @@ def _run(args: argparse.Namespace) -> int:
 
 def _select(args: argparse.Namespace) -> int:
     cfg = _config(args)
-    if args.latency_budget_ms <= 0 or args.calls < 100:
-        raise DistillError(f"--latency-budget-ms {args.latency_budget_ms} must be > 0 and --calls {args.calls} >= 100")
-    from distill import select
+    if args.latency_budget_ms <= 0 or args.calls < 100 or args.http_calls < 0:
+        raise DistillError(f"--latency-budget-ms {args.latency_budget_ms} must be > 0, --calls {args.calls} >= 100 "
+                           f"and --http-calls {args.http_calls} >= 0")
+    from distill import budget
 
-    grid = [select.Candidate.parse(c) for c in (args.grid.split(",") if args.grid else select.DEFAULT_GRID)]
-    summary = select.run_select(cfg, grid, args.latency_budget_ms, args.out, args.force, not args.quiet,
-                                args.int8, args.calls)
-    print(select.select_table(summary))
+    grid = [budget.Candidate.parse(c) for c in (args.grid.split(",") if args.grid else budget.DEFAULT_GRID)]
+    opts = budget.Options(args.latency_budget_ms, args.calls, args.int8, args.http_calls)
+    summary = budget.run_select(cfg, grid, opts, args.out, args.force, not args.quiet)
+    print(budget.select_table(summary))
     chosen = next(r for r in summary["candidates"] if r["chosen"])
     print(f"chosen {chosen['name']} (p99 {chosen['p99_ms']:.3f} ms); bundle written to {args.out}")
     return 0
 
 
 def _refresh(args: argparse.Namespace) -> int:
-    import hashlib
-    import json
+    from distill import refresh, report
 
-    manifest_path = args.bundle / "manifest.json"
-    if not manifest_path.is_file():
-        raise DistillError(f"--bundle {args.bundle}: no manifest.json there; expected a bundle made by distill run")
-    raw = manifest_path.read_bytes()
-    manifest = json.loads(raw)
-    values = dict(manifest["config"])
-    if args.dataset:
-        values["dataset"] = args.dataset
-    cfg = RunConfig.from_dict(values)
-    from distill import bundle, pipeline, report
-
-    actual = bundle.file_hashes(args.bundle)
-    if actual != manifest["files"]:
-        raise DistillError(f"--bundle {args.bundle}: files do not match the manifest's sha256; refusing to refresh")
-    state = None
-    if args.reuse_teacher:
-        import torch
-
-        state = torch.load(args.bundle / manifest["model"]["teacher_file"], map_location="cpu", weights_only=True)
-    parent = {"manifest": manifest, "path": str(args.bundle), "manifest_sha256": hashlib.sha256(raw).hexdigest(),
-              "max_drop": args.max_drop, "allow_worse": args.allow_worse}
-    rep = pipeline.run(cfg, args.out, force=args.force, progress=not args.quiet, teacher_state=state, parent=parent)
+    req = refresh.Request(args.bundle, args.out, args.dataset, args.reuse_teacher, args.max_drop, args.allow_worse)
+    rep, parent = refresh.refresh(req, args.force, not args.quiet)
     print(report.markdown(rep))
-    print(f"refreshed bundle written to {args.out} (parent {manifest['version']})")
+    print(f"refreshed bundle written to {args.out} (parent {parent.version})")
     return 0

@@ -116,8 +116,9 @@ class GAT(nn.Module):
         return self.run(x, edge_index, edge_weight).logits
 
 
-class _Stack(nn.Module):
-    """Shared body of the GCN / SAGE / MLP students and the GCN / SAGE teachers."""
+class LayerStack(nn.Module):
+    """Base class of the GCN / SAGE / MLP students (and the GCN / SAGE teachers): a stack of layers
+    with a sparse `run` for training and a dense `forward_dense(x, adj)` for the ONNX export."""
 
     convs: nn.ModuleList
 
@@ -162,7 +163,7 @@ def _widths(in_channels: int, hidden_channels: int, num_layers: int, out_channel
     return [in_channels] + [hidden_channels] * (num_layers - 1) + [out_channels]
 
 
-class GCN(_Stack):
+class GCN(LayerStack):
     """GCN. `normalize=False` takes the policy's precomputed propagation weights (students);
     `normalize=True` lets GCNConv normalise the raw graph itself (teacher)."""
 
@@ -180,7 +181,7 @@ class GCN(_Stack):
         return adj @ conv.lin(h) + conv.bias
 
 
-class SAGE(_Stack):
+class SAGE(LayerStack):
     """GraphSAGE-mean built from PyG `GraphConv` (lin_rel on aggregated neighbours + lin_root on self).
 
     Student: `aggr="add"` over the policy's 1/in-degree weights, which is exactly mean aggregation
@@ -202,7 +203,7 @@ class SAGE(_Stack):
         return conv.lin_rel(adj @ h) + conv.lin_root(h)
 
 
-class MLP(_Stack):
+class MLP(LayerStack):
     """Graph-free student (GLNN): sees only the node's own features."""
 
     def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
@@ -235,7 +236,7 @@ TEACHERS: dict[str, Callable[..., nn.Module]] = {
     "gcn": lambda **kw: GCN(normalize=True, **kw),
     "sage": lambda **kw: SAGE(aggr="mean", **kw),
 }
-STUDENTS: dict[str, tuple[Callable[..., _Stack], str]] = {
+STUDENTS: dict[str, tuple[Callable[..., LayerStack], str]] = {
     "gcn": (GCN, "gcn"),
     "sage": (SAGE, "mean"),
     "mlp": (MLP, "none"),
@@ -252,9 +253,16 @@ def build_teacher(name: str, **kwargs: object) -> nn.Module:
     return TEACHERS[name](**kwargs)
 
 
-def build_student(name: str, **kwargs: object) -> tuple[_Stack, str]:
+def build_student(name: str, **kwargs: object) -> tuple[LayerStack, str]:
     """Build a student by name -> (model, propagation kind of the neighbourhood policy)."""
     if name not in STUDENTS:
         raise ConfigError(f"unknown student {name!r}; choose one of {sorted(STUDENTS)}")
     builder, prop = STUDENTS[name]
     return builder(**kwargs), prop
+
+
+def propagation_of(student: str) -> str:
+    """The propagation weights a student reads (gcn / mean / none); unknown names raise."""
+    if student not in STUDENTS:
+        raise ConfigError(f"unknown student {student!r}; choose one of {sorted(STUDENTS)}")
+    return STUDENTS[student][1]

@@ -40,15 +40,15 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class Graph:
+class Edges:
     """The edges a model trains on: edge_index [2, E] and optional edge_weight [E]."""
 
     edge_index: Tensor
     edge_weight: Tensor | None = None
 
-    def to(self, device: torch.device) -> Graph:
+    def to(self, device: torch.device) -> Edges:
         w = self.edge_weight.to(device) if self.edge_weight is not None else None
-        return Graph(self.edge_index.to(device), w)
+        return Edges(self.edge_index.to(device), w)
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def selection_metric(num_classes: int) -> str:
     return "auroc" if num_classes == 2 else "accuracy"
 
 
-def fit(model: nn.Module, data: Data, graph: Graph, loss_fn: LossFn, cfg: TrainConfig,
+def fit(model: nn.Module, data: Data, graph: Edges, loss_fn: LossFn, cfg: TrainConfig,
         desc: str, progress: bool = True, extra: nn.Module | None = None) -> FitResult:
     """Train `model` in place on `data` (already on the device); keep the best validation state.
 
@@ -111,7 +111,7 @@ def fit(model: nn.Module, data: Data, graph: Graph, loss_fn: LossFn, cfg: TrainC
 
 
 @torch.no_grad()
-def _validate(model: nn.Module, data: Data, graph: Graph, metric: str) -> tuple[float, float]:
+def _validate(model: nn.Module, data: Data, graph: Edges, metric: str) -> tuple[float, float]:
     """(validation metric, -validation loss): ties on the metric go to the lower loss."""
     model.eval()
     logits = model(data.x, graph.edge_index, graph.edge_weight)
@@ -122,7 +122,7 @@ def _validate(model: nn.Module, data: Data, graph: Graph, metric: str) -> tuple[
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: Data, graph: Graph) -> Tensor:
+def predict(model: nn.Module, data: Data, graph: Edges) -> Tensor:
     """Eval-mode logits [N, C] for every node."""
     model.eval()
     return model(data.x, graph.edge_index, graph.edge_weight)

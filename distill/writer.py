@@ -1,92 +1,111 @@
-"""Compose and write a bundle (layout in docs/bundle.md) from a finished run."""
+"""Writing a bundle through the contract (bundle.files, bundle.manifest): the served files first,
+then, once the served check has passed, the report and the final manifest."""
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
+import os
+import platform
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from distill import bundle, export, policy, report
-from distill.errors import DistillError
-
-if TYPE_CHECKING:
-    from distill.pipeline import Distilled, Prepared
-
-
-def write_bundle(out: Path, force: bool, prep: Prepared, result: Distilled, rep: dict[str, Any],
-                 extra_manifest: dict[str, Any] | None = None, extra_files: dict[str, bytes] | None = None) -> None:
-    """Write everything into a temp dir next to `out`, hash it, then rename it into place."""
-    with bundle.staging(out, force) as tmp:
-        _write(tmp, prep, result, rep, extra_manifest or {}, extra_files or {})
+from bundle import files
+from bundle.manifest import SCHEMA_VERSION, DatasetInfo, GraphFiles, Manifest, Parity, Reproducibility, StudentModel
+from distill import report
+from distill.artefacts import Prepared, Trained
+from distill.config import RunConfig
+from distill.errors import ConfigError
+from distill.export import OPSET, input_names
 
 
-def _write(tmp: Path, prep: Prepared, result: Distilled, rep: dict[str, Any], extra_manifest: dict[str, Any],
-           extra_files: dict[str, bytes]) -> None:
-    cfg, ds, sg = result.cfg, prep.ds, result.sg
-    n = ds.data.num_nodes
-    csr = policy.to_csr(sg.prop_index, sg.prop_weight, n)
-    arrays = {"features": ds.data.x.cpu().numpy(), "node_ids": np.arange(n, dtype=np.int64), **csr}
-    graph_paths = bundle.save_graph(tmp, arrays)
-    export.save(result.onnx_bytes, tmp / "student.onnx")
+@dataclass(frozen=True)
+class Distilled:
+    """A trained student (the kept candidate) and its ONNX export."""
+
+    cfg: RunConfig
+    trained: Trained
+    onnx_bytes: bytes
+
+
+def check_target(out: Path, force: bool) -> None:
+    """Fail before any work when `out` cannot receive a bundle."""
+    if out.exists() and not force:
+        raise ConfigError(f"--out {out} already exists; choose a new directory or pass --force to replace it")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    # Missing parents are created when the bundle is written (after the work succeeded); the nearest
+    # existing ancestor must be a writable directory.
+    ancestor = out.resolve().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
+        raise ConfigError(f"--out {out}: {ancestor} is not a writable directory")
+
+
+def reproducibility() -> Reproducibility:
+    """Thread count and library versions: what a rerun must match to give the same version string."""
+    import onnx
+    import onnxruntime
+    import torch_geometric
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__,
+                "torch_geometric": torch_geometric.__version__, "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+    return Reproducibility(threads=torch.get_num_threads(), versions=versions)
+
+
+def stage(root: Path, prep: Prepared, result: Distilled, extra_files: dict[str, bytes] | None = None) -> Manifest:
+    """Write what the service reads (graph store, student.onnx) and the teacher into `root`, with a
+    provisional manifest (no metrics, no parity yet) so the staged bundle can be opened as served."""
+    data, sg = prep.ds.data, result.trained.graph
+    arrays = files.GraphArrays(data.x.cpu().numpy().astype(np.float32),
+                               np.arange(data.num_nodes, dtype=np.int64), sg.csr)
+    graph = GraphFiles(**files.save_graph(root, arrays))
+    (root / "student.onnx").write_bytes(result.onnx_bytes)
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in prep.teacher.state_dict().items()}, buf)
-    (tmp / "teacher.pt").write_bytes(buf.getvalue())
-    for name, blob in extra_files.items():
-        (tmp / name).write_bytes(blob)
-    bundle.write_json(tmp / "report.json", rep)
-    (tmp / "report.md").write_text(report.markdown(rep))
-    files = bundle.file_hashes(tmp)
-    manifest = {
-        "schema_version": bundle.SCHEMA_VERSION,
-        "version": f"{ds.name}-{cfg.student}-{_served_digest(files)[:12]}",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"spec": cfg.dataset, "name": ds.name, "source": ds.source, "num_nodes": n,
-                    "num_features": ds.data.num_features, "num_classes": ds.num_classes,
-                    "class_names": list(ds.class_names)},
-        "model": {"file": "student.onnx", "student": cfg.student, "num_layers": cfg.student_layers,
-                  "hidden_channels": cfg.student_hidden, "inputs": export.input_names(sg.policy.propagation == "none"),
-                  "outputs": ["logits"], "opset": export.OPSET,
-                  "params": sum(p.numel() for p in result.student.parameters()),
-                  "teacher_file": "teacher.pt"},
-        "policy": {"name": "topk_in_neighbours", "score": sg.score, **sg.policy.__dict__},
-        "graph": graph_paths,
-        "metrics": {k: rep[k] for k in ("teacher", "scratch", "distilled")},
-        "parity": result.parity.__dict__,
-        "config": cfg.to_dict(),
-        "seed": cfg.seed,
-        "versions": bundle.library_versions(),
-        **extra_manifest,
-        "files": files,
-    }
-    bundle.write_json(tmp / "manifest.json", manifest)
+    (root / "teacher.pt").write_bytes(buf.getvalue())
+    for name, blob in (extra_files or {}).items():
+        (root / name).write_bytes(blob)
+    manifest = _manifest(root, prep, result, graph, {})
+    files.write_manifest(root, manifest)
+    return manifest
 
 
-def _served_digest(files: dict[str, str]) -> str:
-    """sha256 over the hashes of what the service computes with (the ONNX model and the graph store): a
-    refresh that changes only the graph (new nodes, new edges) still gets a new version."""
-    served = sorted((k, v) for k, v in files.items() if k == "student.onnx" or k.startswith("graph/"))
-    return hashlib.sha256(json.dumps(served).encode()).hexdigest()
+def finish(root: Path, staged: Manifest, rep: dict[str, Any], parity: Parity, extra: dict[str, Any]) -> Manifest:
+    """Add the report, re-hash every file, and write the final manifest (`extra`: parent, refresh,
+    selection)."""
+    files.write_json(root / "report.json", rep)
+    (root / "report.md").write_text(report.markdown(rep))
+    metrics = {k: rep[k] for k in report.ROLES}
+    manifest = staged.model_copy(update={"metrics": metrics, "parity": parity, "files": files.file_hashes(root),
+                                         **extra})
+    manifest = Manifest.model_validate(manifest.model_dump())  # re-validate what model_copy skipped
+    files.write_manifest(root, manifest)
+    return manifest
 
 
-def check_against_parent(rep: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:
-    """Manifest fields of a refreshed bundle: its parent and the metric deltas. Raises DistillError when the
-    new distilled student is worse than the parent's by more than `parent["max_drop"]` (unless forced)."""
-    old = parent["manifest"]["metrics"]["distilled"]
-    new = rep["distilled"]
-    deltas = {k: round(new[k] - old[k], 6) for k in report.METRICS if new[k] is not None and old[k] is not None}
-    key = rep["selection_metric"]
-    drop = -deltas.get(key, 0.0)
-    if drop > parent["max_drop"] and not parent["allow_worse"]:
-        raise DistillError(
-            f"refreshed student is worse than its parent {parent['manifest']['version']} by {drop:.4f} {key} "
-            f"(> --max-drop {parent['max_drop']}); nothing written. Pass --allow-worse to write it anyway"
-        )
-    return {"parent": {"version": parent["manifest"]["version"], "path": parent["path"],
-                       "manifest_sha256": parent["manifest_sha256"]},
-            "deltas": deltas}
+def _manifest(root: Path, prep: Prepared, result: Distilled, graph: GraphFiles, metrics: dict[str, Any]) -> Manifest:
+    cfg, ds, trained = result.cfg, prep.ds, result.trained
+    hashes = files.file_hashes(root)
+    model = StudentModel(file="student.onnx", student=cfg.student, num_layers=cfg.student_layers,
+                         hidden_channels=cfg.student_hidden, inputs=input_names(trained.graph.graph_free),
+                         outputs=["logits"], opset=OPSET, params=sum(p.numel() for p in trained.model.parameters()),
+                         teacher_file="teacher.pt")
+    dataset = DatasetInfo(spec=cfg.dataset, name=ds.name, source=ds.source, num_nodes=ds.data.num_nodes,
+                          num_features=ds.data.num_features, num_classes=ds.num_classes,
+                          class_names=list(ds.class_names))
+    served = [model.file, *graph.model_dump().values()]
+    version = files.version_string(ds.name, cfg.student, files.served_digest(hashes, served))
+    return Manifest(schema_version=SCHEMA_VERSION, version=version, created_at=_now(), dataset=dataset, model=model,
+                    policy=trained.graph.policy, graph=graph, metrics=metrics, config=cfg.to_dict(), seed=cfg.seed,
+                    reproducibility=reproducibility(), files=hashes)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

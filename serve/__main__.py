@@ -9,13 +9,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 
 import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 
 from serve.app import create_app
+from serve.runtime import Runtime
 from serve.settings import Settings
 from serve.shutdown import DrainingServer
+
+AppFactory = Callable[[Settings], FastAPI]
 
 
 def parse_args(argv: list[str] | None) -> dict[str, object]:
@@ -27,7 +32,26 @@ def parse_args(argv: list[str] | None) -> dict[str, object]:
     return {k: v for k, v in vars(args).items() if v is not None}
 
 
-def main(argv: list[str] | None = None) -> int:
+def serve_app(settings: Settings, app: FastAPI) -> int:
+    """Run `app` (made by create_app) until a signal ends it -> the exit code (0, or 3 if it never started)."""
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, workers=1, loop="uvloop", http="httptools",
+        log_level=settings.log_level,
+        access_log=False,  # a log line per request costs more than scoring a node
+        timeout_graceful_shutdown=settings.graceful_timeout_seconds,
+    )
+    runtime: Runtime = app.state.runtime
+    # Not uvicorn.run(): it builds a plain Server, and the drain needs the subclass.
+    server = DrainingServer(config, on_drain=runtime.begin_drain, drain_seconds=settings.drain_seconds)
+    server.run()
+    if not server.started:  # e.g. the port is taken; uvicorn has logged why
+        return 3
+    return 0
+
+
+def main(argv: list[str] | None = None, app_factory: AppFactory = create_app) -> int:
+    """The command line: settings from `argv` and SERVE_*, then `serve_app(settings, app_factory(settings))`.
+    `app_factory` is create_app; a test launcher passes one that adds its fault injection."""
     try:
         settings = Settings(**parse_args(argv))  # type: ignore[arg-type]
     except ValidationError as exc:
@@ -35,19 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m serve: invalid settings: {problems}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, workers=1, loop="uvloop", http="httptools",
-        log_level=settings.log_level,
-        access_log=False,  # a log line per request costs more than scoring a node
-        timeout_graceful_shutdown=settings.graceful_timeout_seconds,
-    )
-    # Not uvicorn.run(): it builds a plain Server, and the drain needs the subclass.
-    server = DrainingServer(config, on_drain=app.state.runtime.begin_drain, drain_seconds=settings.drain_seconds)
-    server.run()
-    if not server.started:  # e.g. the port is taken; uvicorn has logged why
-        return 3
-    return 0
+    return serve_app(settings, app_factory(settings))
 
 
 if __name__ == "__main__":

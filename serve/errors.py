@@ -7,7 +7,8 @@ No handler ever puts a traceback or an exception repr in a response.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("serve")
 MAX_DETAIL = 20
+T = TypeVar("T")
 
 
 class ServeError(Exception):
@@ -88,7 +90,8 @@ class ReloadInProgress(ServeError):
     code = "reload_in_progress"
 
 
-# The one mapping from domain error to status code. Subclasses not listed fall back to 500.
+# The one mapping from domain error to status code. An error not listed takes the entry of its nearest
+# listed base class (so a new subclass of BundleError is 503, not 500); only unlisted lines fall to 500.
 STATUS: dict[type[ServeError], int] = {
     NotReady: 503,
     BundleError: 503,
@@ -103,14 +106,23 @@ STATUS: dict[type[ServeError], int] = {
     BundleRejected: 422,
     ReloadInProgress: 409,
 }
-# Headers a status requires (RFC 6750: a 401 names the scheme the client should use).
+# Headers a status requires (RFC 6750: a 401 names the scheme the client should use); resolved likewise.
 HEADERS: dict[type[ServeError], dict[str, str]] = {
     Unauthorized: {"WWW-Authenticate": "Bearer"},
 }
 
 
+def resolve(table: Mapping[type[ServeError], T], exc: ServeError) -> T | None:
+    """`table`'s entry for the nearest class of `exc` (walking its MRO) that has one, else None."""
+    for cls in type(exc).__mro__:
+        if issubclass(cls, ServeError) and cls in table:
+            return table[cls]
+    return None
+
+
 def status_of(exc: ServeError) -> int:
-    return STATUS.get(type(exc), 500)
+    status = resolve(STATUS, exc)
+    return 500 if status is None else status
 
 
 def body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
@@ -119,7 +131,7 @@ def body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
 
 def response_for(exc: ServeError) -> JSONResponse:
     return JSONResponse(body(exc.code, exc.message, exc.detail), status_code=status_of(exc),
-                        headers=HEADERS.get(type(exc)))
+                        headers=resolve(HEADERS, exc))
 
 
 def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:

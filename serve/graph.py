@@ -1,9 +1,11 @@
-"""The graph store and the neighbourhood policy of docs/bundle.md, in numpy.
+"""The service's view of the graph store: blocks (cached neighbourhoods) and their LRU cache.
 
 A node's *block* is what the student runs on: the node list of its k-hop in-neighbourhood (the
 target first), the dense propagation block `adj[i, j] = P[nodes[i], nodes[j]]`, and the target's
-local row. Blocks of existing nodes are cached (filled at start-up while the memory budget allows,
-then a bounded LRU); blocks of new nodes are built per request and never change the graph.
+local row. Every rule of the policy (pruning, k-hop, dense block, new-node rows) is the contract's
+(`bundle.policy`); this module only decides what to keep in memory. Blocks of existing nodes are
+cached (filled at start-up while the memory budget allows, then a bounded LRU); blocks of new nodes
+are built per request and never change the graph.
 """
 
 from __future__ import annotations
@@ -16,27 +18,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from serve.bundle import Bundle
+from bundle import policy as kernels
+from bundle.files import GraphArrays
+from bundle.manifest import Policy
 
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
-U64 = npt.NDArray[np.uint64]
 BLOCK_OVERHEAD = 400  # bytes: Block instance, two ndarray headers, the LRU's entry (measured ~350)
-
-
-def splitmix64(x: U64) -> U64:
-    """The standard splitmix64 finaliser on uint64 arrays; numpy uint64 arithmetic wraps mod 2^64."""
-    with np.errstate(over="ignore"):
-        z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def edge_rank(src: I64, dst: I64, seed: int) -> U64:
-    """Tie-break rank of edges src -> dst: splitmix64(splitmix64(seed ^ dst) ^ src), all [E]."""
-    inner = splitmix64(np.uint64(seed) ^ dst.astype(np.uint64))
-    return splitmix64(inner ^ src.astype(np.uint64))
 
 
 @dataclass(frozen=True)
@@ -62,26 +50,20 @@ class Block:
 
 
 class GraphStore:
-    """CSR propagation matrix P (rows = targets) plus features and the external-id index."""
+    """The bundle's CSR propagation matrix P (rows = targets), features and external-id index."""
 
-    def __init__(self, bundle: Bundle) -> None:
-        a = bundle.arrays
+    def __init__(self, g: GraphArrays, policy: Policy) -> None:
         # Still backed by the mmap, but as a plain ndarray: np.memmap's Python-level __getitem__
         # costs ~20 us per gather, a tenth of a whole request.
-        self.features: F32 = a["features"].view(np.ndarray)
-        self.indptr: I64 = np.ascontiguousarray(a["indptr"])
-        self.indices: I64 = np.ascontiguousarray(a["indices"])
-        self.weights: F32 = np.ascontiguousarray(a["weights"])
-        self.node_ids: I64 = np.ascontiguousarray(a["node_ids"])
-        self.degree: I64 = np.diff(self.indptr)  # d[j] of the gcn new-node formula (self-loop included)
+        self.features: F32 = g.features
+        self.csr = g.csr
+        self.node_ids: I64 = g.node_ids
+        self.policy = policy
+        self.graph_free = self.policy.graph_free
         # Dense ids (0..N-1 in order) are the common case and need no search at all.
         self._identity = bool(np.array_equal(self.node_ids, np.arange(len(self.node_ids))))
         self._order: I64 = np.argsort(self.node_ids, kind="stable")
         self._sorted: I64 = self.node_ids[self._order]
-        p = bundle.policy
-        self.fanout, self.k_hops, self.seed = int(p["fanout"]), int(p["k_hops"]), int(p["seed"])
-        self.propagation = str(p["propagation"])
-        self.graph_free = self.propagation == "none"
 
     @property
     def num_nodes(self) -> int:
@@ -93,8 +75,7 @@ class GraphStore:
 
     @property
     def max_block_nodes(self) -> int:
-        """Policy bound on a block's size: 1 + K + ... + K^L."""
-        return sum(self.fanout**h for h in range(self.k_hops + 1))
+        return self.policy.max_nodes
 
     def lookup(self, ids: I64) -> tuple[I64, I64]:
         """External ids [b] -> (internal indices [b], -1 where unknown; the unknown ids, unique)."""
@@ -105,78 +86,21 @@ class GraphStore:
             idx = np.where(self._sorted[pos] == ids, self._order[pos], -1)
         return idx.astype(np.int64), np.unique(ids[idx < 0])
 
-    def _segments(self, rows: I64) -> tuple[I64, I64]:
-        """CSR positions of all entries of `rows` [r] -> (positions [e], entries per row [r])."""
-        starts = self.indptr[rows]
-        lens = self.indptr[rows + 1] - starts
-        shift = np.repeat(starts - (np.cumsum(lens) - lens), lens)
-        return np.arange(int(lens.sum()), dtype=np.int64) + shift, lens
-
-    def k_hop(self, seeds: I64, hops: int) -> I64:
-        """Seeds (unique, kept first, in order) plus every node within `hops` steps backwards
-        along P (row -> its indices), each later hop sorted -> int64 [n]."""
-        nodes, frontier = seeds, seeds
-        for _ in range(hops):
-            pos, _ = self._segments(frontier)
-            reached = np.unique(self.indices[pos])
-            frontier = np.setdiff1d(reached, nodes, assume_unique=True)
-            if not len(frontier):
-                break
-            nodes = np.concatenate([nodes, frontier])
-        return nodes
-
-    def dense_block(self, nodes: I64) -> F32:
-        """adj float32 [n, n] with adj[i, j] = P[nodes[i], nodes[j]] (0 where P has no entry)."""
-        n = len(nodes)
-        pos, lens = self._segments(nodes)
-        rows = np.repeat(np.arange(n), lens)
-        cols = self.indices[pos]
-        order = np.argsort(nodes)
-        at = np.minimum(np.searchsorted(nodes[order], cols), n - 1)
-        inside = nodes[order][at] == cols
-        adj = np.zeros((n, n), dtype=np.float32)
-        adj[rows[inside], order[at[inside]]] = self.weights[pos[inside]]
-        return adj
-
     def block(self, node: int) -> Block:
         """The cached-neighbourhood block of existing internal node `node` (target at row 0)."""
-        nodes = self.k_hop(np.array([node], dtype=np.int64), self.k_hops)
-        return Block(nodes, None if self.graph_free else self.dense_block(nodes), 0)
-
-    def kept_neighbors(self, neighbors: I64) -> I64:
-        """At most `fanout` of the (internal, deduplicated) neighbours of a new node with index N,
-        by lowest edge_rank(j, N), ties by j -> int64 [k]."""
-        unique = np.unique(neighbors)
-        rank = edge_rank(unique, np.full(len(unique), self.num_nodes, dtype=np.int64), self.seed)
-        return unique[np.lexsort((unique, rank))[: self.fanout]]
+        nodes = self.csr.k_hop(np.array([node], dtype=np.int64), self.policy.k_hops)
+        return Block(nodes, None if self.graph_free else self.csr.dense_block(nodes), 0)
 
     def new_node_block(self, features: F32, neighbors: I64) -> Block:
         """Block of a new node (row 0) with features [F] and internal neighbour indices [m]."""
         x_new = features.reshape(1, -1).astype(np.float32)
         if self.graph_free:
             return Block(np.array([-1], dtype=np.int64), None, 0, x_new)
-        kept = self.kept_neighbors(neighbors)
-        existing = self.k_hop(kept, self.k_hops - 1)
-        n = len(existing) + 1
-        adj = np.zeros((n, n), dtype=np.float32)
-        adj[1:, 1:] = self.dense_block(existing)  # existing rows do not see the new node
-        adj[0, : len(kept) + 1] = self.new_row(kept)  # kept sit at rows 1..k by k_hop's order
+        p = self.policy
+        kept = kernels.kept_neighbours(neighbors, self.num_nodes, p.fanout, p.seed)
+        existing, adj = kernels.new_node_block(self.csr, kept, p.k_hops, p.propagation)
         x = np.concatenate([x_new, np.asarray(self.features[existing], dtype=np.float32)])
         return Block(np.concatenate([[-1], existing]).astype(np.int64), adj, 0, x)
-
-    def new_row(self, kept: I64) -> F32:
-        """P's row of a new node over [itself, *kept] -> float32 [1 + k] (docs/bundle.md, step 4)."""
-        row = np.zeros(len(kept) + 1, dtype=np.float32)
-        if self.propagation == "gcn":
-            d_new = len(kept) + 1
-            row[0] = 1.0 / d_new
-            row[1:] = 1.0 / np.sqrt(d_new * self.degree[kept].astype(np.float64))
-        elif self.propagation == "mean" and len(kept):
-            row[1:] = 1.0 / len(kept)
-        elif self.propagation == "attention":
-            # The teacher never scored a new node's edges: uniform attention over itself and kept.
-            row[:] = 1.0 / (len(kept) + 1)
-        return row
 
 
 class BlockCache:

@@ -31,7 +31,7 @@ class Model:
     """x float32 [n, F] (+ adj float32 [n, n] for graph students) -> logits float32 [n, C]."""
 
     def __init__(self, bundle: Bundle, intra_op_threads: int) -> None:
-        self._blame = {"file": str(bundle.manifest["model"]["file"])}  # BundleError detail: which file
+        self._blame = {"file": bundle.manifest.model.file}  # BundleError detail: which file
         try:
             self.session = ort.InferenceSession(
                 str(bundle.model_path), sess_options=session_options(intra_op_threads),
@@ -51,7 +51,7 @@ class Model:
         if "logits" not in outputs:
             raise BundleError(f"student.onnx has outputs {outputs}, expected 'logits'", self._blame)
         width = self.session.get_inputs()[0].shape[1]
-        expected = bundle.manifest["dataset"]["num_features"]
+        expected = bundle.manifest.dataset.num_features
         if isinstance(width, int) and width != expected:
             raise BundleError(f"student.onnx takes {width} features, the manifest says {expected}", self._blame)
         classes = self.session.get_outputs()[outputs.index("logits")].shape[-1]

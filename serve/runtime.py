@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -37,19 +38,29 @@ class Service:
     scorer: Scorer
 
 
+def open_service(root: Path, intra_op_threads: int = 1, cache_budget_bytes: int = 256 << 20,
+                 pack_nodes: int = 128) -> Service:
+    """Verify the bundle at `root` and build its scorer (session, graph store, filled block cache).
+    The job's own checks (distill/served.py) go through here too: what it evaluates is what is served."""
+    bundle = load(root)
+    model = Model(bundle, intra_op_threads)
+    store = GraphStore(bundle.graph, bundle.policy)
+    cache = BlockCache(store, cache_budget_bytes)
+    cache.fill()
+    return Service(bundle, Scorer(store, cache, model, pack_nodes))
+
+
 def build(settings: Settings) -> Service:
     """Verify the bundle, build everything, warm up. Raises BundleError on a bad bundle."""
     started = time.perf_counter()
-    bundle = load(settings.bundle)
-    model = Model(bundle, settings.intra_op_threads)
-    store = GraphStore(bundle)
-    cache = BlockCache(store, settings.cache_budget_bytes)
-    cached = cache.fill()
-    scorer = Scorer(store, cache, model, settings.pack_nodes)
+    service = open_service(settings.bundle, settings.intra_op_threads, settings.cache_budget_bytes,
+                           settings.pack_nodes)
+    scorer = service.scorer
     warm_up(scorer, settings.warmup_runs)
-    log.info("bundle %s ready in %.2fs: %d nodes, %d/%d blocks cached (%.1f MiB)", bundle.version,
-             time.perf_counter() - started, store.num_nodes, cached, store.num_nodes, cache.bytes / 2**20)
-    return Service(bundle, scorer)
+    log.info("bundle %s ready in %.2fs: %d nodes, %d/%d blocks cached (%.1f MiB)", service.bundle.version,
+             time.perf_counter() - started, scorer.store.num_nodes, len(scorer.cache), scorer.store.num_nodes,
+             scorer.cache.bytes / 2**20)
+    return service
 
 
 def warm_up(scorer: Scorer, runs: int) -> None:

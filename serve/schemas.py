@@ -92,4 +92,4 @@ class ModelInfo(BaseModel):
     parity: dict[str, Any] | None
     cache: dict[str, Any]
     lineage: dict[str, Any] = Field(default_factory=dict,
-                                    description="parent / deltas / selection (bundles of refresh / select)")
+                                    description="parent / refresh gate / selection (bundles of refresh / select)")

@@ -28,9 +28,10 @@ class NewNode:
 
 @dataclass(frozen=True)
 class Scores:
-    """probabilities float32 [b, C], labels int64 [b] (existing nodes first, then new nodes, each in
-    request order) and the seconds spent in the cache / inference stages."""
+    """logits and probabilities float32 [b, C], labels int64 [b] (existing nodes first, then new
+    nodes, each in request order) and the seconds spent in the cache / inference stages."""
 
+    logits: F32
     probabilities: F32
     labels: I64
     cache_s: float
@@ -51,9 +52,10 @@ class Scorer:
         blocks = [self.cache.get(int(i)) for i in internal]
         blocks += [self.store.new_node_block(x, nbrs) for x, nbrs in new]
         fetched = time.perf_counter()
-        probs = softmax(self.run_blocks(blocks))
+        logits = self.run_blocks(blocks)
+        probs = softmax(logits)
         done = time.perf_counter()
-        return Scores(probs, probs.argmax(axis=1).astype(np.int64), fetched - started, done - fetched)
+        return Scores(logits, probs, probs.argmax(axis=1).astype(np.int64), fetched - started, done - fetched)
 
     def _resolve(self, ids: I64) -> I64:
         internal, unknown = self.store.lookup(ids)

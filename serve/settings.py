@@ -56,10 +56,6 @@ class Settings(BaseSettings):
         10, ge=1, le=600,
         description="after the drain: wait this long for in-flight requests, then cancel them and exit",
     )
-    debug_score_delay_ms: float = Field(
-        0.0, ge=0.0, le=60_000.0,
-        description="FAULT INJECTION for tests: every /v1/score awaits this long after taking the model; keep 0",
-    )
 
     @model_validator(mode="before")
     @classmethod

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill import pipeline
+from distill import teacher as teachers
 from distill.config import RunConfig
 from distill.data import load_dataset
 
@@ -27,7 +27,7 @@ def test_teacher_cache_hits_for_student_options_and_misses_for_teacher_options(t
     cfg = RunConfig(dataset=TINY, teacher_layers=2, teacher_hidden=8, teacher_heads=2, epochs=4, patience=2,
                     min_epochs=0)
     ds = load_dataset(cfg.dataset)
-    norm = pipeline.feature_norm(cfg, ds)
+    norm = teachers.feature_norm(cfg, ds)
     cpu = torch.device("cpu")
     first, _, m1 = acc.teacher_for(cfg, ds, norm, cfg.train_config, cpu, tmp_path)
     assert len(list(tmp_path.glob("*.pt"))) == 1
@@ -35,7 +35,7 @@ def test_teacher_cache_hits_for_student_options_and_misses_for_teacher_options(t
     def no_training(*args, **kwargs):
         raise RuntimeError("trained again")
 
-    monkeypatch.setattr(acc.pipeline, "train_teacher", no_training)
+    monkeypatch.setattr(acc.teachers, "train_teacher", no_training)
     again, _, m2 = acc.teacher_for(replace(cfg, student="mlp", alpha="0.5", kd="response,structure"), ds, norm,
                                    cfg.train_config, cpu, tmp_path)
     assert m2["accuracy"] == m1["accuracy"]

@@ -96,6 +96,7 @@ def test_planetoid_problems(tmp_path):
         load_dataset(f"planetoid:{root}")
 
 
+@pytest.mark.slow
 def test_real_cora(cora_dir):
     ds = load_dataset(f"planetoid:{cora_dir}")
     d = ds.data
@@ -103,6 +104,7 @@ def test_real_cora(cora_dir):
     assert (int(d.train_mask.sum()), int(d.val_mask.sum()), int(d.test_mask.sum())) == (140, 500, 1000)
 
 
+@pytest.mark.slow
 def test_real_tolokers(tolokers_npz):
     ds = load_dataset(f"npz:{tolokers_npz}", split=0)
     d = ds.data

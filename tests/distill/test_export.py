@@ -1,39 +1,44 @@
+"""ONNX export, and the served parity check that guards every bundle."""
+
+import numpy as np
 import onnx
 import pytest
+import torch
 
-from distill import export, policy
+from distill import export, policy, served
+from distill.cli import main
 from distill.data import load_dataset
 from distill.errors import ParityError
 from distill.models import build_student
 
+TINY = ["--teacher-layers", "2", "--teacher-hidden", "16", "--student-hidden", "16", "--epochs", "20",
+        "--patience", "5", "--quiet", "--dataset", "synthetic:nodes=200"]
+
 
 @pytest.mark.parametrize("name", ["gcn", "sage", "mlp"])
-def test_onnx_parity_on_held_out_neighbourhoods(name):
+def test_export_is_dense_matmul_with_a_dynamic_node_axis(name):
     d = load_dataset("synthetic:nodes=300,features=6,seed=2").data
     student, kind = build_student(name, in_channels=6, hidden_channels=16, num_layers=2, out_channels=3)
-    student.eval()
-    k = 0 if kind == "none" else 2
-    ei, w = policy.propagation(policy.prune(d.edge_index, d.num_nodes, 5, 0), d.num_nodes, kind)
-    full = student(d.x, ei, w).detach()
-    subset, adj, _ = policy.neighbourhood(0, k, ei, w, d.num_nodes)
-    blob = export.export_onnx(student, d.x[subset], adj, kind == "none")
+    sg = policy.student_graph(d.edge_index, d.num_nodes, policy.make_policy(5, 0 if kind == "none" else 2, kind, 0))
+    nodes, adj = policy.neighbourhood(sg, 0)
+    blob = export.export_onnx(student, d.x[torch.from_numpy(nodes)], torch.from_numpy(adj), kind == "none")
     model = onnx.load_from_string(blob)
     assert [i.name for i in model.graph.input] == export.input_names(kind == "none")
     dims = [dim.dim_param for dim in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims[0] == "nodes"  # dynamic node count
     ops = {n.op_type for n in model.graph.node}
     assert not ops & {"ScatterElements", "ScatterND"}  # MatMul only: fast in onnxruntime
-    parity = export.check_parity(blob, full, d.x, ei, w, k, list(range(1, 40)), kind == "none")
-    assert parity.max_abs_diff <= export.TOLERANCE and parity.nodes_checked == 39
 
 
-def test_parity_failure_is_detected():
-    d = load_dataset("synthetic:nodes=300,features=6,seed=2").data
-    student, kind = build_student("gcn", in_channels=6, hidden_channels=16, num_layers=2, out_channels=3)
-    student.eval()
-    ei, w = policy.propagation(policy.prune(d.edge_index, d.num_nodes, 5, 0), d.num_nodes, kind)
-    subset, adj, _ = policy.neighbourhood(0, 2, ei, w, d.num_nodes)
-    blob = export.export_onnx(student, d.x[subset], adj, False)
-    wrong = student(d.x, ei, w).detach() + 1e-3
-    with pytest.raises(ParityError, match="differs"):
-        export.check_parity(blob, wrong, d.x, ei, w, 2, [1, 2, 3], False)
+def test_served_check_detects_a_student_that_differs_from_torch(tmp_path):
+    out = tmp_path / "b"
+    assert main(["run", "--out", str(out), *TINY]) == 0
+    service = served.open_service(out)
+    n = service.scorer.store.num_nodes
+    truth = served.score(service, np.arange(n)).logits
+    y, mask = np.arange(n) % 3, np.zeros(n, dtype=bool)
+    mask[:10] = True
+    ok = served.check(out, truth, y, mask, mask, seed=0)
+    assert ok.parity.max_abs_diff == 0.0 and ok.parity.nodes_checked >= 10
+    with pytest.raises(ParityError, match="differs from torch by 0.001"):
+        served.check(out, truth + 1e-3, y, mask, mask, seed=0)

@@ -1,5 +1,8 @@
+"""The contract's policy applied to torch graphs: same weights as PyG, and train = serve."""
+
 import numpy as np
 import torch
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from distill import policy
 from distill.data import load_dataset
@@ -10,65 +13,48 @@ def _graph():
     return load_dataset("synthetic:nodes=300,avg_degree=12,features=6,seed=1").data
 
 
-def test_splitmix64_known_values():
-    # Reference values of the splitmix64 finaliser (the first outputs of the splitmix64 generator seeded 0).
-    out = policy.splitmix64(np.array([0, 0x9E3779B97F4A7C15], dtype=np.uint64))
-    assert out.tolist() == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
-
-
-def test_prune_caps_in_degree_deterministically():
+def test_prune_adapter_caps_in_degree_deterministically():
     d = _graph()
     a = policy.prune(d.edge_index, d.num_nodes, 5, seed=0)
-    b = policy.prune(d.edge_index, d.num_nodes, 5, seed=0)
-    c = policy.prune(d.edge_index, d.num_nodes, 5, seed=1)
     in_deg = torch.bincount(a[1], minlength=d.num_nodes)
     full_deg = torch.bincount(d.edge_index[1], minlength=d.num_nodes)
-    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(a, policy.prune(d.edge_index, d.num_nodes, 5, seed=0))
+    assert not torch.equal(a, policy.prune(d.edge_index, d.num_nodes, 5, seed=1))
     assert torch.equal(in_deg, full_deg.clamp(max=5))
 
 
-def test_prune_prefers_high_scores():
-    edge_index = torch.tensor([[1, 2, 3, 4], [0, 0, 0, 0]])
-    kept = policy.prune(edge_index, 5, 2, seed=0, score=torch.tensor([0.1, 0.9, 0.5, 0.2]))
-    assert sorted(kept[0].tolist()) == [2, 3]
-
-
-def test_gcn_propagation_matches_docs_formula():
+def test_gcn_weights_equal_pyg_gcn_norm():
     d = _graph()
-    pruned = policy.prune(d.edge_index, d.num_nodes, 4, seed=0)
-    ei, w = policy.propagation(pruned, d.num_nodes, "gcn")
-    csr = policy.to_csr(ei, w, d.num_nodes)
-    deg = np.diff(csr["indptr"])  # row length, self-loop included
-    rows = np.repeat(np.arange(d.num_nodes), deg)
-    expected = 1.0 / np.sqrt(deg[rows] * deg[csr["indices"]])
-    np.testing.assert_allclose(csr["weights"], expected, rtol=1e-6)
+    sg = policy.student_graph(d.edge_index, d.num_nodes, policy.make_policy(4, 2, "gcn", 0))
+    ei, w = gcn_norm(sg.kept, None, d.num_nodes, add_self_loops=True)
+    dense_pyg = torch.zeros(d.num_nodes, d.num_nodes).index_put_((ei[1], ei[0]), w, accumulate=True)
+    dense = torch.zeros(d.num_nodes, d.num_nodes).index_put_(
+        (sg.edges.edge_index[1], sg.edges.edge_index[0]), sg.edges.edge_weight, accumulate=True)
+    torch.testing.assert_close(dense, dense_pyg, atol=1e-7, rtol=1e-6)
 
 
-def test_neighbourhood_reproduces_full_graph_output_exactly():
-    """train = serve: the student on a cached k-hop neighbourhood equals the full pruned-graph pass."""
+def test_served_neighbourhood_reproduces_the_full_graph_output():
+    """train = serve: the student on the contract's cached k-hop block equals the full pruned-graph pass."""
     d = _graph()
-    pruned = policy.prune(d.edge_index, d.num_nodes, 4, seed=0)
     for model, kind in ((GCN(6, 8, 2, 3), "gcn"), (SAGE(6, 8, 2, 3), "mean")):
         model.eval()
-        ei, w = policy.propagation(pruned, d.num_nodes, kind)
-        full = model(d.x, ei, w)
-        pol = policy.NeighbourhoodPolicy(4, 2, kind)
-        for node in (0, 17, int(torch.bincount(ei[1]).argmax())):
-            subset, adj, local = policy.neighbourhood(node, 2, ei, w, d.num_nodes)
-            assert len(subset) <= pol.max_nodes
-            sub = model.forward_dense(d.x[subset], adj)[local]
+        sg = policy.student_graph(d.edge_index, d.num_nodes, policy.make_policy(4, 2, kind, 0))
+        full = model(d.x, sg.edges.edge_index, sg.edges.edge_weight)
+        for node in (0, 17, int(np.argmax(sg.csr.degree))):
+            nodes, adj = policy.neighbourhood(sg, node)
+            assert nodes[0] == node and len(nodes) <= sg.policy.max_nodes
+            sub = model.forward_dense(d.x[torch.from_numpy(nodes)], torch.from_numpy(adj))[0]
             torch.testing.assert_close(sub, full[node], atol=1e-5, rtol=0)
 
 
-def test_attention_propagation_is_the_row_normalised_teacher_attention():
-    # Node 0 keeps in-edges from 1 and 2 (attention 0.2, 0.6) and its self-loop (0.2); node 1 keeps 0 -> 1.
-    edge_index = torch.tensor([[1, 2, 0], [0, 0, 1]])
-    ei, w = policy.propagation(edge_index, 3, "attention",
-                               (torch.tensor([0.2, 0.6, 0.0]), torch.tensor([0.2, 0.5, 0.7])))
-    dense = torch.zeros(3, 3)
-    dense[ei[1], ei[0]] = w
-    expected = torch.tensor([[0.2, 0.2, 0.6],
-                             [1e-6 / (1e-6 + 0.5), 0.5 / (1e-6 + 0.5), 0.0],  # zero attention floored, not dropped
-                             [0.0, 0.0, 1.0]])
-    torch.testing.assert_close(dense, expected)
-    assert ei.size(1) == 3 + 3  # every kept edge plus one self-loop per node
+def test_attention_graph_keeps_the_same_edges_and_rows_sum_to_one():
+    d = _graph()
+    pol = policy.make_policy(4, 2, "gcn", 0)
+    scores = torch.rand(d.edge_index.size(1))
+    fixed = policy.student_graph(d.edge_index, d.num_nodes, pol, scores)
+    att = policy.weigh(fixed.kept, d.edge_index, d.num_nodes, pol.model_copy(update={"propagation": "attention"}),
+                       (scores, torch.rand(d.num_nodes)))
+    np.testing.assert_array_equal(att.csr.indptr, fixed.csr.indptr)
+    np.testing.assert_array_equal(att.csr.indices, fixed.csr.indices)
+    row_sums = np.add.reduceat(att.csr.weights.astype(np.float64), att.csr.indptr[:-1])
+    np.testing.assert_allclose(row_sums, 1.0, rtol=1e-5)

@@ -6,7 +6,7 @@ import torch
 from torch_geometric.data import Data
 
 from distill.models import GCN
-from distill.train import Graph, TrainConfig, fit
+from distill.train import Edges, TrainConfig, fit
 
 EDGES = torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]])
 
@@ -27,8 +27,8 @@ def test_min_epochs_holds_off_early_stopping():
     data = _data()
     model = GCN(3, 8, 2, 2, dropout=0.0, normalize=True)
     budget = {"epochs": 200, "patience": 5, "weight_decay": 0.0}  # no decay: the weights never move
-    quick = fit(model, data, Graph(EDGES), _flat_loss, TrainConfig(**budget, min_epochs=0), "t", False)
-    held = fit(model, data, Graph(EDGES), _flat_loss, TrainConfig(**budget, min_epochs=40), "t", False)
+    quick = fit(model, data, Edges(EDGES), _flat_loss, TrainConfig(**budget, min_epochs=0), "t", False)
+    held = fit(model, data, Edges(EDGES), _flat_loss, TrainConfig(**budget, min_epochs=40), "t", False)
     assert quick.epochs_run == 6
     assert held.epochs_run == 41
 
@@ -43,18 +43,18 @@ def test_student_hidden_is_pre_activation():
 
 
 def test_teacher_restarts_keep_the_best_on_validation():
-    from distill import pipeline
+    from distill import teacher as teachers
     from distill.config import RunConfig
     from distill.data import load_dataset
 
     cfg = RunConfig(dataset="synthetic:nodes=150,avg_degree=6,features=5,seed=2", teacher_layers=2,
                     teacher_hidden=8, epochs=15, patience=5, min_epochs=0, teacher_restarts=3)
     ds = load_dataset(cfg.dataset)
-    norm = pipeline.feature_norm(cfg, ds)
-    _, _, m = pipeline.train_teacher(cfg, ds, norm, cfg.train_config, torch.device("cpu"), progress=False)
+    norm = teachers.feature_norm(cfg, ds)
+    _, _, m = teachers.train_teacher(cfg, ds, norm, cfg.train_config, torch.device("cpu"), progress=False)
     assert len(m["restarts_val"]) == 3 and len(set(m["restarts_val"])) > 1  # different initialisations
     assert m["best_val"] == max(m["restarts_val"])
     # Restart 0 is the single-restart teacher: one restart reproduces it.
-    _, _, single = pipeline.train_teacher(replace(cfg, teacher_restarts=1), ds, norm, cfg.train_config,
+    _, _, single = teachers.train_teacher(replace(cfg, teacher_restarts=1), ds, norm, cfg.train_config,
                                           torch.device("cpu"), progress=False)
     assert single["restarts_val"] == m["restarts_val"][:1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from distill import policy as dpolicy
+from bundle import policy as kernels
 from tests.serve.conftest import TinyBundle
 
 
@@ -15,7 +15,7 @@ def new_node_logits(tiny: TinyBundle, features: list[float], neighbours: list[in
     n = tiny.features.size(0)
     pol = tiny.policy
     cand = torch.tensor(sorted(set(neighbours)), dtype=torch.long)
-    rank = dpolicy.edge_rank(cand.numpy(), np.full(len(cand), n), pol["seed"])
+    rank = kernels.edge_rank(cand.numpy(), np.full(len(cand), n), pol["seed"])
     kept = cand[np.lexsort((cand.numpy(), rank))[: pol["fanout"]]]
     src, dst, w = [], [], []
     if pol["propagation"] == "gcn":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,8 +12,12 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.serve.conftest import Server, TinyBundle, metric, start_server, wait_in_flight, wait_ready
+from tests.serve.conftest import TinyBundle
 from tests.serve.reference import softmax
+from tests.serve.servers import RunningServer, Server, metric, serving, wait_in_flight
+from tests.tamper import copy_bundle, flip_last_byte, tamper
+
+pytestmark = pytest.mark.slow  # real `python -m serve` processes
 
 TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -24,15 +27,6 @@ TOL = 1e-4
 
 def version_of(bundle: Path) -> str:
     return str(json.loads((bundle / "manifest.json").read_text())["version"])
-
-
-def tamper(src: Path, dst: Path) -> Path:
-    """A copy of `src` whose graph/weights.npy no longer matches the manifest's sha256."""
-    root = Path(shutil.copytree(src, dst))
-    weights = np.load(root / "graph/weights.npy")
-    weights[0] *= 2
-    np.save(root / "graph/weights.npy", weights)
-    return root
 
 
 def scores(client: httpx.Client) -> dict[str, Any]:
@@ -48,13 +42,8 @@ def reload(client: httpx.Client, bundle: Path | str, headers: dict[str, str] | N
 @pytest.fixture(scope="module")
 def admin(gcn: TinyBundle, gcn_seed1: TinyBundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The gcn bundle served with an admin token. Every test leaves it serving `gcn` again."""
-    log = tmp_path_factory.mktemp("admin") / "server.log"
-    srv = start_server(gcn.path, log, SERVE_ADMIN_TOKEN=TOKEN, SERVE_WARMUP_RUNS="5")
-    try:
-        wait_ready(srv)
+    with serving(gcn.path, tmp_path_factory.mktemp("admin"), SERVE_ADMIN_TOKEN=TOKEN, SERVE_WARMUP_RUNS="5") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.mark.parametrize("headers", [None, {"Authorization": "Bearer wrong-token-0123456789"},
@@ -90,7 +79,7 @@ def test_bad_reload_body_is_422(admin: Server, body: bytes, code: str) -> None:
 def test_tampered_bundle_is_rejected_and_the_old_model_keeps_serving(admin: Server, gcn: TinyBundle,
                                                                      gcn_seed1: TinyBundle, tmp_path: Path) -> None:
     # A different model's bundle, so that a wrongly accepted reload would show in the scores.
-    bad = tamper(gcn_seed1.path, tmp_path / "tampered")
+    bad = tamper(copy_bundle(gcn_seed1.path, tmp_path / "tampered"), "graph/weights.npy", flip_last_byte)
     with admin.client() as client:
         before, failures = scores(client), metric(client, 'serve_reloads_total{result="failure"}')
         response = reload(client, bad)
@@ -149,24 +138,19 @@ def test_without_a_token_the_endpoint_does_not_exist(server: Server) -> None:
 
 
 def test_in_flight_request_finishes_on_the_model_it_started_with(gcn: TinyBundle, gcn_seed1: TinyBundle,
-                                                                 tmp_path: Path) -> None:
-    srv = start_server(gcn.path, tmp_path / "slow.log", SERVE_ADMIN_TOKEN=TOKEN, SERVE_WARMUP_RUNS="2",
-                       SERVE_DEBUG_SCORE_DELAY_MS="1500")
-    try:
-        wait_ready(srv)
-        with httpx.Client(base_url=srv.url, timeout=30.0) as slow, srv.client() as client:
-            with ThreadPoolExecutor(1) as pool:
-                pending = pool.submit(slow.post, "/v1/score", json={"node_ids": [1]})
-                wait_in_flight(client, 1)
-                assert reload(client, gcn_seed1.path).status_code == 200
-                response = pending.result(timeout=30)
-            assert response.status_code == 200
-            assert response.json()["model_version"] == version_of(gcn.path)
-            assert client.post("/v1/score", json={"node_ids": [1]}).json()["model_version"] == version_of(
-                gcn_seed1.path)
-    finally:
-        srv.stop()
-
+                                                                 running_server: RunningServer) -> None:
+    # The test launcher holds every score 1.5 s after it took the model: the reload happens meanwhile.
+    srv = running_server(gcn.path, slow_ms=1500, SERVE_ADMIN_TOKEN=TOKEN, SERVE_WARMUP_RUNS="2")
+    with httpx.Client(base_url=srv.url, timeout=30.0) as slow, srv.client() as client:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(slow.post, "/v1/score", json={"node_ids": [1]})
+            wait_in_flight(client, 1)
+            assert reload(client, gcn_seed1.path).status_code == 200
+            response = pending.result(timeout=30)
+        assert response.status_code == 200
+        assert response.json()["model_version"] == version_of(gcn.path)
+        assert client.post("/v1/score", json={"node_ids": [1]}).json()["model_version"] == version_of(
+            gcn_seed1.path)
 
 
 def test_openapi_documents_the_admin_endpoint(admin: Server) -> None:

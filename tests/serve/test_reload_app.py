@@ -20,7 +20,8 @@ from serve.app import create_app
 from serve.runtime import Runtime, Service, build
 from serve.settings import Settings
 from tests.serve.conftest import ROOT, TinyBundle
-from tests.serve.test_reload import AUTH, TOKEN, tamper, version_of
+from tests.serve.test_reload import AUTH, TOKEN, version_of
+from tests.tamper import copy_bundle, flip_last_byte, tamper
 
 
 class Gate:
@@ -78,9 +79,10 @@ def test_reload_during_the_start_up_load_is_409(gcn: TinyBundle) -> None:
 
 
 def test_a_failed_start_is_recovered_by_a_good_reload(gcn: TinyBundle, tmp_path: Path) -> None:
-    with app_for(tamper(gcn.path, tmp_path / "bad"), build) as client:
+    bad = tamper(copy_bundle(gcn.path, tmp_path / "bad"), "graph/weights.npy", flip_last_byte)
+    with app_for(bad, build) as client:
         wait_status(client, "failed")
-        bad_again = client.post("/admin/reload", json={"bundle": str(tmp_path / "bad")}, headers=AUTH)
+        bad_again = client.post("/admin/reload", json={"bundle": str(bad)}, headers=AUTH)
         assert bad_again.status_code == 422 and client.get("/readyz").json()["status"] == "failed"
         response = client.post("/admin/reload", json={"bundle": str(gcn.path)}, headers=AUTH)
         assert response.status_code == 200 and response.json()["previous_version"] is None

@@ -27,7 +27,7 @@ def test_onnx_on_whole_graph_matches_torch(gcn: TinyBundle) -> None:
     # A second, torch-free reference: the ONNX student on the whole pruned graph at once.
     scorer = scorer_for(gcn.path)
     store = scorer.store
-    full = store.dense_block(np.arange(store.num_nodes))
+    full = store.csr.dense_block(np.arange(store.num_nodes))
     session = ort.InferenceSession(str(gcn.path / "student.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"x": np.asarray(store.features), "adj": full})[0]
     np.testing.assert_allclose(logits, gcn.logits, atol=TOL, rtol=0)

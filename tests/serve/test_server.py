@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +11,12 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.serve.conftest import Server, TinyBundle, start_server, wait_ready
+from tests.serve.conftest import TinyBundle
 from tests.serve.reference import new_node_logits, softmax
+from tests.serve.servers import RunningServer, Server, wait_ready
+from tests.tamper import copy_bundle, flip_last_byte, tamper
+
+pytestmark = pytest.mark.slow  # real `python -m serve` processes
 
 TOL = 1e-4
 CLASSES = ["legit", "suspicious", "fraud"]
@@ -171,41 +174,31 @@ def test_openapi_documents_the_endpoints(server: Server) -> None:
 
 @pytest.fixture
 def tampered(gcn: TinyBundle, tmp_path: Path) -> Path:
-    root = Path(shutil.copytree(gcn.path, tmp_path / "bundle"))
-    weights = np.load(root / "graph/weights.npy")
-    weights[0] *= 2
-    np.save(root / "graph/weights.npy", weights)
-    return root
+    return tamper(copy_bundle(gcn.path, tmp_path / "bundle"), "graph/weights.npy", flip_last_byte)
 
 
-def test_tampered_bundle_never_becomes_ready(tampered: Path, tmp_path: Path) -> None:
-    srv = start_server(tampered, tmp_path / "tampered.log")
-    try:
-        deadline, seen = time.monotonic() + 30, []
-        while time.monotonic() < deadline:
-            response = httpx.get(f"{srv.url}/readyz")
-            seen.append(response.status_code)
-            if response.json()["status"] == "failed":
-                break
-            time.sleep(0.05)
-        assert set(seen) == {503}
-        assert "graph/weights.npy: sha256" in response.json()["reason"]
-        time.sleep(0.5)  # and it stays that way
-        assert httpx.get(f"{srv.url}/readyz").status_code == 503
-        assert httpx.get(f"{srv.url}/livez").status_code == 200
-        score = httpx.post(f"{srv.url}/v1/score", json={"node_ids": [1]})
-        assert score.status_code == 503 and score.json()["error"]["code"] == "not_ready"
-        assert srv.process.poll() is None
-    finally:
-        srv.stop()
+def test_tampered_bundle_never_becomes_ready(tampered: Path, running_server: RunningServer) -> None:
+    srv = running_server(tampered, ready=False)
+    deadline, seen = time.monotonic() + 30, []
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{srv.url}/readyz")
+        seen.append(response.status_code)
+        if response.json()["status"] == "failed":
+            break
+        time.sleep(0.05)
+    assert set(seen) == {503}
+    assert "graph/weights.npy: sha256" in response.json()["reason"]
+    time.sleep(0.5)  # and it stays that way
+    assert httpx.get(f"{srv.url}/readyz").status_code == 503
+    assert httpx.get(f"{srv.url}/livez").status_code == 200
+    score = httpx.post(f"{srv.url}/v1/score", json={"node_ids": [1]})
+    assert score.status_code == 503 and score.json()["error"]["code"] == "not_ready"
+    assert srv.process.poll() is None
 
 
-def test_readiness_goes_from_503_to_200(gcn: TinyBundle, tmp_path: Path) -> None:
+def test_readiness_goes_from_503_to_200(gcn: TinyBundle, running_server: RunningServer) -> None:
     # Many warm-up runs keep the loader busy long enough to observe "loading" over real HTTP;
     # tests/serve/test_app.py proves the transition deterministically with a gated loader.
-    srv = start_server(gcn.path, tmp_path / "ready.log", SERVE_WARMUP_RUNS="3000")
-    try:
-        seen = wait_ready(srv)
-        assert seen[0] == 503 and seen[-1] == 200
-    finally:
-        srv.stop()
+    srv = running_server(gcn.path, ready=False, SERVE_WARMUP_RUNS="3000")
+    seen = wait_ready(srv)
+    assert seen[0] == 503 and seen[-1] == 200

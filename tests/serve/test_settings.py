@@ -35,6 +35,13 @@ def test_unknown_env_var_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings(bundle=Path("/b"))
 
 
+def test_fault_injection_is_not_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The score delay of the drain / reload tests lives in tests/serve/slow_serve.py, not in production settings.
+    monkeypatch.setenv("SERVE_DEBUG_SCORE_DELAY_MS", "1500")
+    with pytest.raises(ValidationError, match="SERVE_DEBUG_SCORE_DELAY_MS"):
+        Settings(bundle=Path("/b"))
+
+
 def test_unknown_kwarg_is_refused() -> None:
     with pytest.raises(ValidationError, match="extra"):
         Settings(bundle=Path("/b"), nope=1)  # type: ignore[call-arg]

@@ -1,0 +1,17 @@
+"""The bundle contract: the one definition of what `distill` writes and `serve` reads.
+
+Torch-free on purpose (numpy + pydantic only): the service imports it without pulling in the
+training stack, and the job writes through it, so there is no second copy of any rule.
+
+- `bundle.manifest`: the typed, versioned `Manifest` (unknown keys rejected).
+- `bundle.files`: array specs, sha256, the version digest, atomic staging, reading and verifying.
+- `bundle.policy`: the neighbourhood policy kernels: neighbour ranking and pruning, propagation
+  weights, CSR, k-hop neighbourhoods, dense blocks and new-node rows.
+
+docs/bundle.md explains the layout; this package is its executable form.
+"""
+
+from bundle.errors import BundleInvalid
+from bundle.manifest import SCHEMA_VERSION, Manifest
+
+__all__ = ["SCHEMA_VERSION", "BundleInvalid", "Manifest"]

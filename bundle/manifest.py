@@ -1,0 +1,153 @@
+"""`manifest.json` as typed, frozen pydantic models. Unknown keys are rejected at every level that
+has a fixed shape; `metrics`, `config`, `selection` and `dataset.source` are free-form records."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bundle.errors import BundleInvalid
+from bundle.policy import Propagation, max_block_nodes
+
+SCHEMA_VERSION = 2
+GRAPH_FILES = ("features", "node_ids", "indptr", "indices", "weights")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetInfo(_Strict):
+    spec: str
+    name: str
+    source: dict[str, Any]
+    num_nodes: int = Field(ge=1)
+    num_features: int = Field(ge=1)
+    num_classes: int = Field(ge=2)
+    class_names: list[str]
+
+    @model_validator(mode="after")
+    def _names_fit(self) -> DatasetInfo:
+        if len(self.class_names) != self.num_classes or len(set(self.class_names)) != self.num_classes:
+            raise ValueError("class_names must hold num_classes distinct names")
+        return self
+
+
+class StudentModel(_Strict):
+    file: str
+    student: str
+    num_layers: int = Field(ge=1)
+    hidden_channels: int = Field(ge=1)
+    inputs: list[Literal["x", "adj"]]
+    outputs: list[Literal["logits"]]
+    opset: int
+    params: int = Field(ge=0)
+    teacher_file: str | None = None
+
+
+class Policy(_Strict):
+    name: Literal["topk_in_neighbours"] = "topk_in_neighbours"
+    fanout: int = Field(ge=1)
+    k_hops: int = Field(ge=0)
+    propagation: Propagation
+    seed: int = Field(ge=0, lt=1 << 64)
+    score: Literal["hash", "teacher_attention", "teacher_gradient"] = "hash"
+
+    @property
+    def graph_free(self) -> bool:
+        return self.propagation == "none"
+
+    @property
+    def max_nodes(self) -> int:
+        return max_block_nodes(self.fanout, self.k_hops)
+
+    @model_validator(mode="after")
+    def _depth_fits(self) -> Policy:
+        if self.graph_free != (self.k_hops == 0):
+            raise ValueError("k_hops must be 0 exactly when propagation is none")
+        return self
+
+
+class GraphFiles(_Strict):
+    features: str
+    node_ids: str
+    indptr: str
+    indices: str
+    weights: str
+
+
+class Parity(_Strict):
+    """ONNX through the service's own scoring path vs the torch student, on `nodes_checked` nodes.
+    `tolerance` is null for an int8 copy (`distill select --int8`): it is not the torch student, and
+    is checked by prediction agreement with its float original on validation instead."""
+
+    max_abs_diff: float
+    nodes_checked: int
+    tolerance: float | None
+
+
+class Parent(_Strict):
+    version: str
+    path: str
+    manifest_sha256: str
+
+
+class RefreshGate(_Strict):
+    """How `distill refresh` compared parent and child: both served, on the same validation nodes."""
+
+    metric: str
+    parent_val: float
+    child_val: float
+    nodes: int
+    max_drop: float
+    allow_worse: bool
+
+
+class Reproducibility(_Strict):
+    threads: int
+    versions: dict[str, str]
+
+
+class Manifest(_Strict):
+    schema_version: Literal[2]
+    version: str
+    created_at: str
+    dataset: DatasetInfo
+    model: StudentModel
+    policy: Policy
+    graph: GraphFiles
+    metrics: dict[str, Any]
+    parity: Parity | None = None  # None only inside the job's staging directory, before the check
+    config: dict[str, Any]
+    seed: int
+    reproducibility: Reproducibility
+    parent: Parent | None = None
+    refresh: RefreshGate | None = None
+    selection: dict[str, Any] | None = None
+    files: dict[str, str]
+
+    @model_validator(mode="after")
+    def _inputs_fit_policy(self) -> Manifest:
+        if self.policy.graph_free != (self.model.inputs == ["x"]):
+            raise ValueError("model.inputs, policy.propagation and policy.k_hops disagree")
+        return self
+
+    @property
+    def served_files(self) -> list[str]:
+        """Every file the service reads: the model and the graph arrays."""
+        return [self.model.file, *(getattr(self.graph, name) for name in GRAPH_FILES)]
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2, exclude_none=True) + "\n"
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> Manifest:
+        """Parse and validate manifest JSON; raises BundleInvalid naming the first problems."""
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}"
+                                 for e in exc.errors()[:5])
+            raise BundleInvalid(f"manifest.json does not fit schema {SCHEMA_VERSION}: {problems}",
+                                {"file": "manifest.json"}) from None

@@ -1,0 +1,202 @@
+"""The neighbourhood policy, in numpy: the one implementation training, export, selection and serving use.
+
+Every node keeps at most `fanout` in-neighbours: highest importance score first (when the teacher
+gives one), then lowest `edge_rank` (a seeded hash: uniform-like, reproducible, no torch needed).
+The student's propagation matrix P is computed once on the whole pruned graph and stored as CSR
+(rows = targets). A k-layer student run on a node's k-hop in-neighbourhood block of P gives exactly
+what the full-graph pass over the pruned graph gives at that node: that block is what the service
+caches, so what is evaluated is what is served.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from bundle.errors import BundleInvalid
+
+I64 = npt.NDArray[np.int64]
+F32 = npt.NDArray[np.float32]
+U64 = npt.NDArray[np.uint64]
+Propagation = Literal["gcn", "mean", "attention", "none"]
+PROPAGATIONS: tuple[Propagation, ...] = ("gcn", "mean", "attention", "none")
+ATTENTION_FLOOR = 1e-6  # a zero weight would silently drop a neighbour the policy kept
+
+
+def splitmix64(x: U64) -> U64:
+    """The standard splitmix64 finaliser on uint64 arrays; numpy uint64 arithmetic wraps mod 2^64."""
+    with np.errstate(over="ignore"):
+        z = x.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def edge_rank(src: I64, dst: I64, seed: int) -> U64:
+    """Tie-break rank of edges src -> dst: splitmix64(splitmix64(seed ^ dst) ^ src), all [E]."""
+    inner = splitmix64(np.uint64(seed) ^ dst.astype(np.uint64))
+    return splitmix64(inner ^ src.astype(np.uint64))
+
+
+def max_block_nodes(fanout: int, k_hops: int) -> int:
+    """Policy bound on one node's neighbourhood: 1 + K + ... + K^L."""
+    return sum(fanout**h for h in range(k_hops + 1))
+
+
+def prune(src: I64, dst: I64, num_nodes: int, fanout: int, seed: int,
+          score: npt.NDArray[np.floating] | None = None) -> I64:
+    """Positions (ascending) of the edges kept: at most `fanout` in-edges per target, highest
+    `score` [E] first, then lowest edge_rank. src, dst int64 [E] -> int64 [E']."""
+    rank = edge_rank(src, dst, seed)
+    neg_score = -np.asarray(score, dtype=np.float64) if score is not None else np.zeros(len(src))
+    order = np.lexsort((rank, neg_score, dst))  # last key is primary: group by dst
+    dst_sorted = dst[order]
+    starts = np.searchsorted(dst_sorted, np.arange(num_nodes))
+    position = np.arange(len(order)) - starts[dst_sorted]
+    return np.sort(order[position < fanout]).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Entries:
+    """P as a list of entries P[dst, src] = weight: src, dst int64 [nnz], weight float32 [nnz]."""
+
+    src: I64
+    dst: I64
+    weight: F32
+
+
+def propagation(src: I64, dst: I64, num_nodes: int, kind: Propagation,
+                attention: tuple[F32, F32] | None = None) -> Entries:
+    """P over the kept edges src -> dst [E'] (docs/bundle.md, step 2).
+
+    `gcn`: one self-loop per node, P[i, j] = 1 / sqrt(d_i d_j) with d counted over row entries;
+    `mean`: P[i, j] = 1 / (kept in-neighbours of i), no self-loops; `attention`: the teacher's
+    scores `(per kept edge [E'], per node's self-loop [N])`, floored and divided by their row sum;
+    `none`: no entries (graph-free students).
+    """
+    if kind == "mean":
+        deg = np.bincount(dst, minlength=num_nodes).astype(np.float64)
+        return Entries(src, dst, (1.0 / deg[dst]).astype(np.float32))
+    if kind == "none":
+        empty = np.zeros(0, dtype=np.int64)
+        return Entries(empty, empty, np.zeros(0, dtype=np.float32))
+    loops = np.arange(num_nodes, dtype=np.int64)
+    keep = src != dst  # a stored self-loop is replaced by the one every node gets
+    src, dst = np.concatenate([src[keep], loops]), np.concatenate([dst[keep], loops])
+    if kind == "gcn":
+        inv_sqrt = 1.0 / np.sqrt(np.bincount(dst, minlength=num_nodes).astype(np.float64))
+        return Entries(src, dst, (inv_sqrt[src] * inv_sqrt[dst]).astype(np.float32))
+    if kind != "attention" or attention is None:
+        raise ValueError(f"propagation {kind!r}: choose one of {PROPAGATIONS} (attention needs the teacher's scores)")
+    score = np.concatenate([np.asarray(attention[0])[keep], np.asarray(attention[1])]).astype(np.float64)
+    score = np.maximum(score, ATTENTION_FLOOR)
+    row_sum = np.bincount(dst, weights=score, minlength=num_nodes)
+    return Entries(src, dst, (score / row_sum[dst]).astype(np.float32))
+
+
+@dataclass(frozen=True)
+class CSR:
+    """P by target row: indptr int64 [N+1], indices int64 [nnz] (sources), weights float32 [nnz]."""
+
+    indptr: I64
+    indices: I64
+    weights: F32
+
+    @classmethod
+    def from_entries(cls, entries: Entries, num_nodes: int) -> CSR:
+        order = np.lexsort((entries.src, entries.dst))
+        indptr = np.zeros(num_nodes + 1, dtype=np.int64)
+        np.cumsum(np.bincount(entries.dst, minlength=num_nodes), out=indptr[1:])
+        return cls(indptr, entries.src[order].astype(np.int64), entries.weight[order].astype(np.float32))
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def degree(self) -> I64:
+        """Entries per row (self-loop included): d[j] of the gcn new-node formula."""
+        return np.diff(self.indptr)
+
+    def entries(self) -> Entries:
+        """The entries in CSR order (what a full-graph student trains on)."""
+        rows = np.repeat(np.arange(self.num_nodes, dtype=np.int64), self.degree)
+        return Entries(self.indices, rows, self.weights)
+
+    def check(self) -> None:
+        """Raise BundleInvalid unless this is a well-formed CSR over its own nodes."""
+        nnz, n = len(self.indices), self.num_nodes
+        if n < 0 or self.indptr[0] != 0 or self.indptr[-1] != nnz or np.any(np.diff(self.indptr) < 0) \
+                or len(self.weights) != nnz:
+            raise BundleInvalid("graph CSR is inconsistent (indptr / indices / weights)")
+        if nnz and (self.indices.min() < 0 or self.indices.max() >= n):
+            raise BundleInvalid("graph/indices reference nodes outside 0..N-1")
+
+    def segments(self, rows: I64) -> tuple[I64, I64]:
+        """CSR positions of all entries of `rows` [r] -> (positions [e], entries per row [r])."""
+        starts = self.indptr[rows]
+        lens = self.indptr[rows + 1] - starts
+        shift = np.repeat(starts - (np.cumsum(lens) - lens), lens)
+        return np.arange(int(lens.sum()), dtype=np.int64) + shift, lens
+
+    def k_hop(self, seeds: I64, hops: int) -> I64:
+        """Seeds (unique, kept first, in order) plus every node within `hops` steps backwards
+        along P (row -> its indices), each later hop sorted -> int64 [n]."""
+        nodes, frontier = seeds, seeds
+        for _ in range(hops):
+            pos, _ = self.segments(frontier)
+            reached = np.unique(self.indices[pos])
+            frontier = np.setdiff1d(reached, nodes, assume_unique=True)
+            if not len(frontier):
+                break
+            nodes = np.concatenate([nodes, frontier])
+        return nodes
+
+    def dense_block(self, nodes: I64) -> F32:
+        """adj float32 [n, n] with adj[i, j] = P[nodes[i], nodes[j]] (0 where P has no entry)."""
+        n = len(nodes)
+        pos, lens = self.segments(nodes)
+        rows = np.repeat(np.arange(n), lens)
+        cols = self.indices[pos]
+        order = np.argsort(nodes)
+        at = np.minimum(np.searchsorted(nodes[order], cols), n - 1)
+        inside = nodes[order][at] == cols
+        adj = np.zeros((n, n), dtype=np.float32)
+        adj[rows[inside], order[at[inside]]] = self.weights[pos[inside]]
+        return adj
+
+
+def kept_neighbours(neighbours: I64, num_nodes: int, fanout: int, seed: int) -> I64:
+    """At most `fanout` of a new node's (internal) neighbours, the new node taking index N: lowest
+    edge_rank(j, N) first, ties by j; duplicates count once -> int64 [k]."""
+    unique = np.unique(neighbours)
+    rank = edge_rank(unique, np.full(len(unique), num_nodes, dtype=np.int64), seed)
+    return unique[np.lexsort((unique, rank))[:fanout]]
+
+
+def new_node_row(kept: I64, kind: Propagation, degree: I64) -> F32:
+    """P's row of a new node over [itself, *kept] -> float32 [1 + k] (docs/bundle.md, step 4)."""
+    row = np.zeros(len(kept) + 1, dtype=np.float32)
+    if kind == "gcn":
+        d_new = len(kept) + 1
+        row[0] = 1.0 / d_new
+        row[1:] = 1.0 / np.sqrt(d_new * degree[kept].astype(np.float64))
+    elif kind == "mean" and len(kept):
+        row[1:] = 1.0 / len(kept)
+    elif kind == "attention":
+        row[:] = 1.0 / (len(kept) + 1)  # the teacher never scored a new node's edges: uniform
+    return row
+
+
+def new_node_block(csr: CSR, kept: I64, k_hops: int, kind: Propagation) -> tuple[I64, F32]:
+    """The block of a new node (row 0) linked to `kept` -> (existing nodes [n-1], adj [n, n]).
+    Existing rows do not see the new node, which is why their scores stay what they were."""
+    existing = csr.k_hop(kept, k_hops - 1)
+    n = len(existing) + 1
+    adj = np.zeros((n, n), dtype=np.float32)
+    adj[1:, 1:] = csr.dense_block(existing)
+    adj[0, : len(kept) + 1] = new_node_row(kept, kind, csr.degree)  # kept sit at rows 1..k (k_hop's order)
+    return existing, adj

@@ -1,0 +1,66 @@
+"""What the stages of the job hand each other, as typed records. A leaf module: it imports no
+other stage, so pipeline, writer, select and refresh can all depend on it without a circle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from distill.data import Dataset
+from distill.models import FeatureNorm, LayerStack
+from distill.policy import StudentGraph
+from distill.train import Edges, FitResult, TrainConfig
+
+
+@dataclass(frozen=True)
+class TeacherSignals:
+    """What a trained teacher hands the student: logits [N, C], hidden [N, H_t] per layer (detached)."""
+
+    logits: Tensor
+    hidden: list[Tensor]
+
+
+@dataclass(frozen=True)
+class EdgeImportance:
+    """The teacher's importance of every data edge, edges [E]; for a GAT also of every node's
+    self-loop, self_loops [N] (attention has one; a gradient score does not)."""
+
+    edges: Tensor
+    self_loops: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained student (or the kept one of several candidates) and its torch evaluation:
+    logits [N, C] on CPU from the full-graph pass over `graph`, test metrics, training record."""
+
+    model: LayerStack
+    logits: Tensor
+    graph: StudentGraph
+    fit: FitResult
+    test: dict[str, Any]
+    kd: tuple[str, ...]
+    alpha: float | None
+    candidates_val: dict[str, float] = field(default_factory=dict)
+
+    def record(self) -> dict[str, Any]:
+        """The report's entry: test metrics, training record and the validation choice."""
+        return {**self.test, **self.fit.__dict__, "kd": list(self.kd), "alpha": self.alpha,
+                "propagation": self.graph.policy.propagation, "candidates_val": dict(self.candidates_val)}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything a student needs from one teacher run: data, normalisation, budget, teacher signals."""
+
+    ds: Dataset
+    device: torch.device
+    norm: FeatureNorm
+    tcfg: TrainConfig
+    teacher: torch.nn.Module
+    teacher_edges: Edges
+    teacher_metrics: dict[str, Any]
+    signals: TeacherSignals

@@ -1,0 +1,72 @@
+"""The teacher: trained purely for accuracy, restarted from several initialisations, the best
+kept on validation; then read once for the signals a student learns from."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from distill.artefacts import TeacherSignals
+from distill.choose import best_on_validation
+from distill.config import RunConfig
+from distill.data import Dataset
+from distill.models import FeatureNorm, build_teacher
+from distill.objectives import supervised
+from distill.policy import prune
+from distill.train import Edges, FitResult, TrainConfig, fit, predict, test_metrics
+
+
+def feature_norm(cfg: RunConfig, ds: Dataset) -> FeatureNorm:
+    """The input normalisation every model (and so the ONNX student) carries."""
+    mode = cfg.feature_norm
+    if mode == "auto":
+        mode = "row" if ds.source["kind"] == "planetoid" else "standard"
+    x = ds.data.x[ds.data.train_mask]
+    return FeatureNorm(mode, x.mean(0), x.std(0).clamp(min=1e-6))
+
+
+def teacher_model(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.device, restart: int = 0
+                  ) -> tuple[torch.nn.Module, Edges]:
+    """An untrained teacher (initialisation `restart` of this seed) and the edges it sees (the full
+    graph, or capped by --teacher-fanout)."""
+    edges = ds.data.edge_index
+    if cfg.teacher_fanout:
+        edges = prune(edges, ds.data.num_nodes, cfg.teacher_fanout, cfg.seed)
+    torch.manual_seed(cfg.seed + 1_000_003 * restart)
+    teacher = build_teacher(
+        cfg.teacher, in_channels=ds.data.num_features, hidden_channels=cfg.teacher_hidden,
+        num_layers=cfg.teacher_layers, out_channels=ds.num_classes, dropout=cfg.teacher_dropout,
+        heads=cfg.teacher_heads, attn_dropout=cfg.attn_dropout, residual=cfg.teacher_residual,
+        norm=cfg.teacher_norm, jk=cfg.teacher_jk,
+    )
+    teacher.feature_norm = FeatureNorm(norm.mode, norm.mean, norm.std)
+    return teacher.to(device), Edges(edges).to(device)
+
+
+def train_teacher(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,
+                  progress: bool) -> tuple[torch.nn.Module, Edges, dict[str, Any]]:
+    """Train the teacher `cfg.teacher_restarts` times from different initialisations and keep the
+    best on validation -> (model, the edges it saw, test metrics and training record). Deep GATs
+    are unstable on small label sets, and a bad teacher is exactly what distillation copies."""
+    data = ds.data.to(device)
+
+    def restart(i: int) -> tuple[torch.nn.Module, Edges, FitResult]:
+        teacher, edges = teacher_model(cfg, ds, norm, device, i)
+        result = fit(teacher, data, edges, lambda out: supervised(out.logits, data.y, data.train_mask), tcfg,
+                     f"teacher {cfg.teacher} {i + 1}/{cfg.teacher_restarts}", progress)
+        return teacher, edges, result
+
+    best = best_on_validation(((f"restart {i}", lambda i=i: restart(i)) for i in range(cfg.teacher_restarts)),
+                              key=lambda t: (t[2].best_val,))
+    teacher, edges, result = best.item
+    logits = predict(teacher, data, edges)
+    return teacher, edges, {**test_metrics(logits, data), **result.__dict__, "restarts_val": list(best.scores.values())}
+
+
+@torch.no_grad()
+def teacher_signals(teacher: torch.nn.Module, ds: Dataset, edges: Edges, device: torch.device) -> TeacherSignals:
+    """Eval-mode logits [N, C] and per-layer embeddings of the trained teacher, detached."""
+    teacher.eval()
+    out = teacher.run(ds.data.x.to(device), edges.edge_index, edges.edge_weight)
+    return TeacherSignals(out.logits.detach(), [h.detach() for h in out.hidden])

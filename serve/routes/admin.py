@@ -1,0 +1,60 @@
+"""POST /admin/reload: swap in another bundle without a restart, behind a bearer token.
+
+`create_app` includes this router only when SERVE_ADMIN_TOKEN is set; otherwise /admin/reload is a
+404 exactly like any unknown path, so an unconfigured service offers nothing to probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from serve.dependencies import AdminAuth, BuilderDep, MetricsDep, RuntimeDep, SettingsDep
+from serve.errors import BundleNotFound, BundleRejected
+from serve.schemas import ErrorResponse, ReloadRequest, ReloadResponse
+
+router = APIRouter(tags=["admin"])
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text} for code, text in (
+        (401, "missing or wrong bearer token (WWW-Authenticate: Bearer)"),
+        (409, "a bundle is already being loaded (start-up or another reload)"),
+        (422, "bundle_not_found (no such directory), bundle_rejected (failed verification or could not be "
+              "built; detail names the reason and the file), or a malformed body"),
+        (503, "the service is shutting down"),
+    )
+}
+# Documented by hand: the body is read by a dependency (below), so FastAPI does not see it.
+BODY_SCHEMA = {"required": True, "content": {"application/json": {"schema": ReloadRequest.model_json_schema()}}}
+
+
+async def read_body(request: Request) -> ReloadRequest:
+    """Parse the body only after authorisation (FastAPI would parse a declared body before any
+    dependency runs, answering unauthenticated callers with schema errors). Same 422s as elsewhere."""
+    try:
+        return ReloadRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+
+
+@router.post("/admin/reload", response_model=ReloadResponse, responses=RESPONSES,
+             summary="verify, build and warm another bundle off the event loop, then swap it in atomically",
+             openapi_extra={"requestBody": BODY_SCHEMA})
+async def reload(_: AdminAuth, body: Annotated[ReloadRequest, Depends(read_body)], runtime: RuntimeDep,
+                 settings: SettingsDep, metrics: MetricsDep, builder: BuilderDep) -> ReloadResponse:
+    # `_: AdminAuth` first: FastAPI solves dependencies in signature order, so the token is checked
+    # before `read_body` touches the body.
+    target = settings.model_copy(update={"bundle": Path(body.bundle)})
+    try:
+        # A worker thread: the event loop keeps answering on the old model while this runs.
+        done = await asyncio.to_thread(runtime.reload, target, builder)
+    except (BundleNotFound, BundleRejected):
+        metrics.reloads["failure"].inc()
+        raise
+    metrics.reloads["success"].inc()
+    return ReloadResponse(status="reloaded", version=done.version, previous_version=done.previous,
+                          bundle=body.bundle, seconds=round(done.seconds, 3))

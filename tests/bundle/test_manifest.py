@@ -1,0 +1,84 @@
+"""The typed manifest and the on-disk checks, on a hand-made bundle (no torch, no model run)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bundle import files
+from bundle.errors import BundleInvalid
+from bundle.manifest import SCHEMA_VERSION, DatasetInfo, GraphFiles, Manifest, Policy, Reproducibility, StudentModel
+from bundle.policy import CSR
+
+
+def write_hand_bundle(root: Path) -> Manifest:
+    """3 nodes, 2 features, P = gcn-like weights; student.onnx is opaque bytes (never run here)."""
+    root.mkdir()
+    csr = CSR(np.array([0, 2, 3, 4]), np.array([0, 1, 1, 2]), np.array([0.5, 0.5, 1.0, 1.0], dtype=np.float32))
+    graph = files.GraphArrays(np.ones((3, 2), dtype=np.float32), np.array([10, 20, 30]), csr)
+    paths = files.save_graph(root, graph)
+    (root / "student.onnx").write_bytes(b"onnx bytes")
+    hashes = files.file_hashes(root)
+    model = StudentModel(file="student.onnx", student="gcn", num_layers=2, hidden_channels=4, inputs=["x", "adj"],
+                         outputs=["logits"], opset=17, params=10)
+    served = [model.file, *paths.values()]
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, version=files.version_string("hand", "gcn", files.served_digest(hashes, served)),
+        created_at="2026-01-01T00:00:00+00:00",
+        dataset=DatasetInfo(spec="hand", name="hand", source={"kind": "test"}, num_nodes=3, num_features=2,
+                            num_classes=2, class_names=["a", "b"]),
+        model=model, policy=Policy(fanout=2, k_hops=2, propagation="gcn", seed=0), graph=GraphFiles(**paths),
+        metrics={}, config={}, seed=0, reproducibility=Reproducibility(threads=1, versions={}), files=hashes)
+    files.write_manifest(root, manifest)
+    return manifest
+
+
+def _edit(root: Path, change) -> None:
+    data = json.loads((root / "manifest.json").read_text())
+    change(data)
+    (root / "manifest.json").write_text(json.dumps(data))
+
+
+def test_hand_bundle_round_trips(tmp_path):
+    written = write_hand_bundle(tmp_path / "b")
+    manifest, graph = files.open_bundle(tmp_path / "b")
+    assert manifest == written
+    assert graph.node_ids.tolist() == [10, 20, 30] and graph.csr.degree.tolist() == [2, 1, 1]
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda m: m.update(colour="blue"), "colour"),
+    (lambda m: m["policy"].update(fanout_typo=3), "fanout_typo"),
+    (lambda m: m.update(schema_version=1), "unknown bundle schema_version 1"),
+    (lambda m: m["policy"].update(propagation="none"), "k_hops must be 0"),
+    (lambda m: m["model"].update(inputs=["x"]), "disagree"),
+    (lambda m: m["dataset"].update(class_names=["a", "a"]), "distinct"),
+    (lambda m: m["policy"].update(propagation="magic"), "propagation"),
+    (lambda m: m.update(version="hand-gcn-000000000000"), "digest"),
+    (lambda m: m["files"].pop("graph/weights.npy"), "not listed"),
+    (lambda m: m["files"].update({"graph/indices.npy": "0" * 64}), "graph/indices.npy"),
+    (lambda m: m["files"].update({"../outside.npy": "0" * 64}), "outside the bundle"),
+])
+def test_contract_violations_are_refused_naming_the_problem(tmp_path, change, needle):
+    root = tmp_path / "b"
+    write_hand_bundle(root)
+    _edit(root, change)
+    with pytest.raises(BundleInvalid, match=needle):
+        files.open_bundle(root)
+
+
+def test_arrays_of_the_wrong_dtype_cannot_be_saved(tmp_path):
+    csr = CSR(np.array([0, 0]), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+    graph = files.GraphArrays(np.ones((1, 2), dtype=np.float64), np.array([0]), csr)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(BundleInvalid, match="features"):
+        files.save_graph(tmp_path / "b", graph)
+
+
+def test_served_digest_ignores_the_report_and_follows_the_graph():
+    hashes = {"student.onnx": "a" * 64, "graph/features.npy": "b" * 64, "report.json": "c" * 64}
+    served = ["student.onnx", "graph/features.npy"]
+    digest = files.served_digest(hashes, served)
+    assert digest == files.served_digest({**hashes, "report.json": "e" * 64}, served)
+    assert digest != files.served_digest({**hashes, "graph/features.npy": "d" * 64}, served)
