@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from distill.config import RunConfig
 from distill.data import Dataset
 from distill.models import FeatureNorm, LayerStack
 from distill.policy import StudentGraph
@@ -64,3 +65,12 @@ class Prepared:
     teacher_edges: Edges
     teacher_metrics: dict[str, Any]
     signals: TeacherSignals
+
+
+@dataclass(frozen=True)
+class Distilled:
+    """A trained student (the kept candidate) and its ONNX export."""
+
+    cfg: RunConfig
+    trained: Trained
+    onnx_bytes: bytes

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from distill import pipeline, served, writer
+from distill.artefacts import Distilled
 from distill.budget_report import Row, select_table
 from distill.choose import best_on_validation
 from distill.config import RunConfig
@@ -66,7 +67,7 @@ class Options:
 
 
 @contextmanager
-def staged(prep: Any, result: writer.Distilled) -> Iterator[Path]:
+def staged(prep: Any, result: Distilled) -> Iterator[Path]:
     """The candidate as a real bundle in a temporary directory (removed afterwards)."""
     root = Path(tempfile.mkdtemp(prefix="distill-select-"))
     try:
@@ -76,7 +77,7 @@ def staged(prep: Any, result: writer.Distilled) -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def measure(name: str, prep: Any, result: writer.Distilled, opts: Options, key: str, teacher_test: float,
+def measure(name: str, prep: Any, result: Distilled, opts: Options, key: str, teacher_test: float,
             reference: served.ServedScores | None = None) -> tuple[Row, served.ServedScores] | None:
     """Stage, check and time one candidate -> its row and served scores. A float candidate must
     match torch (parity); an int8 copy must agree with its float `reference` on validation, else None."""
@@ -122,7 +123,7 @@ def int8_copy(onnx_bytes: bytes) -> bytes:
 
 
 def candidates(cfg: RunConfig, prep: Any, grid: list[Candidate], opts: Options, key: str, teacher_test: float,
-               progress: bool) -> tuple[list[Row], dict[str, writer.Distilled]]:
+               progress: bool) -> tuple[list[Row], dict[str, Distilled]]:
     """Train, stage and time every grid candidate (and its int8 copy when asked)."""
     rows, results = [], {}
     for cand in grid:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from bundle.files import staging
 from distill import report, served, writer
-from distill.artefacts import Prepared, Trained
+from distill.artefacts import Distilled, Prepared, Trained
 from distill.config import RunConfig
 from distill.data import load_dataset
 from distill.export import export_onnx
@@ -23,7 +23,6 @@ from distill.policy import neighbourhood
 from distill.students import train_candidates
 from distill.teacher import feature_norm, teacher_model, teacher_signals, train_teacher
 from distill.train import predict, resolve_device, test_metrics
-from distill.writer import Distilled
 
 # (served check of the new bundle, the run's data) -> extra manifest fields; raises to refuse the bundle.
 Gate = Callable[[served.ServedCheck, Prepared], dict[str, Any]]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import platform
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,9 @@ import torch
 from bundle import files
 from bundle.manifest import SCHEMA_VERSION, DatasetInfo, GraphFiles, Manifest, Parity, Reproducibility, StudentModel
 from distill import report
-from distill.artefacts import Prepared, Trained
-from distill.config import RunConfig
+from distill.artefacts import Distilled, Prepared
 from distill.errors import ConfigError
 from distill.export import OPSET, input_names
-
-
-@dataclass(frozen=True)
-class Distilled:
-    """A trained student (the kept candidate) and its ONNX export."""
-
-    cfg: RunConfig
-    trained: Trained
-    onnx_bytes: bytes
 
 
 def check_target(out: Path, force: bool) -> None:
