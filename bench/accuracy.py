@@ -27,12 +27,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill import teacher as teachers  # noqa: E402
-from distill.artefacts import Prepared  # noqa: E402
+from distill.artefacts import Prepared, TrainedTeacher  # noqa: E402
 from distill.config import KD_KINDS, RunConfig  # noqa: E402
 from distill.data import Dataset, load_dataset  # noqa: E402
 from distill.models import FeatureNorm  # noqa: E402
 from distill.students import candidate_name, train_candidates  # noqa: E402
-from distill.train import Edges, TrainConfig, resolve_device, selection_metric  # noqa: E402
+from distill.train import TrainConfig, resolve_device, selection_metric  # noqa: E402
 
 METRICS = ("accuracy", "macro_f1", "auroc")
 # Variant name -> the objectives it switches on.
@@ -64,7 +64,7 @@ STUDENT_OPTIONS = {"student", "student_layers", "student_hidden", "student_dropo
 
 
 def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,
-                cache: Path | None) -> tuple[torch.nn.Module, Edges, dict[str, Any]]:
+                cache: Path | None) -> TrainedTeacher:
     """The seed's trained teacher, from `cache` when it holds one trained under the same options (a
     Tolokers teacher takes 5-10 min on a 2-core CPU and is deterministic per seed), else trained
     and, with a cache, saved there. Keyed by every option except STUDENT_OPTIONS."""
@@ -75,13 +75,13 @@ def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfi
     path = cache / f"{ds.name}-seed{cfg.seed}-{digest}.pt"
     if path.exists():
         saved = torch.load(path, map_location=device)
-        teacher, graph = teachers.teacher_model(cfg, ds, norm, device)
+        teacher, edges = teachers.teacher_model(cfg, ds, norm, device)
         teacher.load_state_dict(saved["state"])
-        return teacher, graph, saved["metrics"]
-    teacher, graph, m = teachers.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
+        return TrainedTeacher(teacher, edges, saved["metrics"])
+    trained = teachers.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
     cache.mkdir(parents=True, exist_ok=True)
-    torch.save({"state": teacher.state_dict(), "metrics": m, "options": key}, path)
-    return teacher, graph, m
+    torch.save({"state": trained.model.state_dict(), "metrics": trained.metrics, "options": key}, path)
+    return trained
 
 
 def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str],
@@ -95,7 +95,8 @@ def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str
         cfg = RunConfig(**{**overrides, "dataset": spec, "seed": seed})
         tcfg = cfg.train_config
         norm = teachers.feature_norm(cfg, ds)
-        teacher, tgraph, m = teacher_for(cfg, ds, norm, tcfg, device, cache)
+        trained = teacher_for(cfg, ds, norm, tcfg, device, cache)
+        teacher, tgraph, m = trained.model, trained.edges, trained.metrics
         signals = teachers.teacher_signals(teacher, ds, tgraph, device)
         prep = Prepared(ds, device, norm, tcfg, teacher, tgraph, m, signals)
         rows.append(_row(ds.name, f"{cfg.teacher}-{cfg.teacher_layers}", "teacher", seed, m))

@@ -60,7 +60,8 @@ def main() -> int:
     for seed in range(args.seeds):
         for name in wanted:
             cfg = replace(base, seed=seed, **VARIANTS[name])  # type: ignore[arg-type]
-            teacher, edges, m = teachers.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
+            trained = teachers.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
+            teacher, edges, m = trained.model, trained.edges, trained.metrics
             rows.append({"variant": f"gat-{cfg.teacher_layers} {name}", "seed": seed, **_pick(m)})
             print(f"seed {seed} {rows[-1]['variant']}: acc {m['accuracy']:.4f} ({m['seconds']:.1f}s)",
                   file=sys.stderr, flush=True)

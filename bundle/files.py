@@ -127,7 +127,10 @@ def write_manifest(root: Path, manifest: Manifest) -> None:
 
 
 def inside(root: Path, rel: str) -> Path:
-    path = (root / rel).resolve()
+    try:
+        path = (root / rel).resolve()
+    except (OSError, ValueError) as exc:  # e.g. a NUL byte, a loop of links
+        raise BundleInvalid(f"manifest path {rel!r} is not a usable path: {exc}", {"file": rel}) from None
     if not path.is_relative_to(root.resolve()):
         raise BundleInvalid(f"manifest path {rel!r} points outside the bundle", {"file": rel})
     return path

@@ -84,7 +84,7 @@ class Parity(_Strict):
 
     max_abs_diff: float
     nodes_checked: int
-    tolerance: float | None
+    tolerance: float | None = None
 
 
 class Parent(_Strict):

@@ -25,6 +25,15 @@ class TeacherSignals:
 
 
 @dataclass(frozen=True)
+class TrainedTeacher:
+    """The kept teacher, the edges it saw, and its test metrics and training record."""
+
+    model: torch.nn.Module
+    edges: Edges
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class EdgeImportance:
     """The teacher's importance of every data edge, edges [E]; for a GAT also of every node's
     self-loop, self_loops [N] (attention has one; a gradient score does not)."""

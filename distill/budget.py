@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from distill import pipeline, served, writer
-from distill.artefacts import Distilled
+from distill.artefacts import Distilled, Prepared
 from distill.budget_report import Row, select_table
 from distill.choose import best_on_validation
 from distill.config import RunConfig
@@ -30,7 +30,6 @@ from distill.latency import time_http, time_service
 from distill.models import propagation_of
 from distill.students import train_candidates
 from distill.train import selection_metric
-from serve.runtime import open_service
 
 DEFAULT_GRID = ("gcn:2:16", "gcn:2:64", "gcn:2:128", "gcn:3:64", "sage:2:32", "sage:2:64",
                 "mlp:2:64", "mlp:2:256", "mlp:3:256")
@@ -67,7 +66,7 @@ class Options:
 
 
 @contextmanager
-def staged(prep: Any, result: Distilled) -> Iterator[Path]:
+def staged(prep: Prepared, result: Distilled) -> Iterator[Path]:
     """The candidate as a real bundle in a temporary directory (removed afterwards)."""
     root = Path(tempfile.mkdtemp(prefix="distill-select-"))
     try:
@@ -77,27 +76,35 @@ def staged(prep: Any, result: Distilled) -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def measure(name: str, prep: Any, result: Distilled, opts: Options, key: str, teacher_test: float,
-            reference: served.ServedScores | None = None) -> tuple[Row, served.ServedScores] | None:
-    """Stage, check and time one candidate -> its row and served scores. A float candidate must
-    match torch (parity); an int8 copy must agree with its float `reference` on validation, else None."""
+@dataclass(frozen=True)
+class Measured:
+    """A staged, checked and timed candidate: its table row and its served scores."""
+
+    row: Row
+    scores: served.ServedScores
+
+
+def measure(name: str, prep: Prepared, result: Distilled, opts: Options, key: str, teacher_test: float,
+            reference: served.ServedScores | None = None) -> Measured | None:
+    """Stage, check and time one candidate. A float candidate must match torch (parity, else
+    ParityError); an int8 copy must agree with its float `reference` on validation, else None."""
     data = prep.ds.data.cpu()
     y, val, test = data.y.numpy(), data.val_mask.numpy(), data.test_mask.numpy()
     with staged(prep, result) as root:
         if reference is None:
             scores = served.check(root, result.trained.logits.numpy(), y, val, test, result.cfg.seed).scores
         else:
-            scores = served.score(open_service(root), reference.nodes)
+            scores = served.score(served.open_served(root), reference.nodes)
             if not _agrees(scores, reference, val):
                 return None
-        service = open_service(root)
+        service = served.open_served(root)
         timing = time_service(service, opts.calls, result.cfg.seed)
         if opts.http_calls:
             timing = replace(timing, http=time_http(root, opts.http_calls, result.cfg.seed))
     val_m, test_m = served.metrics_on(scores, y, val)[key], served.metrics_on(scores, y, test)[key]
     params = sum(p.numel() for p in result.trained.model.parameters())
     row = Row(name, params, len(result.onnx_bytes), timing, float(val_m), float(test_m), float(test_m) - teacher_test)
-    return row, scores
+    return Measured(row, scores)
 
 
 def _agrees(q: served.ServedScores, f: served.ServedScores, val_mask: np.ndarray) -> bool:
@@ -122,7 +129,7 @@ def int8_copy(onnx_bytes: bytes) -> bytes:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def candidates(cfg: RunConfig, prep: Any, grid: list[Candidate], opts: Options, key: str, teacher_test: float,
+def candidates(cfg: RunConfig, prep: Prepared, grid: list[Candidate], opts: Options, key: str, teacher_test: float,
                progress: bool) -> tuple[list[Row], dict[str, Distilled]]:
     """Train, stage and time every grid candidate (and its int8 copy when asked)."""
     rows, results = [], {}
@@ -131,15 +138,15 @@ def candidates(cfg: RunConfig, prep: Any, grid: list[Candidate], opts: Options, 
         result = pipeline.distill_student(ccfg, prep, progress)
         measured = measure(cand.name, prep, result, opts, key, teacher_test)
         assert measured is not None  # a float candidate either passes parity or raises
-        rows.append(measured[0])
+        rows.append(measured.row)
         results[cand.name] = result
         pipeline.log(f"[select] {cand.name}: val {key} {rows[-1].val_metric:.4f}, p99 {rows[-1].p99_ms:.3f} ms")
         if opts.int8:
             quant = replace(result, onnx_bytes=int8_copy(result.onnx_bytes))
-            q = measure(cand.name + "-int8", prep, quant, opts, key, teacher_test, reference=measured[1])
+            q = measure(cand.name + "-int8", prep, quant, opts, key, teacher_test, reference=measured.scores)
             if q is not None:
-                rows.append(q[0])
-                results[q[0].name] = quant
+                rows.append(q.row)
+                results[q.row.name] = quant
     return rows, results
 
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bundle.errors import BundleInvalid
 from distill.config import RunConfig, cli_fields
 from distill.errors import DistillError
 
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     except DistillError as exc:
         print(f"distill: error: {exc}", file=sys.stderr)
         return 2
+    except BundleInvalid as exc:  # the contract refused what the job was about to write or read
+        print(f"distill: error: bundle contract: {exc.message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("distill: interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -130,7 +134,7 @@ def _refresh(args: argparse.Namespace) -> int:
     from distill import refresh, report
 
     req = refresh.Request(args.bundle, args.out, args.dataset, args.reuse_teacher, args.max_drop, args.allow_worse)
-    rep, parent = refresh.refresh(req, args.force, not args.quiet)
-    print(report.markdown(rep))
-    print(f"refreshed bundle written to {args.out} (parent {parent.version})")
+    done = refresh.refresh(req, args.force, not args.quiet)
+    print(report.markdown(done.report))
+    print(f"refreshed bundle written to {args.out} (parent {done.parent.version})")
     return 0

@@ -79,6 +79,8 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} {getattr(self, name)} must be >= 1")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"--seed {self.seed} must lie in [0, 2^63)")
         if self.teacher_fanout < 0:
             raise ConfigError(f"--teacher-fanout {self.teacher_fanout} must be >= 0 (0 = full graph)")
         object.__setattr__(self, "alpha", str(self.alpha))  # manifests before `auto` hold a float

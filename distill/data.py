@@ -53,7 +53,10 @@ def load_dataset(spec: str, split: int = 0) -> Dataset:
     if not path.exists():
         raise DatasetError(f"dataset spec {spec!r}: {path} does not exist")
     loader = _planetoid if kind == "planetoid" else _npz
-    return loader(spec, path, split)
+    ds = loader(spec, path, split)
+    if ds.num_classes < 2:
+        raise DatasetError(f"dataset spec {spec!r}: labels hold {ds.num_classes} class; a classifier needs at least 2")
+    return ds
 
 
 def _synthetic(spec: str, arg: str) -> Dataset:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from bundle.files import open_bundle
 from distill.errors import DistillError
 from serve.runtime import Service, warm_up
 
@@ -79,14 +80,18 @@ def time_http(root: Path, calls: int, seed: int, timeout_s: float = 120.0) -> Pe
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         _wait_ready(conn, proc, timeout_s)
-        ids = np.load(root / "graph" / "node_ids.npy", mmap_mode="r")
+        ids = open_bundle(root)[1].node_ids
         rng = np.random.default_rng(seed)
         bodies = [json.dumps({"node_ids": [int(i)]}) for i in rng.choice(ids, size=calls + WARMUP_CALLS)]
         times = [_post(conn, body) for body in bodies][WARMUP_CALLS:]
         return Percentiles.of(times)
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _post(conn: http.client.HTTPConnection, body: str) -> float:

@@ -40,7 +40,8 @@ def prepare(cfg: RunConfig, progress: bool, teacher_state: dict[str, Tensor] | N
         f"{ds.data.num_features} features, {ds.num_classes} classes; device {device}")
     norm = feature_norm(cfg, ds)
     if teacher_state is None:
-        teacher, edges, metrics = train_teacher(cfg, ds, norm, cfg.train_config, device, progress)
+        trained = train_teacher(cfg, ds, norm, cfg.train_config, device, progress)
+        teacher, edges, metrics = trained.model, trained.edges, trained.metrics
     else:
         teacher, edges = teacher_model(cfg, ds, norm, device)
         teacher.load_state_dict(teacher_state)

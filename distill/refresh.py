@@ -20,6 +20,7 @@ from distill.config import RunConfig
 from distill.errors import DistillError
 from distill.metrics import evaluate
 from distill.train import selection_metric
+from serve.errors import BundleError
 from serve.runtime import open_service
 
 
@@ -33,33 +34,51 @@ class Request:
     allow_worse: bool = False
 
 
-def read_parent(root: Path) -> tuple[Manifest, bytes]:
-    """The parent's manifest, after checking every file against it; DistillError otherwise."""
+@dataclass(frozen=True)
+class ParentBundle:
+    """A verified parent: its manifest, the manifest's raw bytes (hashed into the child's lineage)."""
+
+    root: Path
+    manifest: Manifest
+    raw: bytes
+
+
+def read_parent(root: Path) -> ParentBundle:
+    """The parent, opened exactly as the service opens it (hashes, arrays, model) before any
+    training; DistillError otherwise."""
     try:
         manifest, raw = files.read_manifest(root)
-        files.verify_files(root, manifest)
-    except BundleInvalid as exc:
+        open_service(root)
+    except (BundleInvalid, BundleError) as exc:
         raise DistillError(f"--bundle {root}: {exc.message}; refusing to refresh") from None
-    return manifest, raw
+    return ParentBundle(root, manifest, raw)
 
 
-def parent_validation(root: Path, prep: Prepared, child_nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Served probabilities of the parent on the child's validation nodes that it knows -> (the
-    child's internal indices of those nodes [v], probabilities [v, C])."""
-    service = open_service(root)
+@dataclass(frozen=True)
+class ParentScores:
+    """The parent's served probabilities [v, C] on `nodes` [v]: the child's validation nodes it knows."""
+
+    nodes: np.ndarray
+    probabilities: np.ndarray
+
+
+def parent_validation(root: Path, prep: Prepared, child_nodes: np.ndarray) -> ParentScores:
+    """Score the child's validation nodes [v] that the parent knows, through the parent as served."""
+    service = served.open_served(root)
     internal, _ = service.scorer.store.lookup(child_nodes)  # child bundles use ids 0..N-1
     known = internal >= 0
-    scores = served.score(service, internal[known])
-    return child_nodes[known], scores.probabilities
+    return ParentScores(child_nodes[known], served.score(service, internal[known]).probabilities)
 
 
-def gate(req: Request, parent: Manifest, raw: bytes) -> pipeline.Gate:
+def gate(req: Request, parent_bundle: ParentBundle) -> pipeline.Gate:
     """The refresh gate for `publish`: compare parent and child on validation, as served."""
+    parent, raw = parent_bundle.manifest, parent_bundle.raw
 
     def check(child: served.ServedCheck, prep: Prepared) -> dict[str, Any]:
         y, val = prep.ds.data.y.cpu().numpy(), prep.ds.data.val_mask.cpu().numpy()
         key = selection_metric(prep.ds.num_classes)
-        nodes, parent_probs = parent_validation(req.bundle, prep, np.flatnonzero(val))
+        parent_scores = parent_validation(req.bundle, prep, np.flatnonzero(val))
+        nodes = parent_scores.nodes
         lineage = Parent(version=parent.version, path=str(req.bundle), manifest_sha256=hashlib.sha256(raw).hexdigest())
         if not len(nodes):
             if req.allow_worse:
@@ -67,8 +86,14 @@ def gate(req: Request, parent: Manifest, raw: bytes) -> pipeline.Gate:
             raise DistillError(f"--bundle {req.bundle}: none of the new validation nodes is in the parent, so "
                                "parent and child cannot be compared; pass --allow-worse to write it anyway")
         rows = np.searchsorted(child.scores.nodes, nodes)  # check() scored every validation node
-        parent_val = float(evaluate(parent_probs, y[nodes])[key])
+        parent_val = float(evaluate(parent_scores.probabilities, y[nodes])[key])
         child_val = float(evaluate(child.scores.probabilities[rows], y[nodes])[key])
+        if not (np.isfinite(parent_val) and np.isfinite(child_val)):
+            if req.allow_worse:
+                return {"parent": lineage}
+            raise DistillError(f"validation {key} is undefined on the {len(nodes)} validation nodes parent and child "
+                               "share (one class only?), so they cannot be compared; pass --allow-worse to write "
+                               "it anyway")
         if child_val < parent_val - req.max_drop and not req.allow_worse:
             raise DistillError(
                 f"refreshed student is worse than its parent {parent.version} on validation {key}: "
@@ -81,9 +106,16 @@ def gate(req: Request, parent: Manifest, raw: bytes) -> pipeline.Gate:
     return check
 
 
-def refresh(req: Request, force: bool, progress: bool) -> tuple[dict[str, Any], Manifest]:
-    """Run the job with the parent's config and write the child at `req.out` -> (report, parent)."""
-    parent, raw = read_parent(req.bundle)
+@dataclass(frozen=True)
+class Refreshed:
+    report: dict[str, Any]
+    parent: Manifest
+
+
+def refresh(req: Request, force: bool, progress: bool) -> Refreshed:
+    """Run the job with the parent's config and write the child at `req.out`."""
+    parent_bundle = read_parent(req.bundle)
+    parent = parent_bundle.manifest
     values = dict(parent.config)
     if req.dataset:
         values["dataset"] = req.dataset
@@ -95,5 +127,5 @@ def refresh(req: Request, force: bool, progress: bool) -> tuple[dict[str, Any], 
         if parent.model.teacher_file is None:
             raise DistillError(f"--bundle {req.bundle} has no teacher file; drop --reuse-teacher")
         state = torch.load(files.inside(req.bundle, parent.model.teacher_file), map_location="cpu", weights_only=True)
-    return pipeline.run(cfg, req.out, force=force, progress=progress, teacher_state=state,
-                        gate=gate(req, parent, raw)), parent
+    rep = pipeline.run(cfg, req.out, force=force, progress=progress, teacher_state=state, gate=gate(req, parent_bundle))
+    return Refreshed(rep, parent)

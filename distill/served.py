@@ -12,13 +12,22 @@ from typing import Any
 import numpy as np
 
 from bundle.manifest import Parity
-from distill.errors import ParityError
+from distill.errors import DistillError, ParityError
 from distill.metrics import evaluate
+from serve.errors import BundleError
 from serve.runtime import Service, open_service
 
 TOLERANCE = 1e-4  # max |served logit - torch logit|: float32 dense vs sparse summation order
 PARITY_NODES = 64
 CHUNK = 64  # node ids per scoring call, as a client batches them
+
+
+def open_served(root: Path) -> Service:
+    """serve.runtime.open_service, with the service's refusal turned into the job's error (exit 2)."""
+    try:
+        return open_service(root)
+    except BundleError as exc:
+        raise DistillError(f"{root} does not load as the service loads it: {exc.message}") from None
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,9 @@ class ServedScores:
 def score(service: Service, nodes: np.ndarray) -> ServedScores:
     """Score internal node indices [b] by their external ids, in request-sized chunks."""
     ids = service.scorer.store.node_ids[nodes]
+    if not len(ids):
+        empty = np.zeros((0, service.scorer.model.num_classes), dtype=np.float32)
+        return ServedScores(nodes, empty, empty.copy())
     logits, probs = [], []
     for start in range(0, len(ids), CHUNK):
         scores = service.scorer.score(ids[start:start + CHUNK].tolist())
@@ -71,7 +83,7 @@ def check(root: Path, torch_logits: np.ndarray, y: np.ndarray, val_mask: np.ndar
     """Open the staged bundle at `root` as the service does, score validation, test and parity nodes,
     and compare with the torch student's full-graph logits [N, C]. Raises ParityError past `tolerance`
     (None: recorded, not enforced, for an int8 copy)."""
-    service = open_service(root)
+    service = open_served(root)
     csr = service.scorer.store.csr
     nodes = check_nodes(csr.num_nodes, csr.degree, [val_mask, test_mask], seed)
     scores = score(service, nodes)

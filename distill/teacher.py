@@ -3,18 +3,16 @@ kept on validation; then read once for the signals a student learns from."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from distill.artefacts import TeacherSignals
+from distill.artefacts import TeacherSignals, TrainedTeacher
 from distill.choose import best_on_validation
 from distill.config import RunConfig
 from distill.data import Dataset
 from distill.models import FeatureNorm, build_teacher
 from distill.objectives import supervised
 from distill.policy import prune
-from distill.train import Edges, FitResult, TrainConfig, fit, predict, test_metrics
+from distill.train import Edges, TrainConfig, fit, predict, test_metrics
 
 
 def feature_norm(cfg: RunConfig, ds: Dataset) -> FeatureNorm:
@@ -45,23 +43,24 @@ def teacher_model(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.
 
 
 def train_teacher(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,
-                  progress: bool) -> tuple[torch.nn.Module, Edges, dict[str, Any]]:
+                  progress: bool) -> TrainedTeacher:
     """Train the teacher `cfg.teacher_restarts` times from different initialisations and keep the
-    best on validation -> (model, the edges it saw, test metrics and training record). Deep GATs
-    are unstable on small label sets, and a bad teacher is exactly what distillation copies."""
+    best on validation. Deep GATs are unstable on small label sets, and a bad teacher is exactly
+    what distillation copies."""
     data = ds.data.to(device)
 
-    def restart(i: int) -> tuple[torch.nn.Module, Edges, FitResult]:
+    def restart(i: int) -> TrainedTeacher:
         teacher, edges = teacher_model(cfg, ds, norm, device, i)
         result = fit(teacher, data, edges, lambda out: supervised(out.logits, data.y, data.train_mask), tcfg,
                      f"teacher {cfg.teacher} {i + 1}/{cfg.teacher_restarts}", progress)
-        return teacher, edges, result
+        return TrainedTeacher(teacher, edges, result.__dict__)
 
     best = best_on_validation(((f"restart {i}", lambda i=i: restart(i)) for i in range(cfg.teacher_restarts)),
-                              key=lambda t: (t[2].best_val,))
-    teacher, edges, result = best.item
-    logits = predict(teacher, data, edges)
-    return teacher, edges, {**test_metrics(logits, data), **result.__dict__, "restarts_val": list(best.scores.values())}
+                              key=lambda t: (t.metrics["best_val"],))
+    kept = best.item
+    logits = predict(kept.model, data, kept.edges)
+    metrics = {**test_metrics(logits, data), **kept.metrics, "restarts_val": list(best.scores.values())}
+    return TrainedTeacher(kept.model, kept.edges, metrics)
 
 
 @torch.no_grad()

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from bundle import files
+from bundle.errors import BundleInvalid
 from bundle.manifest import SCHEMA_VERSION, DatasetInfo, GraphFiles, Manifest, Parity, Reproducibility, StudentModel
 from distill import report
 from distill.artefacts import Distilled, Prepared
-from distill.errors import ConfigError
+from distill.errors import ConfigError, DistillError
 from distill.export import OPSET, input_names
 
 
@@ -74,9 +75,13 @@ def finish(root: Path, staged: Manifest, rep: dict[str, Any], parity: Parity, ex
     metrics = {k: rep[k] for k in report.ROLES}
     manifest = staged.model_copy(update={"metrics": metrics, "parity": parity, "files": files.file_hashes(root),
                                          **extra})
-    manifest = Manifest.model_validate(manifest.model_dump())  # re-validate what model_copy skipped
     files.write_manifest(root, manifest)
-    return manifest
+    # Read back exactly what a reader will see (model_copy does not validate): a bundle this job
+    # cannot open itself must never be renamed into place.
+    try:
+        return files.open_bundle(root)[0]
+    except BundleInvalid as exc:
+        raise DistillError(f"the bundle just written does not read back: {exc.message}") from None
 
 
 def _manifest(root: Path, prep: Prepared, result: Distilled, graph: GraphFiles, metrics: dict[str, Any]) -> Manifest:

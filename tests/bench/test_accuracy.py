@@ -29,18 +29,18 @@ def test_teacher_cache_hits_for_student_options_and_misses_for_teacher_options(t
     ds = load_dataset(cfg.dataset)
     norm = teachers.feature_norm(cfg, ds)
     cpu = torch.device("cpu")
-    first, _, m1 = acc.teacher_for(cfg, ds, norm, cfg.train_config, cpu, tmp_path)
+    first = acc.teacher_for(cfg, ds, norm, cfg.train_config, cpu, tmp_path)
     assert len(list(tmp_path.glob("*.pt"))) == 1
 
     def no_training(*args, **kwargs):
         raise RuntimeError("trained again")
 
     monkeypatch.setattr(acc.teachers, "train_teacher", no_training)
-    again, _, m2 = acc.teacher_for(replace(cfg, student="mlp", alpha="0.5", kd="response,structure"), ds, norm,
+    again = acc.teacher_for(replace(cfg, student="mlp", alpha="0.5", kd="response,structure"), ds, norm,
                                    cfg.train_config, cpu, tmp_path)
-    assert m2["accuracy"] == m1["accuracy"]
-    for name, value in first.state_dict().items():
-        assert torch.equal(again.state_dict()[name], value), name
+    assert again.metrics["accuracy"] == first.metrics["accuracy"]
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(again.model.state_dict()[name], value), name
     with pytest.raises(RuntimeError, match="trained again"):
         acc.teacher_for(replace(cfg, teacher_hidden=16), ds, norm, cfg.train_config, cpu, tmp_path)
     with pytest.raises(RuntimeError, match="trained again"):

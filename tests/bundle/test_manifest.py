@@ -8,7 +8,16 @@ import pytest
 
 from bundle import files
 from bundle.errors import BundleInvalid
-from bundle.manifest import SCHEMA_VERSION, DatasetInfo, GraphFiles, Manifest, Policy, Reproducibility, StudentModel
+from bundle.manifest import (
+    SCHEMA_VERSION,
+    DatasetInfo,
+    GraphFiles,
+    Manifest,
+    Parity,
+    Policy,
+    Reproducibility,
+    StudentModel,
+)
 from bundle.policy import CSR
 
 
@@ -82,3 +91,11 @@ def test_served_digest_ignores_the_report_and_follows_the_graph():
     digest = files.served_digest(hashes, served)
     assert digest == files.served_digest({**hashes, "report.json": "e" * 64}, served)
     assert digest != files.served_digest({**hashes, "graph/features.npy": "d" * 64}, served)
+
+
+def test_an_int8_parity_record_without_a_tolerance_round_trips(tmp_path):
+    written = write_hand_bundle(tmp_path / "b")
+    int8 = written.model_copy(update={"parity": Parity(max_abs_diff=0.03, nodes_checked=5)})
+    files.write_manifest(tmp_path / "b", int8)
+    manifest, _ = files.open_bundle(tmp_path / "b")
+    assert manifest.parity is not None and manifest.parity.tolerance is None

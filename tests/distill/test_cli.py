@@ -32,6 +32,7 @@ def _bad_cases(tmp_path):
         (["--alpha", "often"], "--alpha 'often'"),
         (["--fanout", "0"], "--fanout 0"),
         (["--threads", "-1"], "--threads -1"),
+        (["--seed", "-1"], "--seed -1"),
     ]
 
 

@@ -42,3 +42,5 @@ def test_served_check_detects_a_student_that_differs_from_torch(tmp_path):
     assert ok.parity.max_abs_diff == 0.0 and ok.parity.nodes_checked >= 10
     with pytest.raises(ParityError, match="differs from torch by 0.001"):
         served.check(out, truth + 1e-3, y, mask, mask, seed=0)
+    none = served.score(service, np.zeros(0, dtype=np.int64))  # e.g. a refresh sharing no validation node
+    assert none.logits.shape == none.probabilities.shape == (0, truth.shape[1])

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from bundle.files import open_bundle
 from distill import budget, refresh
 from distill.budget_report import Row
 from distill.cli import main
@@ -42,10 +43,10 @@ def test_candidate_parse():
 def test_select_writes_chosen_bundle_with_table_and_plot(tmp_path, capsys):
     out = tmp_path / "sel"
     code = main(["select", "--out", str(out), "--latency-budget-ms", "50", "--grid", "gcn:2:8,mlp:2:16",
-                 "--calls", "100", *TINY])
+                 "--calls", "100", "--int8", *TINY])
     assert code == 0
     summary = json.loads((out / "select.json").read_text())
-    assert summary["budget_ms"] == 50 and len(summary["candidates"]) == 2
+    assert summary["budget_ms"] == 50
     assert sum(c["chosen"] for c in summary["candidates"]) == 1
     for c in summary["candidates"]:
         assert {"name", "params", "bytes", "p50_ms", "p99_ms", "batch16_p99_ms", "val_metric", "test_metric",
@@ -57,6 +58,8 @@ def test_select_writes_chosen_bundle_with_table_and_plot(tmp_path, capsys):
     chosen = next(c for c in summary["candidates"] if c["chosen"])
     assert manifest["selection"]["chosen"]["name"] == chosen["name"]
     assert "select.json" in manifest["files"]
+    assert open_bundle(out)[0].selection["chosen"]["name"] == chosen["name"]  # readable, int8 or not
+    assert len(summary["candidates"]) == 2 + sum(c["name"].endswith("-int8") for c in summary["candidates"])
 
 
 def test_select_with_impossible_budget_fails_and_writes_nothing(tmp_path, capsys):
@@ -106,9 +109,9 @@ def test_refresh_that_passes_on_test_but_not_on_validation_is_refused(tmp_path, 
 
     def perfect_on_validation(root, prep, nodes):
         """The parent as served, except that it is right on every validation node it is asked about."""
-        known, probs = real(root, prep, nodes)
-        y = prep.ds.data.y.numpy()[known]
-        return known, np.eye(probs.shape[1], dtype=np.float32)[y]
+        scores = real(root, prep, nodes)
+        y = prep.ds.data.y.numpy()[scores.nodes]
+        return refresh.ParentScores(scores.nodes, np.eye(scores.probabilities.shape[1], dtype=np.float32)[y])
 
     monkeypatch.setattr(refresh, "parent_validation", perfect_on_validation)
     child = tmp_path / "v2"

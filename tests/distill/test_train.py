@@ -51,10 +51,10 @@ def test_teacher_restarts_keep_the_best_on_validation():
                     teacher_hidden=8, epochs=15, patience=5, min_epochs=0, teacher_restarts=3)
     ds = load_dataset(cfg.dataset)
     norm = teachers.feature_norm(cfg, ds)
-    _, _, m = teachers.train_teacher(cfg, ds, norm, cfg.train_config, torch.device("cpu"), progress=False)
+    m = teachers.train_teacher(cfg, ds, norm, cfg.train_config, torch.device("cpu"), progress=False).metrics
     assert len(m["restarts_val"]) == 3 and len(set(m["restarts_val"])) > 1  # different initialisations
     assert m["best_val"] == max(m["restarts_val"])
     # Restart 0 is the single-restart teacher: one restart reproduces it.
-    _, _, single = teachers.train_teacher(replace(cfg, teacher_restarts=1), ds, norm, cfg.train_config,
-                                          torch.device("cpu"), progress=False)
+    single = teachers.train_teacher(replace(cfg, teacher_restarts=1), ds, norm, cfg.train_config,
+                                    torch.device("cpu"), progress=False).metrics
     assert single["restarts_val"] == m["restarts_val"][:1]
