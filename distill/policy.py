@@ -43,10 +43,6 @@ class StudentGraph:
     csr: CSR
     edges: Edges
 
-    @property
-    def graph_free(self) -> bool:
-        return self.policy.graph_free
-
 
 def student_graph(edge_index: Tensor, num_nodes: int, policy: Policy, importance: Tensor | None = None,
                   attention: tuple[Tensor, Tensor] | None = None) -> StudentGraph:

@@ -88,7 +88,7 @@ def _manifest(root: Path, prep: Prepared, result: Distilled, graph: GraphFiles, 
     cfg, ds, trained = result.cfg, prep.ds, result.trained
     hashes = files.file_hashes(root)
     model = StudentModel(file="student.onnx", student=cfg.student, num_layers=cfg.student_layers,
-                         hidden_channels=cfg.student_hidden, inputs=input_names(trained.graph.graph_free),
+                         hidden_channels=cfg.student_hidden, inputs=input_names(trained.graph.policy.graph_free),
                          outputs=["logits"], opset=OPSET, params=sum(p.numel() for p in trained.model.parameters()),
                          teacher_file="teacher.pt")
     dataset = DatasetInfo(spec=cfg.dataset, name=ds.name, source=ds.source, num_nodes=ds.data.num_nodes,
