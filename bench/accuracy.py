@@ -34,7 +34,7 @@ from distill.models import FeatureNorm  # noqa: E402
 from distill.students import candidate_name, train_candidates  # noqa: E402
 from distill.train import TrainConfig, resolve_device, selection_metric  # noqa: E402
 
-METRICS = ("accuracy", "macro_f1", "auroc")
+METRICS = ("accuracy", "macro_f1", "auroc", "pr_auc")
 # Variant name -> the objectives it switches on.
 VARIANTS: dict[str, tuple[str, ...]] = {
     "scratch": (),
@@ -113,7 +113,8 @@ def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str
 
 def _row(dataset: str, student: str, variant: str, seed: int, m: dict[str, Any]) -> dict[str, Any]:
     return {"dataset": dataset, "student": student, "variant": variant, "seed": seed,
-            **{k: m[k] for k in METRICS}, "per_class_recall": m["per_class_recall"], "seconds": m["seconds"],
+            **{k: m.get(k) for k in METRICS}, "recall_at_1pct_fpr": m.get("recall_at_1pct_fpr"),
+            "per_class_recall": m["per_class_recall"], "seconds": m["seconds"],
             "propagation": m.get("propagation"), "alpha": m.get("alpha")}
 
 
@@ -124,7 +125,10 @@ def _log(row: dict[str, Any]) -> None:
           file=sys.stderr, flush=True)
 
 
-def _ms(values: list[float]) -> str:
+def _ms(values: list[float | None]) -> str:
+    """mean ± std; n/a when a row lacks the metric (rows saved before it was measured) or it is undefined."""
+    if any(v is None for v in values):
+        return "n/a"
     return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
 
 
@@ -137,8 +141,8 @@ def table(rows: list[dict[str, Any]], num_classes: dict[str, int]) -> str:
         teacher = [r for r in drows if r["variant"] == "teacher"]
         rare = int(np.argmin(_SUPPORT[dataset]))
         lines += [f"### {dataset} ({len(teacher)} seeds, test set; gain/gap in {key})", "",
-                  f"| model | variant | accuracy | macro-F1 | AUROC | gain vs scratch | gap to teacher "
-                  f"| recall rarest class ({rare}) | chosen on validation |", "|---|---|---|---|---|---|---|---|---|"]
+                  f"| model | variant | accuracy | macro-F1 | AUROC | PR-AUC | gain vs scratch | gap to teacher "
+                  f"| recall rarest class ({rare}) | chosen on validation |", "|" + "---|" * 10]
         t_mean = np.mean([r[key] for r in teacher])
         lines.append(_line(teacher[0]["student"], "teacher", teacher, key, None, t_mean, rare))
         for student in dict.fromkeys(r["student"] for r in drows if r["variant"] != "teacher"):
@@ -169,7 +173,7 @@ def _line(student: str, variant: str, sel: list[dict[str, Any]], key: str, scrat
     gain = "" if scratch is None or variant == "scratch" else f"{mean - scratch:+.4f}"
     gap = "" if variant == "teacher" else f"{mean - teacher:+.4f}"
     recall = _ms([r["per_class_recall"][rare] for r in sel])
-    cells = [_ms([r[k] for r in sel]) for k in METRICS]
+    cells = [_ms([r.get(k) for r in sel]) for k in METRICS]
     return f"| {student} | {variant} | " + " | ".join(cells) + f" | {gain} | {gap} | {recall} | {_chosen(sel)} |"
 
 

@@ -1,7 +1,9 @@
 """One entry point from a dataset spec to a PyG `Data` with masks and a record of its origin.
 
 Specs: `synthetic[:key=value,...]`, `planetoid:PATH` (folder holding `raw/ind.<name>.*`),
-`npz:PATH` (the heterophilous-graphs layout). Source folders are only read, never written.
+`npz:PATH` (the heterophilous-graphs layout), `mat:PATH` (the graph-anomaly-detection MATLAB layout:
+`Network`, `Attributes`, `Label`, e.g. Amazon review fraud; no fixed split, so `--split K` seeds a
+stratified 40 / 20 / 40 % train / validation / test split). Source files are only read, never written.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from torch_geometric.utils import coalesce
 from distill import synthetic
 from distill.errors import DatasetError
 
-KINDS = ("synthetic", "planetoid", "npz")
+KINDS = ("synthetic", "planetoid", "npz", "mat")
+MAT_KEYS = ("Network", "Attributes", "Label")
+SPLIT_SHARES = (0.4, 0.2)  # train, validation; the rest is test (as PC-GNN and others split these graphs)
 NPZ_KEYS = ("node_features", "node_labels", "edges", "train_masks", "val_masks", "test_masks")
 PLANETOID_PARTS = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
@@ -47,12 +51,12 @@ def load_dataset(spec: str, split: int = 0) -> Dataset:
     if kind not in KINDS or not arg:
         raise DatasetError(
             f"dataset spec {spec!r}: expected one of 'synthetic[:key=value,...]', "
-            "'planetoid:PATH' or 'npz:PATH'"
+            "'planetoid:PATH', 'npz:PATH' or 'mat:PATH'"
         )
     path = Path(arg)
     if not path.exists():
         raise DatasetError(f"dataset spec {spec!r}: {path} does not exist")
-    loader = _planetoid if kind == "planetoid" else _npz
+    loader = {"planetoid": _planetoid, "npz": _npz, "mat": _mat}[kind]
     ds = loader(spec, path, split)
     if ds.num_classes < 2:
         raise DatasetError(f"dataset spec {spec!r}: labels hold {ds.num_classes} class; a classifier needs at least 2")
@@ -131,6 +135,47 @@ def _npz(spec: str, path: Path, split: int) -> Dataset:
     classes = ("not_banned", "banned") if path.stem == "tolokers" else tuple(f"class_{i}" for i in range(num_classes))
     source = {"kind": "npz", "spec": spec, "split": split, "files": _hashes([path])}
     return Dataset(data, path.stem, classes, source)
+
+
+def _mat(spec: str, path: Path, split: int) -> Dataset:
+    import scipy.io
+    import scipy.sparse as sp
+
+    try:
+        raw = scipy.io.loadmat(path)
+    except Exception as exc:  # scipy raises several types for a file that is not MATLAB v5
+        raise DatasetError(f"dataset spec {spec!r}: cannot read {path} as a MATLAB file ({exc})") from None
+    missing = [k for k in MAT_KEYS if k not in raw]
+    if missing:
+        raise DatasetError(f"dataset spec {spec!r}: the file lacks keys {missing}; expected {list(MAT_KEYS)}")
+    y = np.asarray(raw["Label"]).reshape(-1).astype(np.int64)
+    x = raw["Attributes"].toarray() if sp.issparse(raw["Attributes"]) else np.asarray(raw["Attributes"])
+    adj = sp.coo_matrix(raw["Network"])
+    n = len(y)
+    if x.shape[0] != n or adj.shape != (n, n) or y.min() < 0:
+        raise DatasetError(f"dataset spec {spec!r}: expected Attributes [N, F], Network [N, N] and Label [N] >= 0; "
+                           f"got {x.shape}, {adj.shape}, {y.shape}")
+    edges = np.stack([adj.row, adj.col]).astype(np.int64)
+    both = np.concatenate([edges, edges[::-1]], axis=1)  # symmetric by format; listed both ways to be sure
+    data = _to_data(x, y, both, stratified_split(y, split))
+    names = ("normal", "anomaly") if int(y.max()) == 1 else tuple(f"class_{i}" for i in range(int(y.max()) + 1))
+    source = {"kind": "mat", "spec": spec, "split_seed": split, "split_shares": list(SPLIT_SHARES),
+              "files": _hashes([path])}
+    return Dataset(data, path.stem.lower(), names, source)
+
+
+def stratified_split(y: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Seeded split of every class into SPLIT_SHARES train / validation and the rest test -> bool masks [N]."""
+    if seed < 0:
+        raise DatasetError(f"--split {seed} must be >= 0 (it seeds the stratified split)")
+    rng = np.random.default_rng(seed)
+    masks = {m: np.zeros(len(y), dtype=bool) for m in ("train", "val", "test")}
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        a = int(round(SPLIT_SHARES[0] * len(idx)))
+        b = a + int(round(SPLIT_SHARES[1] * len(idx)))
+        masks["train"][idx[:a]], masks["val"][idx[a:b]], masks["test"][idx[b:]] = True, True, True
+    return masks
 
 
 def _to_data(x: np.ndarray, y: np.ndarray, edge_index: np.ndarray, masks: dict[str, np.ndarray]) -> Data:

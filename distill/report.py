@@ -10,7 +10,7 @@ from distill.data import Dataset
 from distill.train import selection_metric
 
 ROLES = ("teacher", "scratch", "distilled")
-METRICS = ("accuracy", "macro_f1", "auroc")
+METRICS = ("accuracy", "macro_f1", "auroc", "pr_auc")
 
 
 def _clean(value: Any) -> Any:
@@ -47,18 +47,20 @@ def build(ds: Dataset, cfg: RunConfig, teacher: dict[str, Any], scratch: dict[st
 
 
 def headline(m: dict[str, Any]) -> str:
-    return " ".join(f"{k} {m[k]:.4f}" if m[k] is not None else f"{k} n/a" for k in METRICS)
+    return " ".join(f"{k} {m[k]:.4f}" if m.get(k) is not None else f"{k} n/a" for k in METRICS)
 
 
 def markdown(rep: dict[str, Any]) -> str:
     """A table a person reads: one row per model, recall per class, then the flags."""
     names = rep["class_names"]
-    head = "| model | " + " | ".join(METRICS) + " | " + " | ".join(f"recall {c}" for c in names) + " | epochs |"
+    # Binary (fraud-like) tasks: the recall a team gets when it can review 1 % of the legitimate cases.
+    metrics = METRICS + (("recall_at_1pct_fpr",) if len(names) == 2 else ())
+    head = "| model | " + " | ".join(metrics) + " | " + " | ".join(f"recall {c}" for c in names) + " | epochs |"
     lines = [f"# {rep['dataset']}: {rep['teacher_name']} teacher -> {rep['student']} student", "", head,
-             "|" + "---|" * (len(METRICS) + len(names) + 2)]
+             "|" + "---|" * (len(metrics) + len(names) + 2)]
     for role in ROLES:
         m = rep[role]
-        cells = [_fmt(m[k]) for k in METRICS] + [_fmt(r) for r in m["per_class_recall"]]
+        cells = [_fmt(m.get(k)) for k in metrics] + [_fmt(r) for r in m["per_class_recall"]]
         lines.append(f"| {role} | " + " | ".join(cells) + f" | {m['epochs_run']} |")
     lines += ["", "Test set. Early stopping on validation " + rep["selection_metric"] + "."]
     d = rep["distilled"]

@@ -33,3 +33,8 @@ def cora_dir() -> Path:
 @pytest.fixture
 def tolokers_npz() -> Path:
     return require_dataset("heterophilous/tolokers.npz")
+
+
+@pytest.fixture
+def amazon_mat() -> Path:
+    return require_dataset("fraud-amazon/Amazon.mat")

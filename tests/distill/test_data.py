@@ -110,3 +110,52 @@ def test_real_tolokers(tolokers_npz):
     d = ds.data
     assert (d.num_nodes, d.num_edges, d.num_features) == (11758, 2 * 519000, 10)
     assert ds.class_names == ("not_banned", "banned") and int(d.y.sum()) == 2566
+
+
+def _write_mat(path, n=50, positives=5, **override):
+    import scipy.io
+    import scipy.sparse as sp
+
+    rows = np.arange(n)
+    net = sp.csc_matrix((np.ones(n), (rows, (rows + 1) % n)), shape=(n, n))
+    arrays = {"Network": net + net.T, "Attributes": sp.csc_matrix(np.arange(n * 3, dtype=float).reshape(n, 3)),
+              "Label": (np.arange(n) < positives).astype(np.uint8).reshape(n, 1)}
+    arrays.update(override)
+    scipy.io.savemat(path, arrays)
+    return path
+
+
+def test_mat_layout_gets_a_seeded_stratified_split(tmp_path):
+    path = _write_mat(tmp_path / "Tiny.mat")
+    a, b, c = (load_dataset(f"mat:{path}", split=s).data for s in (0, 0, 1))
+    assert a.num_edges == 2 * 50 and ds_classes(path) == ("normal", "anomaly")
+    for mask, share in (("train_mask", 0.4), ("val_mask", 0.2), ("test_mask", 0.4)):
+        m = getattr(a, mask)
+        assert int(m.sum()) == round(share * 45) + round(share * 5)  # each class split on its own
+        assert int(a.y[m].sum()) == round(share * 5)
+        assert torch.equal(m, getattr(b, mask))  # same seed, same split
+    assert not torch.equal(a.train_mask, c.train_mask)
+    assert not (a.train_mask & a.val_mask).any() and bool((a.train_mask | a.val_mask | a.test_mask).all())
+
+
+def ds_classes(path):
+    return load_dataset(f"mat:{path}").class_names
+
+
+def test_mat_without_the_expected_keys_is_refused(tmp_path):
+    import scipy.io
+
+    scipy.io.savemat(tmp_path / "x.mat", {"A": np.ones((2, 2))})
+    with pytest.raises(DatasetError, match="lacks keys"):
+        load_dataset(f"mat:{tmp_path / 'x.mat'}")
+    (tmp_path / "junk.mat").write_bytes(b"not matlab")
+    with pytest.raises(DatasetError, match="cannot read"):
+        load_dataset(f"mat:{tmp_path / 'junk.mat'}")
+
+
+@pytest.mark.slow
+def test_real_amazon_fraud(amazon_mat):
+    ds = load_dataset(f"mat:{amazon_mat}", split=0)
+    d = ds.data
+    assert (d.num_nodes, d.num_edges, d.num_features) == (10224, 2 * 175608, 25)
+    assert int(d.y.sum()) == 693 and int(d.y[d.train_mask].sum()) == round(0.4 * 693)

@@ -9,7 +9,8 @@ DS = SimpleNamespace(num_classes=2, name="tiny", class_names=["ok", "fraud"])
 
 
 def _m(auroc, **extra):
-    return {"accuracy": 0.9, "macro_f1": 0.5, "auroc": auroc, "per_class_recall": [1.0, 0.0], "epochs_run": 10,
+    return {"accuracy": 0.9, "macro_f1": 0.5, "auroc": auroc, "pr_auc": 0.4, "per_class_recall": [1.0, 0.0],
+            "epochs_run": 10,
             **extra}
 
 
