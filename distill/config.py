@@ -28,7 +28,8 @@ class RunConfig:
 
     dataset: str = _opt("synthetic", "dataset spec: synthetic[:key=value,...] | planetoid:PATH | npz:PATH")
     split: int = _opt(0, "which fixed split of an npz dataset to use")
-    teacher: str = _opt("gat", "teacher architecture", ("gat", "gcn", "sage"))
+    teacher: str = _opt("gat", "teacher architecture (gat-sep: attention over neighbours, the node's own state "
+                        "through a separate transform)", ("gat", "gat-sep", "gcn", "sage"))
     teacher_layers: int = _opt(6, "teacher message-passing layers")
     teacher_hidden: int = _opt(64, "teacher width (all heads together for gat)")
     teacher_heads: int = _opt(4, "attention heads per gat layer")

@@ -45,7 +45,7 @@ def edge_importance(cfg: RunConfig, teacher: torch.nn.Module, x: Tensor, edge_in
     self-loop); other teachers: |d(predicted-class log-prob) / d(edge weight)|."""
     teacher.eval()
     n = x.size(0)
-    if cfg.teacher != "gat":
+    if not cfg.teacher.startswith("gat"):
         weight = torch.ones(teacher_edges.edge_index.size(1), device=x.device, requires_grad=True)
         log_probs = torch.log_softmax(teacher(x, teacher_edges.edge_index, weight), -1)
         log_probs.max(-1).values.sum().backward()
@@ -55,6 +55,8 @@ def edge_importance(cfg: RunConfig, teacher: torch.nn.Module, x: Tensor, edge_in
         attention = teacher.run(x, teacher_edges.edge_index).attention
     scored = attention[0][0].cpu()
     score = torch.stack([attention[t - 1][1].mean(-1) for t, _ in cfg.layer_pairs]).mean(0).cpu()
+    if cfg.teacher == "gat-sep":  # no attention on the node itself: nothing to propagate its own state with
+        return EdgeImportance(scores_on(edge_index, scored, score, n))
     loops = scored[0] == scored[1]  # GATConv adds one self-loop per node
     self_loops = torch.zeros(n).index_put_((scored[0][loops],), score[loops])
     return EdgeImportance(scores_on(edge_index, scored, score, n), self_loops)
@@ -72,7 +74,7 @@ def candidate_graphs(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...]) -> 
     if "structure" not in kinds or prop == "none":
         return [student_graph(data.edge_index, data.num_nodes, make_policy(cfg.fanout, k_hops, prop, cfg.seed))]
     importance = edge_importance(cfg, prep.teacher, data.x.to(prep.device), data.edge_index, prep.teacher_edges)
-    score = "teacher_attention" if cfg.teacher == "gat" else "teacher_gradient"
+    score = "teacher_attention" if cfg.teacher.startswith("gat") else "teacher_gradient"
     fixed = student_graph(data.edge_index, data.num_nodes, make_policy(cfg.fanout, k_hops, prop, cfg.seed, score),
                           importance.edges)
     if importance.self_loops is None or cfg.structure_weights == "fixed":

@@ -39,3 +39,23 @@ def test_input_dropout_on_dense_input_is_plain_dropout():
     expected = F.dropout(x, 0.3, True)
     torch.manual_seed(1)
     assert torch.equal(input_dropout(x, 0.3, True), expected)
+
+
+def test_gat_sep_attends_to_neighbours_only_and_keeps_the_node_apart():
+    from distill.models import build_teacher
+
+    torch.manual_seed(0)
+    edges = torch.tensor([[1, 2, 0], [0, 0, 1]])
+    sep = build_teacher("gat-sep", in_channels=4, hidden_channels=8, num_layers=2, out_channels=3, heads=2)
+    plain = build_teacher("gat", in_channels=4, hidden_channels=8, num_layers=2, out_channels=3, heads=2)
+    sep.eval()
+    plain.eval()
+    x = torch.randn(3, 4)
+    scored = sep.run(x, edges).attention[0][0]
+    assert not bool((scored[0] == scored[1]).any())  # no self-loop in the attention
+    assert bool((plain.run(x, edges).attention[0][0][0] == plain.run(x, edges).attention[0][0][1]).any())
+    # Node 2 has no in-neighbour: its output depends on its own features through the ego transform.
+    moved = x.clone()
+    moved[2] += 1.0
+    assert not torch.allclose(sep(x, edges)[2], sep(moved, edges)[2])
+    assert sum(p.numel() for p in sep.parameters()) > sum(p.numel() for p in plain.parameters())

@@ -156,3 +156,17 @@ def test_kl_is_zero_for_identical_logits_and_grad_reaches_student():
     objectives.response_kd(s, T, Y, TRAIN, 4.0, 0.5).backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
     assert s.grad[1].abs().sum() > 0  # unlabelled node 1 is taught by the teacher alone
+
+
+def test_a_gat_sep_teacher_ranks_neighbours_but_offers_no_attention_propagation():
+    """gat-sep never attends to the node itself, so there is no self weight to build an attention P from."""
+    from distill import pipeline
+    from distill.students import train_candidates
+
+    cfg = RunConfig(dataset="synthetic:nodes=200,avg_degree=8,features=6,seed=3", teacher="gat-sep", teacher_layers=2,
+                    teacher_hidden=16, epochs=10, patience=5, min_epochs=0, kd="response,structure", alpha="0.2",
+                    fanout=3)
+    prep = pipeline.prepare(cfg, progress=False)
+    trained = train_candidates(cfg, prep, cfg.kd_kinds, progress=False)
+    assert list(trained.candidates_val) == ["gcn, alpha 0.2"]
+    assert trained.graph.policy.score == "teacher_attention" and trained.graph.policy.propagation == "gcn"
