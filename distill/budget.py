@@ -91,16 +91,17 @@ def measure(name: str, prep: Prepared, result: Distilled, opts: Options, key: st
     data = prep.ds.data.cpu()
     y, val, test = data.y.numpy(), data.val_mask.numpy(), data.test_mask.numpy()
     with staged(prep, result) as root:
+        service = served.open_served(root)  # once: checked, scored and timed as loaded
         if reference is None:
-            scores = served.check(root, result.trained.logits.numpy(), y, val, test, result.cfg.seed).scores
+            scores = served.check(service, result.trained.logits.numpy(), y, val, test, result.cfg.seed).scores
         else:
-            scores = served.score(served.open_served(root), reference.nodes)
+            scores = served.score(service, reference.nodes)
             if not _agrees(scores, reference, val):
                 return None
-        service = served.open_served(root)
         timing = time_service(service, opts.calls, result.cfg.seed)
         if opts.http_calls:
-            timing = replace(timing, http=time_http(root, opts.http_calls, result.cfg.seed))
+            ids = service.scorer.store.node_ids
+            timing = replace(timing, http=time_http(root, ids, opts.http_calls, result.cfg.seed))
     val_m, test_m = served.metrics_on(scores, y, val)[key], served.metrics_on(scores, y, test)[key]
     params = sum(p.numel() for p in result.trained.model.parameters())
     row = Row(name, params, len(result.onnx_bytes), timing, float(val_m), float(test_m), float(test_m) - teacher_test)

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from bundle.files import open_bundle
 from distill.errors import DistillError
 from serve.runtime import Service, warm_up
 
@@ -70,9 +69,9 @@ def _timed(score: Any, ids: list[int]) -> float:
     return time.perf_counter() - start
 
 
-def time_http(root: Path, calls: int, seed: int, timeout_s: float = 120.0) -> Percentiles:
+def time_http(root: Path, ids: np.ndarray, calls: int, seed: int, timeout_s: float = 120.0) -> Percentiles:
     """Serve the bundle at `root` with `python -m serve` on a free loopback port and time `calls`
-    single-node POST /v1/score requests over one keep-alive connection."""
+    single-node POST /v1/score requests (random ids of `ids`, its node ids) over one keep-alive connection."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SERVE_")}
     proc = subprocess.Popen([sys.executable, "-m", "serve", "--bundle", str(root), "--port", str(port)],
@@ -80,7 +79,6 @@ def time_http(root: Path, calls: int, seed: int, timeout_s: float = 120.0) -> Pe
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         _wait_ready(conn, proc, timeout_s)
-        ids = open_bundle(root)[1].node_ids
         rng = np.random.default_rng(seed)
         bodies = [json.dumps({"node_ids": [int(i)]}) for i in rng.choice(ids, size=calls + WARMUP_CALLS)]
         times = [_post(conn, body) for body in bodies][WARMUP_CALLS:]

@@ -76,8 +76,8 @@ def publish(out: Path, force: bool, prep: Prepared, scratch: Trained, result: Di
     data = prep.ds.data.cpu()
     with staging(out, force) as tmp:
         staged = writer.stage(tmp, prep, result, extra_files)
-        check = served.check(tmp, result.trained.logits.numpy(), data.y.numpy(), data.val_mask.numpy(),
-                             data.test_mask.numpy(), result.cfg.seed, tolerance)
+        check = served.check(served.open_served(tmp), result.trained.logits.numpy(), data.y.numpy(),
+                             data.val_mask.numpy(), data.test_mask.numpy(), result.cfg.seed, tolerance)
         log(f"[served] parity max |diff| {check.parity.max_abs_diff:.2e} over {check.parity.nodes_checked} nodes")
         distilled = {**result.trained.record(), **check.test, "served": True}
         rep = report.build(prep.ds, result.cfg, prep.teacher_metrics, scratch.record(), distilled)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import Tensor
 
 from bundle import policy as kernels
@@ -17,12 +18,12 @@ from distill.train import Edges
 
 
 def make_policy(fanout: int, k_hops: int, propagation: str, seed: int, score: str = "hash") -> Policy:
-    """The typed policy of the manifest; bad values raise ConfigError naming them."""
-    if fanout < 1:
-        raise ConfigError(f"fanout={fanout} must be >= 1")
-    if propagation not in kernels.PROPAGATIONS:
-        raise ConfigError(f"propagation={propagation!r}; choose one of {kernels.PROPAGATIONS}")
-    return Policy(fanout=fanout, k_hops=k_hops, propagation=propagation, seed=seed, score=score)  # type: ignore[arg-type]
+    """The typed policy of the manifest; the contract's own validation decides, as a ConfigError."""
+    try:
+        return Policy(fanout=fanout, k_hops=k_hops, propagation=propagation, seed=seed, score=score)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"neighbourhood policy: {problems}") from None
 
 
 def prune(edge_index: Tensor, num_nodes: int, fanout: int, seed: int, score: Tensor | None = None) -> Tensor:

@@ -78,12 +78,11 @@ class ServedCheck:
     scores: ServedScores
 
 
-def check(root: Path, torch_logits: np.ndarray, y: np.ndarray, val_mask: np.ndarray, test_mask: np.ndarray,
+def check(service: Service, torch_logits: np.ndarray, y: np.ndarray, val_mask: np.ndarray, test_mask: np.ndarray,
           seed: int, tolerance: float | None = TOLERANCE) -> ServedCheck:
-    """Open the staged bundle at `root` as the service does, score validation, test and parity nodes,
-    and compare with the torch student's full-graph logits [N, C]. Raises ParityError past `tolerance`
-    (None: recorded, not enforced, for an int8 copy)."""
-    service = open_served(root)
+    """Score validation, test and parity nodes through `service` (a staged bundle opened with
+    `open_served`) and compare with the torch student's full-graph logits [N, C]. Raises ParityError
+    past `tolerance` (None: recorded, not enforced, for an int8 copy)."""
     csr = service.scorer.store.csr
     nodes = check_nodes(csr.num_nodes, csr.degree, [val_mask, test_mask], seed)
     scores = score(service, nodes)

@@ -38,9 +38,9 @@ def test_served_check_detects_a_student_that_differs_from_torch(tmp_path):
     truth = served.score(service, np.arange(n)).logits
     y, mask = np.arange(n) % 3, np.zeros(n, dtype=bool)
     mask[:10] = True
-    ok = served.check(out, truth, y, mask, mask, seed=0)
+    ok = served.check(service, truth, y, mask, mask, seed=0)
     assert ok.parity.max_abs_diff == 0.0 and ok.parity.nodes_checked >= 10
     with pytest.raises(ParityError, match="differs from torch by 0.001"):
-        served.check(out, truth + 1e-3, y, mask, mask, seed=0)
+        served.check(service, truth + 1e-3, y, mask, mask, seed=0)
     none = served.score(service, np.zeros(0, dtype=np.int64))  # e.g. a refresh sharing no validation node
     assert none.logits.shape == none.probabilities.shape == (0, truth.shape[1])
