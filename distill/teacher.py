@@ -9,9 +9,10 @@ from distill.artefacts import TeacherSignals, TrainedTeacher
 from distill.choose import best_on_validation
 from distill.config import RunConfig
 from distill.data import Dataset
-from distill.models import FeatureNorm, build_teacher
+from distill.models import FeatureNorm
 from distill.objectives import supervised
 from distill.policy import prune
+from distill.teacher_models import build_teacher
 from distill.train import Edges, TrainConfig, fit, predict, test_metrics
 
 

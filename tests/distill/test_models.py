@@ -42,7 +42,7 @@ def test_input_dropout_on_dense_input_is_plain_dropout():
 
 
 def test_gat_sep_attends_to_neighbours_only_and_keeps_the_node_apart():
-    from distill.models import build_teacher
+    from distill.teacher_models import build_teacher
 
     torch.manual_seed(0)
     edges = torch.tensor([[1, 2, 0], [0, 0, 1]])

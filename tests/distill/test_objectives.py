@@ -8,8 +8,9 @@ from distill import objectives, structure
 from distill.artefacts import TeacherSignals
 from distill.config import KD_KINDS, RunConfig, layer_map, parse_kinds
 from distill.errors import ConfigError
-from distill.models import GAT, GCN, NodeOutputs
+from distill.models import GCN, NodeOutputs
 from distill.policy import scores_on
+from distill.teacher_models import GAT
 
 # A 3-node path 0 - 1 - 2, both directions.
 EDGES = torch.tensor([[0, 1, 1, 2], [1, 0, 2, 1]])
