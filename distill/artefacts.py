@@ -3,7 +3,7 @@ other stage, so pipeline, writer, select and refresh can all depend on it withou
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -43,6 +43,19 @@ class EdgeImportance:
 
 
 @dataclass(frozen=True)
+class TailAdjustment:
+    """The chosen strength `tau`, the per-class offsets [C] added to the logits, and the validation
+    balanced accuracy / selection metric without (tau 0) and with them."""
+
+    tau: float
+    offsets: list[float]
+    val_balanced_before: float
+    val_balanced_after: float
+    val_metric_before: float
+    val_metric_after: float
+
+
+@dataclass(frozen=True)
 class Trained:
     """A trained student (or the kept one of several candidates) and its torch evaluation:
     logits [N, C] on CPU from the full-graph pass over `graph`, test metrics, training record."""
@@ -55,11 +68,13 @@ class Trained:
     kd: tuple[str, ...]
     alpha: float | None
     candidates_val: dict[str, float] = field(default_factory=dict)
+    tail: TailAdjustment | None = None
 
     def record(self) -> dict[str, Any]:
         """The report's entry: test metrics, training record and the validation choice."""
         return {**self.test, **self.fit.__dict__, "kd": list(self.kd), "alpha": self.alpha,
-                "propagation": self.graph.policy.propagation, "candidates_val": dict(self.candidates_val)}
+                "propagation": self.graph.policy.propagation, "candidates_val": dict(self.candidates_val),
+                **({"tail": asdict(self.tail)} if self.tail is not None else {})}
 
 
 @dataclass(frozen=True)

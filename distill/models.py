@@ -89,6 +89,9 @@ class LayerStack(nn.Module):
         super().__init__()
         self.dropout = dropout
         self.feature_norm = FeatureNorm()
+        # Per-class logit offsets [C] set after training (distill.tail); empty = none. A buffer, so
+        # the ONNX export and hence the service apply exactly what the report evaluated.
+        self.register_buffer("class_offset", torch.zeros(0))
 
     def layer(self, i: int, h: Tensor, edge_index: Tensor, edge_weight: Tensor | None) -> Tensor:
         raise NotImplementedError
@@ -107,6 +110,8 @@ class LayerStack(nn.Module):
             hidden.append(h)
             if i < len(self.convs) - 1:
                 h = F.relu(h)
+        if self.class_offset.numel():
+            h = h + self.class_offset
         return NodeOutputs(h, hidden)
 
     def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:

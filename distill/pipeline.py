@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from bundle.files import staging
-from distill import report, served, writer
+from distill import report, served, tail, writer
 from distill.artefacts import Distilled, Prepared, Trained
 from distill.config import RunConfig
 from distill.data import load_dataset
@@ -61,8 +61,11 @@ def export_student(trained: Trained, x: Tensor) -> bytes:
 
 
 def distill_student(cfg: RunConfig, prep: Prepared, progress: bool) -> Distilled:
-    """Train the student with `cfg.kd` (the best candidate on validation) and export it to ONNX."""
+    """Train the student with `cfg.kd` (the best candidate on validation), add the tail-class logit
+    adjustment chosen on validation (`--tail-adjust`), and export it to ONNX."""
     trained = train_candidates(cfg, prep, cfg.kd_kinds, progress)
+    if cfg.tail_adjust == "auto":
+        trained = tail.adjust(trained, prep.ds.data.cpu())
     return Distilled(cfg, trained, export_student(trained, prep.ds.data.x.cpu()))
 
 

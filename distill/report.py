@@ -70,8 +70,21 @@ def markdown(rep: dict[str, Any]) -> str:
         alpha = f", soft-target weight alpha {d['alpha']:g}" if d.get("alpha") is not None else ""
         lines.append(f"Distilled student: `{d['propagation']}` propagation{alpha}, chosen on validation "
                      f"{rep['selection_metric']} ({vals}).")
+    if d.get("tail"):
+        lines.append(_tail_line(d["tail"], rep["class_names"], rep["selection_metric"]))
     lines += [f"- **flag:** {f}" for f in rep["flags"]] or ["- no flags"]
     return "\n".join(lines) + "\n"
+
+
+def _tail_line(t: dict[str, Any], names: list[str], metric: str) -> str:
+    """One sentence on the tail-class logit adjustment (distill.tail) the shipped student carries."""
+    if not t["tau"]:
+        return ("Tail-class logit adjustment: none (no tau raised validation balanced accuracy and "
+                f"{metric} together without lowering validation AUROC).")
+    offsets = ", ".join(f"{c} {o:+.2f}" for c, o in zip(names, t["offsets"], strict=True))
+    return (f"Tail-class logit adjustment tau {t['tau']:g} (offsets {offsets}), chosen on validation: balanced "
+            f"accuracy {t['val_balanced_before']:.4f} -> {t['val_balanced_after']:.4f}, {metric} "
+            f"{t['val_metric_before']:.4f} -> {t['val_metric_after']:.4f}. The distilled row includes it.")
 
 
 def _fmt(value: float | None) -> str:
