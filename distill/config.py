@@ -41,7 +41,8 @@ class RunConfig:
     teacher_restarts: int = _opt(1, "train the teacher from this many initialisations, keep the best on validation")
     teacher_fanout: int = _opt(0, "cap on in-neighbours the teacher sees (0 = full graph; "
                                   "useful on CPU for big graphs)")
-    student: str = _opt("gcn", "student architecture", ("gcn", "sage", "mlp"))
+    student: str = _opt("gcn", "student architecture (sage-res: input projection, separate ego and neighbour "
+                        "transforms, log-degree, LayerNorm, residual)", ("gcn", "sage", "sage-res", "mlp"))
     student_layers: int = _opt(2, "student layers (= hops of the served neighbourhood for gcn/sage)")
     student_hidden: int = _opt(64, "student width")
     student_dropout: float = _opt(0.5, "student feature dropout")

@@ -171,6 +171,59 @@ class SAGE(LayerStack):
         return conv.lin_rel(adj @ h) + conv.lin_root(h)
 
 
+class ResSAGE(LayerStack):
+    """2-hop student that keeps what plain GCN/SAGE students throw away (Platonov et al. 2023's
+    recipe for -sep models): an input projection, per layer separate ego (`lin_root`) and
+    neighbour-mean (`lin_rel`) transforms of PyG `GraphConv`, the node's log in-degree in the
+    policy graph, LayerNorm, and a residual connection; a linear classifier on top.
+
+    The degree is counted from the propagation weights themselves (edges with weight > 0 into the
+    node), in the sparse and the dense path alike, so a served block yields exactly the training
+    value for every node whose row is complete: the target and its hop-1 nodes, the only ones a
+    2-layer output depends on. Degree enters inside each layer, never at the input, because the
+    input of a block's outermost nodes would otherwise see a truncated row.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
+                 dropout: float = 0.5) -> None:
+        super().__init__(dropout)
+        if num_layers < 1:
+            raise ConfigError(f"num_layers={num_layers} must be >= 1")
+        self.lin_in = nn.Linear(in_channels, hidden_channels)
+        self.convs = nn.ModuleList(GraphConv(hidden_channels, hidden_channels, aggr="add")
+                                   for _ in range(num_layers))
+        self.degree = nn.ModuleList(nn.Linear(1, hidden_channels, bias=False) for _ in range(num_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden_channels) for _ in range(num_layers))
+        self.lin_out = nn.Linear(hidden_channels, out_channels)
+
+    def _blocks(self, x: Tensor, aggregate: Callable[[GraphConv, Tensor], Tensor], log_degree: Tensor) -> NodeOutputs:
+        h = self.lin_in(input_dropout(self.feature_norm(x), self.dropout, self.training))
+        hidden = []
+        for conv, degree, norm in zip(self.convs, self.degree, self.norms, strict=True):
+            z = F.dropout(h, self.dropout, self.training)
+            z = conv.lin_rel(aggregate(conv, z)) + conv.lin_root(z) + degree(log_degree)
+            h = h + F.relu(norm(z))
+            hidden.append(h)
+        logits = self.lin_out(F.dropout(h, self.dropout, self.training))
+        if self.class_offset.numel():
+            logits = logits + self.class_offset
+        # What KD pairs with teacher layers: the blocks' states, the last one replaced by the logits
+        # (the same widths as the GCN/SAGE students: hidden per layer, classes at the end).
+        return NodeOutputs(logits, hidden[:-1] + [logits])
+
+    def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
+        """x [N, F], edge_index [2, E] (source -> target), edge_weight [E] (the policy's mean weights)."""
+        live = torch.ones(edge_index.size(1), device=x.device) if edge_weight is None else (edge_weight > 0).float()
+        deg = torch.zeros(x.size(0), device=x.device).index_add_(0, edge_index[1], live)
+        return self._blocks(x, lambda conv, h: conv.propagate(edge_index, x=h, edge_weight=edge_weight),
+                            torch.log1p(deg).unsqueeze(-1))
+
+    def forward_dense(self, x: Tensor, adj: Tensor) -> Tensor:
+        """x [n, F], adj [n, n] (row i = P[i, :]) -> logits [n, C]; equals `forward` on the same edges."""
+        deg = (adj > 0).to(x.dtype).sum(dim=-1, keepdim=True)
+        return self._blocks(x, lambda conv, h: adj @ h, torch.log1p(deg)).logits
+
+
 class MLP(LayerStack):
     """Graph-free student (GLNN): sees only the node's own features."""
 
@@ -203,6 +256,7 @@ STUDENTS: dict[str, tuple[Callable[..., LayerStack], str]] = {
     "gcn": (GCN, "gcn"),
     "sage": (SAGE, "mean"),
     "mlp": (MLP, "none"),
+    "sage-res": (ResSAGE, "mean"),
 }
 
 

@@ -15,7 +15,7 @@ TINY = ["--teacher-layers", "2", "--teacher-hidden", "16", "--student-hidden", "
         "--patience", "5", "--quiet", "--dataset", "synthetic:nodes=200"]
 
 
-@pytest.mark.parametrize("name", ["gcn", "sage", "mlp"])
+@pytest.mark.parametrize("name", ["gcn", "sage", "sage-res", "mlp"])
 def test_export_is_dense_matmul_with_a_dynamic_node_axis(name):
     d = load_dataset("synthetic:nodes=300,features=6,seed=2").data
     student, kind = build_student(name, in_channels=6, hidden_channels=16, num_layers=2, out_channels=3)

@@ -6,7 +6,7 @@ from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from distill import policy
 from distill.data import load_dataset
-from distill.models import GCN, SAGE
+from distill.models import GCN, SAGE, ResSAGE
 
 
 def _graph():
@@ -36,7 +36,7 @@ def test_gcn_weights_equal_pyg_gcn_norm():
 def test_served_neighbourhood_reproduces_the_full_graph_output():
     """train = serve: the student on the contract's cached k-hop block equals the full pruned-graph pass."""
     d = _graph()
-    for model, kind in ((GCN(6, 8, 2, 3), "gcn"), (SAGE(6, 8, 2, 3), "mean")):
+    for model, kind in ((GCN(6, 8, 2, 3), "gcn"), (SAGE(6, 8, 2, 3), "mean"), (ResSAGE(6, 8, 2, 3), "mean")):
         model.eval()
         sg = policy.student_graph(d.edge_index, d.num_nodes, policy.make_policy(4, 2, kind, 0))
         full = model(d.x, sg.edges.edge_index, sg.edges.edge_weight)

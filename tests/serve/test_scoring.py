@@ -14,7 +14,7 @@ from tests.serve.reference import new_node_logits
 TOL = 1e-4
 
 
-@pytest.mark.parametrize("student", ["gcn", "sage", "mlp", "gcn+attention"])
+@pytest.mark.parametrize("student", ["gcn", "sage", "sage-res", "mlp", "gcn+attention"])
 def test_every_node_matches_torch_full_graph_logits(tiny_bundles, student: str) -> None:
     tiny: TinyBundle = tiny_bundles(student)
     scorer = scorer_for(tiny.path)
@@ -52,7 +52,7 @@ def test_lru_mode_gives_the_same_scores(gcn: TinyBundle) -> None:
     assert scorer.cache.misses > 0 and scorer.cache.bytes <= 20_000
 
 
-@pytest.mark.parametrize("student", ["gcn", "sage", "mlp", "gcn+attention"])
+@pytest.mark.parametrize("student", ["gcn", "sage", "sage-res", "mlp", "gcn+attention"])
 @pytest.mark.parametrize("neighbours", [[], [3], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 2]])
 def test_new_node_matches_torch_on_augmented_graph(tiny_bundles, student: str, neighbours: list[int]) -> None:
     tiny: TinyBundle = tiny_bundles(student)
