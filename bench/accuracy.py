@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from distill import tail  # noqa: E402
 from distill import teacher as teachers  # noqa: E402
 from distill.artefacts import Prepared, TrainedTeacher  # noqa: E402
 from distill.config import KD_KINDS, RunConfig  # noqa: E402
@@ -60,7 +61,7 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 # Options that only shape the students: a teacher trained under any values of these is the same teacher.
 STUDENT_OPTIONS = {"student", "student_layers", "student_hidden", "student_dropout", "fanout", "kd", "temperature",
-                   "alpha", "beta", "gamma", "structure_weights", "layer_map"}
+                   "alpha", "beta", "gamma", "structure_weights", "layer_map", "tail_adjust"}
 
 
 def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,
@@ -99,13 +100,16 @@ def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str
         teacher, tgraph, m = trained.model, trained.edges, trained.metrics
         signals = teachers.teacher_signals(teacher, ds, tgraph, device)
         prep = Prepared(ds, device, norm, tcfg, teacher, tgraph, m, signals)
-        rows.append(_row(ds.name, f"{cfg.teacher}-{cfg.teacher_layers}", "teacher", seed, m))
+        rows.append(_row(ds.name, f"{m.get('family', cfg.teacher)}-{cfg.teacher_layers}", "teacher", seed, m))
         _log(rows[-1])
         save()
         for student in students:
             scfg = replace(cfg, student=student)
             for variant in variants:
-                m = train_candidates(scfg, prep, VARIANTS[variant], progress=False).record()
+                trained = train_candidates(scfg, prep, VARIANTS[variant], progress=False)
+                if variant != "scratch" and scfg.tail_adjust == "auto":  # what `distill run` ships
+                    trained = tail.adjust(trained, ds.data.cpu())
+                m = trained.record()
                 rows.append(_row(ds.name, f"{student}-{cfg.student_layers}", variant, seed, m))
                 _log(rows[-1])
                 save()
@@ -115,7 +119,8 @@ def _row(dataset: str, student: str, variant: str, seed: int, m: dict[str, Any])
     return {"dataset": dataset, "student": student, "variant": variant, "seed": seed,
             **{k: m.get(k) for k in METRICS}, "recall_at_1pct_fpr": m.get("recall_at_1pct_fpr"),
             "per_class_recall": m["per_class_recall"], "seconds": m["seconds"],
-            "propagation": m.get("propagation"), "alpha": m.get("alpha")}
+            "propagation": m.get("propagation"), "alpha": m.get("alpha"),
+            "tail_tau": (m.get("tail") or {}).get("tau")}
 
 
 def _log(row: dict[str, Any]) -> None:
@@ -141,13 +146,13 @@ def table(rows: list[dict[str, Any]], num_classes: dict[str, int]) -> str:
         teacher = [r for r in drows if r["variant"] == "teacher"]
         rare = int(np.argmin(_SUPPORT[dataset]))
         lines += [f"### {dataset} ({len(teacher)} seeds, test set; gain/gap in {key})", "",
-                  f"| model | variant | accuracy | macro-F1 | AUROC | PR-AUC | gain vs scratch | gap to teacher "
-                  f"| recall rarest class ({rare}) | chosen on validation |", "|" + "---|" * 10]
+                  "| model | variant | accuracy | macro-F1 | AUROC | PR-AUC | paired gain vs scratch (seeds up) "
+                  f"| gap to teacher | recall rarest class ({rare}) | chosen on validation |", "|" + "---|" * 10]
         t_mean = np.mean([r[key] for r in teacher])
         lines.append(_line(teacher[0]["student"], "teacher", teacher, key, None, t_mean, rare))
         for student in dict.fromkeys(r["student"] for r in drows if r["variant"] != "teacher"):
             srows = [r for r in drows if r["student"] == student]
-            scratch = np.mean([r[key] for r in srows if r["variant"] == "scratch"])
+            scratch = {r["seed"]: r[key] for r in srows if r["variant"] == "scratch"}
             for variant in dict.fromkeys(r["variant"] for r in _canonical(srows)):
                 sel = [r for r in srows if r["variant"] == variant]
                 lines.append(_line(student, variant, sel, key, scratch, t_mean, rare))
@@ -167,10 +172,18 @@ def _canonical(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 _SUPPORT: dict[str, list[int]] = {}
 
 
-def _line(student: str, variant: str, sel: list[dict[str, Any]], key: str, scratch: float | None,
+def paired_gain(sel: list[dict[str, Any]], scratch: dict[int, float], key: str) -> str:
+    """Per-seed (variant - scratch) on the same seed: mean ± std and how many seeds gained."""
+    gains = [r[key] - scratch[r["seed"]] for r in sel if r["seed"] in scratch]
+    if not gains:
+        return ""
+    return f"{np.mean(gains):+.4f} ± {np.std(gains):.4f} ({sum(g > 0 for g in gains)}/{len(gains)})"
+
+
+def _line(student: str, variant: str, sel: list[dict[str, Any]], key: str, scratch: dict[int, float] | None,
           teacher: float, rare: int) -> str:
     mean = float(np.mean([r[key] for r in sel]))
-    gain = "" if scratch is None or variant == "scratch" else f"{mean - scratch:+.4f}"
+    gain = "" if scratch is None or variant == "scratch" else paired_gain(sel, scratch, key)
     gap = "" if variant == "teacher" else f"{mean - teacher:+.4f}"
     recall = _ms([r["per_class_recall"][rare] for r in sel])
     cells = [_ms([r.get(k) for r in sel]) for k in METRICS]

@@ -45,3 +45,12 @@ def test_teacher_cache_hits_for_student_options_and_misses_for_teacher_options(t
         acc.teacher_for(replace(cfg, teacher_hidden=16), ds, norm, cfg.train_config, cpu, tmp_path)
     with pytest.raises(RuntimeError, match="trained again"):
         acc.teacher_for(replace(cfg, seed=1), ds, norm, cfg.train_config, cpu, tmp_path)
+
+
+def test_paired_gain_compares_each_seed_with_its_own_scratch_run():
+    acc = _bench()
+    scratch = {0: 0.80, 1: 0.70, 2: 0.75}
+    rows = [{"seed": 0, "accuracy": 0.82}, {"seed": 1, "accuracy": 0.69}, {"seed": 2, "accuracy": 0.78}]
+    # gains +0.02, -0.01, +0.03: mean +0.0133, population std 0.0170, two seeds of three up
+    assert acc.paired_gain(rows, scratch, "accuracy") == "+0.0133 ± 0.0170 (2/3)"
+    assert acc.paired_gain([{"seed": 9, "accuracy": 0.9}], scratch, "accuracy") == ""
