@@ -42,8 +42,34 @@ def build(ds: Dataset, cfg: RunConfig, teacher: dict[str, Any], scratch: dict[st
                      "was trained on hard labels (and any other --kd objectives) only")
     rep.update({"flags": flags, "dataset": ds.name, "class_names": list(ds.class_names),
                 "teacher_name": f"{cfg.teacher}-{cfg.teacher_layers}", "student": f"{cfg.student}-{cfg.student_layers}",
-                "selection_metric": key})
+                "selection_metric": key, "gap": gap(teacher, scratch, distilled, key)})
     return rep
+
+
+def gap(teacher: dict[str, Any], scratch: dict[str, Any], distilled: dict[str, Any], key: str) -> dict[str, Any]:
+    """The point of distilling, in numbers: the teacher's lead over the scratch student on test `key`
+    and how much of it the distilled student recovers (`share`; None when there was no lead to recover).
+    Any value is None when a model lacks `key` (e.g. AUROC on a test set holding one class)."""
+    t, s, d = (m.get(key) for m in (teacher, scratch, distilled))
+    if t is None or s is None or d is None or any(math.isnan(v) for v in (t, s, d)):
+        return {"metric": key, "teacher_lead": None, "recovered": None, "share": None}
+    lead, recovered = t - s, d - s
+    return {"metric": key, "teacher_lead": round(lead, 6), "recovered": round(recovered, 6),
+            "share": round(recovered / lead, 4) if lead > 0 else None}
+
+
+def gap_sentence(g: dict[str, Any]) -> str:
+    """`gap`'s numbers as the sentence a reader sees first, in points (x 100) of the metric."""
+    key, lead, recovered = g["metric"], g["teacher_lead"], g["recovered"]
+    if lead is None:
+        return f"No summary: a model has no test {key}."
+    if lead <= 0:
+        return (f"The teacher did not beat the scratch student ({100 * abs(lead):.1f} points of {key} behind it), "
+                "so there was no lead for distillation to recover.")
+    text = f"Teacher beats the scratch student by {100 * lead:.1f} points of {key}; "
+    if recovered <= 0:
+        return text + f"the distilled student recovers none of them ({100 * abs(recovered):.1f} points below scratch)."
+    return text + f"the distilled student recovers {100 * recovered:.1f} of them ({100 * g['share']:.0f} %)."
 
 
 def headline(m: dict[str, Any]) -> str:
@@ -56,7 +82,9 @@ def markdown(rep: dict[str, Any]) -> str:
     # Binary (fraud-like) tasks: the recall a team gets when it can review 1 % of the legitimate cases.
     metrics = METRICS + (("recall_at_1pct_fpr",) if len(names) == 2 else ())
     head = "| model | " + " | ".join(metrics) + " | " + " | ".join(f"recall {c}" for c in names) + " | epochs |"
-    lines = [f"# {rep['dataset']}: {rep['teacher_name']} teacher -> {rep['student']} student", "", head,
+    # Reports written before `gap` existed are re-rendered from their own numbers.
+    summary = gap_sentence(rep.get("gap") or gap(*(rep[r] for r in ROLES), rep["selection_metric"]))
+    lines = [f"# {rep['dataset']}: {rep['teacher_name']} teacher -> {rep['student']} student", "", summary, "", head,
              "|" + "---|" * (len(metrics) + len(names) + 2)]
     for role in ROLES:
         m = rep[role]
