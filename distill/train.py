@@ -84,11 +84,11 @@ def fit(model: nn.Module, data: Data, graph: Edges, loss_fn: LossFn, cfg: TrainC
     tens of epochs (the LSP term on Cora, seed 2) and patience alone then stops at the initial state.
 
     `extra` holds trainable parts of the loss (e.g. feature-distillation projections), optimised
-    alongside the model but never part of it.
+    alongside the model but never part of it. A model with its own weight-decay needs (GCNII) says
+    so through `param_groups` (see there).
     """
     start = time.perf_counter()
-    params = list(model.parameters()) + (list(extra.parameters()) if extra is not None else [])
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(param_groups(model, cfg.weight_decay, extra), lr=cfg.lr)
     metric = selection_metric(int(data.y.max()) + 1)
     best: tuple[float, float] = (-np.inf, -np.inf)
     best_state, best_epoch, epoch = copy.deepcopy(model.state_dict()), 0, 0
@@ -108,6 +108,22 @@ def fit(model: nn.Module, data: Data, graph: Edges, loss_fn: LossFn, cfg: TrainC
         bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{best[0]:.3f}", refresh=False)
     model.load_state_dict(best_state)
     return FitResult(epoch + 1, best_epoch, float(best[0]), time.perf_counter() - start)
+
+
+def param_groups(model: nn.Module, weight_decay: float, extra: nn.Module | None = None) -> list[dict[str, object]]:
+    """Adam parameter groups: `model.param_groups(weight_decay) -> list[dict]` when the model defines
+    it (each dict holds "params" and may set its own "weight_decay"; together they must cover every
+    parameter exactly once), else one group of all its parameters; `extra`'s parameters always
+    decay by `weight_decay`."""
+    hook = getattr(model, "param_groups", None)
+    groups = hook(weight_decay) if callable(hook) else [{"params": list(model.parameters())}]
+    covered = [id(p) for g in groups for p in g["params"]]
+    if len(covered) != len(set(covered)) or set(covered) != {id(p) for p in model.parameters()}:
+        raise ValueError(f"{type(model).__name__}.param_groups must cover every parameter exactly once")
+    groups = [{"weight_decay": weight_decay, **g} for g in groups]
+    if extra is not None and any(True for _ in extra.parameters()):
+        groups.append({"params": list(extra.parameters()), "weight_decay": weight_decay})
+    return groups
 
 
 @torch.no_grad()
