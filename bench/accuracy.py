@@ -76,7 +76,7 @@ def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfi
     path = cache / f"{ds.name}-seed{cfg.seed}-{digest}.pt"
     if path.exists():
         saved = torch.load(path, map_location=device)
-        teacher, edges = teachers.teacher_model(cfg, ds, norm, device)
+        teacher, edges = teachers.teacher_model(cfg, ds, norm, device, family=cfg.teacher_family(saved["metrics"]))
         teacher.load_state_dict(saved["state"])
         return TrainedTeacher(teacher, edges, saved["metrics"])
     trained = teachers.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
@@ -100,7 +100,7 @@ def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str
         teacher, tgraph, m = trained.model, trained.edges, trained.metrics
         signals = teachers.teacher_signals(teacher, ds, tgraph, device)
         prep = Prepared(ds, device, norm, tcfg, teacher, tgraph, m, signals)
-        rows.append(_row(ds.name, f"{m.get('family', cfg.teacher)}-{cfg.teacher_layers}", "teacher", seed, m))
+        rows.append(_row(ds.name, cfg.teacher_name(m), "teacher", seed, m))
         _log(rows[-1])
         save()
         for student in students:

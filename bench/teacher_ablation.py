@@ -49,7 +49,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated substrings of variant names to run")
     ap.add_argument("--json", type=Path, help="write all rows here")
     args = ap.parse_args()
-    base = RunConfig(dataset=args.dataset, teacher_layers=args.teacher_layers,
+    base = RunConfig(dataset=args.dataset, teacher="gat", teacher_layers=args.teacher_layers,
                      teacher_fanout=args.teacher_fanout, epochs=args.epochs)
     ds = load_dataset(base.dataset)
     device = resolve_device("auto")

@@ -5,7 +5,7 @@ validation nodes with the same labels, and a child worse than `max_drop` is refu
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,18 @@ def gate(req: Request, parent_bundle: ParentBundle) -> pipeline.Gate:
     return check
 
 
+def reused_family(cfg: RunConfig, parent: Manifest, root: Path) -> RunConfig:
+    """The config with --teacher auto replaced by the family the parent kept (in its teacher
+    metrics): a reused teacher.pt is one architecture, and the child's config says which."""
+    if cfg.teacher != "auto":
+        return cfg
+    family = parent.metrics.get("teacher", {}).get("family")
+    if family not in cfg.families:
+        raise DistillError(f"--bundle {root}: its config says --teacher auto but its metrics do not name the family "
+                           "it kept; drop --reuse-teacher")
+    return replace(cfg, teacher=family)
+
+
 @dataclass(frozen=True)
 class Refreshed:
     report: dict[str, Any]
@@ -127,5 +139,6 @@ def refresh(req: Request, force: bool, progress: bool) -> Refreshed:
         if parent.model.teacher_file is None:
             raise DistillError(f"--bundle {req.bundle} has no teacher file; drop --reuse-teacher")
         state = torch.load(files.inside(req.bundle, parent.model.teacher_file), map_location="cpu", weights_only=True)
+        cfg = reused_family(cfg, parent, req.bundle)
     rep = pipeline.run(cfg, req.out, force=force, progress=progress, teacher_state=state, gate=gate(req, parent_bundle))
     return Refreshed(rep, parent)

@@ -32,7 +32,7 @@ def build(ds: Dataset, cfg: RunConfig, teacher: dict[str, Any], scratch: dict[st
     key = selection_metric(ds.num_classes)
     flags = []
     if (teacher[key] or 0) <= (scratch[key] or 0):
-        flags.append(f"teacher ({cfg.teacher}) does not beat the scratch student on test {key}: "
+        flags.append(f"teacher ({cfg.teacher_family(teacher)}) does not beat the scratch student on test {key}: "
                      f"{teacher[key]:.4f} <= {scratch[key]:.4f}")
     if (distilled[key] or 0) < (scratch[key] or 0):
         flags.append(f"distilled student is below the scratch student on test {key}: "
@@ -41,7 +41,7 @@ def build(ds: Dataset, cfg: RunConfig, teacher: dict[str, Any], scratch: dict[st
         flags.append("validation kept alpha 0: the teacher's soft labels did not help this student, so it "
                      "was trained on hard labels (and any other --kd objectives) only")
     rep.update({"flags": flags, "dataset": ds.name, "class_names": list(ds.class_names),
-                "teacher_name": f"{cfg.teacher}-{cfg.teacher_layers}", "student": f"{cfg.student}-{cfg.student_layers}",
+                "teacher_name": cfg.teacher_name(teacher), "student": f"{cfg.student}-{cfg.student_layers}",
                 "selection_metric": key, "gap": gap(teacher, scratch, distilled, key)})
     return rep
 

@@ -39,13 +39,14 @@ def lsp_loss(student: Tensor, teacher: Tensor, edge_index: Tensor) -> Tensor:
 
 
 def edge_importance(cfg: RunConfig, teacher: torch.nn.Module, x: Tensor, edge_index: Tensor,
-                    teacher_edges: Edges) -> EdgeImportance:
-    """Importance of every data edge (`edge_index` [2, E]) to the teacher, which saw `teacher_edges`.
-    GAT: attention averaged over heads and the teacher layers of the layer map (and of each node's
-    self-loop); other teachers: |d(predicted-class log-prob) / d(edge weight)|."""
+                    teacher_edges: Edges, family: str) -> EdgeImportance:
+    """Importance of every data edge (`edge_index` [2, E]) to the teacher of `family` (the one the
+    run kept, not --teacher, which may be auto), which saw `teacher_edges`. GAT: attention averaged
+    over heads and the teacher layers of the layer map (and of each node's self-loop); other
+    teachers: |d(predicted-class log-prob) / d(edge weight)|."""
     teacher.eval()
     n = x.size(0)
-    if not cfg.teacher.startswith("gat"):
+    if not family.startswith("gat"):
         weight = torch.ones(teacher_edges.edge_index.size(1), device=x.device, requires_grad=True)
         log_probs = torch.log_softmax(teacher(x, teacher_edges.edge_index, weight), -1)
         log_probs.max(-1).values.sum().backward()
@@ -54,8 +55,9 @@ def edge_importance(cfg: RunConfig, teacher: torch.nn.Module, x: Tensor, edge_in
     with torch.no_grad():
         attention = teacher.run(x, teacher_edges.edge_index).attention
     scored = attention[0][0].cpu()
-    score = torch.stack([attention[t - 1][1].mean(-1) for t, _ in cfg.layer_pairs]).mean(0).cpu()
-    if cfg.teacher == "gat-sep":  # no attention on the node itself: nothing to propagate its own state with
+    pairs = cfg.layer_pairs_for(cfg.teacher_depth(family))
+    score = torch.stack([attention[t - 1][1].mean(-1) for t, _ in pairs]).mean(0).cpu()
+    if family == "gat-sep":  # no attention on the node itself: nothing to propagate its own state with
         return EdgeImportance(scores_on(edge_index, scored, score, n))
     loops = scored[0] == scored[1]  # GATConv adds one self-loop per node
     self_loops = torch.zeros(n).index_put_((scored[0][loops],), score[loops])
@@ -73,8 +75,10 @@ def candidate_graphs(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...]) -> 
     k_hops = 0 if prop == "none" else cfg.student_layers
     if "structure" not in kinds or prop == "none":
         return [student_graph(data.edge_index, data.num_nodes, make_policy(cfg.fanout, k_hops, prop, cfg.seed))]
-    importance = edge_importance(cfg, prep.teacher, data.x.to(prep.device), data.edge_index, prep.teacher_edges)
-    score = "teacher_attention" if cfg.teacher.startswith("gat") else "teacher_gradient"
+    family = cfg.teacher_family(prep.teacher_metrics)
+    importance = edge_importance(cfg, prep.teacher, data.x.to(prep.device), data.edge_index, prep.teacher_edges,
+                                 family)
+    score = "teacher_attention" if family.startswith("gat") else "teacher_gradient"
     fixed = student_graph(data.edge_index, data.num_nodes, make_policy(cfg.fanout, k_hops, prop, cfg.seed, score),
                           importance.edges)
     if importance.self_loops is None or cfg.structure_weights == "fixed":

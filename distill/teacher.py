@@ -3,12 +3,16 @@ kept on validation; then read once for the signals a student learns from."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+
 import torch
 
 from distill.artefacts import TeacherSignals, TrainedTeacher
 from distill.choose import best_on_validation
 from distill.config import RunConfig
 from distill.data import Dataset
+from distill.errors import ConfigError
 from distill.models import FeatureNorm
 from distill.objectives import supervised
 from distill.policy import prune
@@ -25,42 +29,68 @@ def feature_norm(cfg: RunConfig, ds: Dataset) -> FeatureNorm:
     return FeatureNorm(mode, x.mean(0), x.std(0).clamp(min=1e-6))
 
 
-def teacher_model(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.device, restart: int = 0
-                  ) -> tuple[torch.nn.Module, Edges]:
-    """An untrained teacher (initialisation `restart` of this seed) and the edges it sees (the full
-    graph, or capped by --teacher-fanout)."""
+def teacher_model(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.device, restart: int = 0,
+                  family: str | None = None) -> tuple[torch.nn.Module, Edges]:
+    """An untrained teacher of `family` (default: the config's, which must then name one),
+    initialisation `restart` of this seed, and the edges it sees (the full graph, or capped by
+    --teacher-fanout)."""
+    family = family or cfg.teacher
+    if family == "auto":
+        raise ConfigError("--teacher auto names no single architecture; pass the family the run kept")
     edges = ds.data.edge_index
     if cfg.teacher_fanout:
         edges = prune(edges, ds.data.num_nodes, cfg.teacher_fanout, cfg.seed)
     torch.manual_seed(cfg.seed + 1_000_003 * restart)
     teacher = build_teacher(
-        cfg.teacher, in_channels=ds.data.num_features, hidden_channels=cfg.teacher_hidden,
-        num_layers=cfg.teacher_layers, out_channels=ds.num_classes, dropout=cfg.teacher_dropout,
+        family, in_channels=ds.data.num_features, hidden_channels=cfg.teacher_hidden,
+        num_layers=cfg.teacher_depth(family), out_channels=ds.num_classes, dropout=cfg.teacher_dropout,
         heads=cfg.teacher_heads, attn_dropout=cfg.attn_dropout, residual=cfg.teacher_residual,
-        norm=cfg.teacher_norm, jk=cfg.teacher_jk,
+        norm=cfg.teacher_norm, jk=cfg.teacher_jk, alpha=cfg.gcnii_alpha, theta=cfg.gcnii_theta,
     )
     teacher.feature_norm = FeatureNorm(norm.mode, norm.mean, norm.std)
     return teacher.to(device), Edges(edges).to(device)
 
 
-def train_teacher(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,
-                  progress: bool) -> TrainedTeacher:
-    """Train the teacher `cfg.teacher_restarts` times from different initialisations and keep the
-    best on validation. Deep GATs are unstable on small label sets, and a bad teacher is exactly
-    what distillation copies."""
+def train_family(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,
+                 progress: bool, family: str) -> TrainedTeacher:
+    """Train `family` `cfg.teacher_restarts` times from different initialisations and keep the best
+    on validation. Deep GATs are unstable on small label sets, and a bad teacher is exactly what
+    distillation copies. Metrics: the kept restart's training record, `restarts_val` and `family`."""
     data = ds.data.to(device)
 
     def restart(i: int) -> TrainedTeacher:
-        teacher, edges = teacher_model(cfg, ds, norm, device, i)
+        teacher, edges = teacher_model(cfg, ds, norm, device, i, family)
         result = fit(teacher, data, edges, lambda out: supervised(out.logits, data.y, data.train_mask), tcfg,
-                     f"teacher {cfg.teacher} {i + 1}/{cfg.teacher_restarts}", progress)
+                     f"teacher {family} {i + 1}/{cfg.teacher_restarts}", progress)
         return TrainedTeacher(teacher, edges, result.__dict__)
 
     best = best_on_validation(((f"restart {i}", lambda i=i: restart(i)) for i in range(cfg.teacher_restarts)),
                               key=lambda t: (t.metrics["best_val"],))
     kept = best.item
+    return TrainedTeacher(kept.model, kept.edges,
+                          {**kept.metrics, "restarts_val": list(best.scores.values()), "family": family})
+
+
+def train_teacher(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,
+                  progress: bool) -> TrainedTeacher:
+    """Train every family of `cfg.families` in order (each with its restarts) and keep the best on
+    validation. Past `cfg.teacher_budget` seconds no further family is started; the first always is.
+    Metrics: test metrics of the kept teacher, its training record, `family`, `families_val` (the
+    validation score of every family trained) and `families_skipped` (those the budget left out)."""
+    start, order, skipped = time.perf_counter(), cfg.families, []
+
+    def candidates() -> Iterator[tuple[str, Callable[[], TrainedTeacher]]]:
+        for i, family in enumerate(order):
+            if i and cfg.teacher_budget and time.perf_counter() - start > cfg.teacher_budget:
+                skipped.extend(order[i:])
+                return
+            yield family, lambda family=family: train_family(cfg, ds, norm, tcfg, device, progress, family)
+
+    best = best_on_validation(candidates(), key=lambda t: (t.metrics["best_val"],))
+    kept, data = best.item, ds.data.to(device)
     logits = predict(kept.model, data, kept.edges)
-    metrics = {**test_metrics(logits, data), **kept.metrics, "restarts_val": list(best.scores.values())}
+    metrics = {**test_metrics(logits, data), **kept.metrics, "families_val": best.scores,
+               "families_skipped": skipped}
     return TrainedTeacher(kept.model, kept.edges, metrics)
 
 

@@ -87,7 +87,9 @@ def test_refresh_records_parent_and_gates_on_validation(tmp_path, capsys):
     assert main(["refresh", "--bundle", str(parent), "--out", str(child), "--reuse-teacher", "--quiet"]) == 0
     old = json.loads((parent / "manifest.json").read_text())
     new = json.loads((child / "manifest.json").read_text())
-    assert new["parent"]["version"] == old["version"] and new["config"] == old["config"]
+    # The parent's config, with --teacher auto resolved to the family of the teacher.pt it reused.
+    reused = {**old["config"], "teacher": old["metrics"]["teacher"]["family"]}
+    assert old["config"]["teacher"] == "auto" and new["parent"]["version"] == old["version"] and new["config"] == reused
     gate = new["refresh"]
     assert gate["metric"] == "accuracy" and gate["nodes"] > 0 and gate["max_drop"] == 0.01
     assert gate["child_val"] >= gate["parent_val"] - 0.01

@@ -1,0 +1,173 @@
+"""Teacher families: the GCNII teacher, the per-group weight decay hook of `fit`, and --teacher auto
+(every family trained in order, the best on validation kept, a time budget on starting more)."""
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from distill import teacher as teachers
+from distill.artefacts import TrainedTeacher
+from distill.cli import main
+from distill.config import AUTO_TEACHERS, RunConfig
+from distill.data import load_dataset
+from distill.errors import ConfigError, DistillError
+from distill.teacher_models import build_teacher
+from distill.train import Edges, param_groups
+
+SMALL = "synthetic:nodes=120,avg_degree=6,features=5,seed=2"
+EDGES = torch.tensor([[i for i in range(10)] + [(i + 1) % 10 for i in range(10)],
+                      [(i + 1) % 10 for i in range(10)] + [i for i in range(10)]])
+
+
+def _gcnii(**kw: object) -> nn.Module:
+    torch.manual_seed(0)
+    return build_teacher("gcnii", in_channels=4, hidden_channels=8, num_layers=3, out_channels=3, **kw).eval()
+
+
+def test_gcnii_run_and_forward_shapes():
+    model, x = _gcnii(), torch.randn(10, 4)
+    out = model.run(x, EDGES)
+    assert out.logits.shape == (10, 3) and out.attention == []
+    assert len(out.hidden) == 3 and all(h.shape == (10, 8) for h in out.hidden)
+    assert torch.equal(model(x, EDGES), out.logits)
+
+
+def test_build_teacher_passes_gcnii_its_arguments_and_drops_the_rest():
+    model = _gcnii(alpha=0.2, theta=1.0, heads=4, jk="cat")  # heads, jk: gat-only, ignored
+    assert [c.alpha for c in model.convs] == [0.2] * 3
+    assert [c.beta for c in model.convs] == pytest.approx([math.log(1.0 / layer + 1) for layer in (1, 2, 3)])
+    with pytest.raises(ConfigError, match="gcnii"):
+        build_teacher("nope", in_channels=4, hidden_channels=8, num_layers=1, out_channels=3)
+
+
+def test_gcnii_edge_weight_of_ones_is_the_unweighted_graph_and_has_a_gradient():
+    model, x = _gcnii(), torch.randn(10, 4)
+    weight = torch.ones(EDGES.size(1), requires_grad=True)
+    logits = model(x, EDGES, weight)
+    assert torch.allclose(logits, model(x, EDGES), atol=1e-6)
+    logits.logsumexp(-1).sum().backward()  # what gradient edge importance differentiates
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+def test_gradient_edge_importance_scores_every_edge_of_a_gcnii_teacher():
+    from distill.structure import edge_importance
+
+    model, x = _gcnii(), torch.randn(10, 4)
+    importance = edge_importance(RunConfig(), model, x, EDGES, Edges(EDGES), "gcnii")
+    assert importance.edges.shape == (EDGES.size(1),) and importance.self_loops is None
+    assert torch.isfinite(importance.edges).all() and (importance.edges > 0).any()
+
+
+def test_param_groups_hook_gives_gcnii_convs_their_own_weight_decay():
+    model = _gcnii()
+    groups = param_groups(model, 5e-4, extra=nn.Linear(2, 2))
+    convs = {id(p) for p in model.convs.parameters()}
+    assert [g["weight_decay"] for g in groups] == [0.01, 5e-4, 5e-4]
+    assert {id(p) for p in groups[0]["params"]} == convs
+    assert not convs & {id(p) for g in groups[1:] for p in g["params"]}
+    plain = nn.Linear(3, 2)
+    assert [(len(g["params"]), g["weight_decay"]) for g in param_groups(plain, 1e-3)] == [(2, 1e-3)]
+
+
+def test_param_groups_hook_must_cover_every_parameter_once():
+    model = _gcnii()
+    model.param_groups = lambda wd: [{"params": list(model.convs.parameters())}]
+    with pytest.raises(ValueError, match="exactly once"):
+        param_groups(model, 5e-4)
+
+
+class _Fixed(nn.Module):
+    """A stand-in teacher: uniform logits [N, C]."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, x, edge_index, edge_weight=None):
+        return torch.zeros(x.size(0), self.classes)
+
+
+def _fake_families(monkeypatch, val: dict[str, float]) -> list[str]:
+    """Replace per-family training by fixed validation scores; returns the families trained, in order."""
+    trained: list[str] = []
+
+    def train_family(cfg, ds, norm, tcfg, device, progress, family):
+        trained.append(family)
+        return TrainedTeacher(_Fixed(ds.num_classes), Edges(ds.data.edge_index),
+                              {"best_val": val[family], "family": family, "restarts_val": [val[family]]})
+
+    monkeypatch.setattr(teachers, "train_family", train_family)
+    return trained
+
+
+def _train(cfg: RunConfig) -> dict:
+    ds = load_dataset(cfg.dataset)
+    return teachers.train_teacher(cfg, ds, teachers.feature_norm(cfg, ds), cfg.train_config,
+                                  torch.device("cpu"), progress=False).metrics
+
+
+def test_auto_trains_every_family_in_order_and_keeps_the_best_on_validation(monkeypatch):
+    val = {"gat": 0.81, "gat-sep": 0.80, "gcnii": 0.83}
+    trained = _fake_families(monkeypatch, val)
+    m = _train(RunConfig(dataset=SMALL, teacher="auto"))
+    assert trained == list(AUTO_TEACHERS) == ["gat", "gat-sep", "gcnii"]
+    assert m["family"] == "gcnii" and m["families_val"] == val and m["families_skipped"] == []
+    assert RunConfig(teacher="auto").teacher_name(m) == f"gcnii-{RunConfig().gcnii_layers}"
+    trained.clear()
+    one = _train(RunConfig(dataset=SMALL, teacher="gat-sep"))
+    assert trained == ["gat-sep"] and one["family"] == "gat-sep" and one["families_val"] == {"gat-sep": 0.80}
+
+
+def test_auto_budget_stops_starting_families_but_always_runs_the_first(monkeypatch):
+    trained = _fake_families(monkeypatch, {"gat": 0.7, "gat-sep": 0.9, "gcnii": 0.9})
+    m = _train(RunConfig(dataset=SMALL, teacher_budget=1e-9))
+    assert trained == ["gat"] and m["family"] == "gat"
+    assert m["families_val"] == {"gat": 0.7} and m["families_skipped"] == ["gat-sep", "gcnii"]
+
+
+def test_auto_really_trains_each_family(monkeypatch):
+    m = _train(RunConfig(dataset=SMALL, teacher_layers=2, gcnii_layers=2, teacher_hidden=8, epochs=3,
+                         min_epochs=0, patience=2))
+    assert list(m["families_val"]) == list(AUTO_TEACHERS)
+    assert m["best_val"] == max(m["families_val"].values()) == m["families_val"][m["family"]]
+
+
+def test_depth_and_layer_map_follow_the_family():
+    cfg = RunConfig(teacher_layers=6, gcnii_layers=16)
+    assert cfg.teacher_depth("gat") == 6 and cfg.teacher_depth("gcnii") == 16
+    assert cfg.layer_pairs == [(3, 1), (6, 2)] and cfg.layer_pairs_for(16) == [(8, 1), (16, 2)]
+    with pytest.raises(ConfigError, match="outside teacher 1..6"):  # auto may keep the 6-layer gat
+        RunConfig(layer_map="16:2")
+    assert RunConfig(teacher="gcnii", layer_map="16:2").layer_pairs_for(16) == [(16, 2)]
+
+
+def test_bad_teacher_options_exit_2_naming_the_value(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--out", str(tmp_path / "b"), "--teacher", "nope"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'nope'" in err and all(name in err for name in ("auto", "gat-sep", "gcnii"))
+    for flag, value in (("--teacher-budget", "-1"), ("--gcnii-layers", "0"), ("--gcnii-alpha", "1.5")):
+        assert main(["run", "--out", str(tmp_path / "b"), flag, value]) == 2
+        assert f"{flag} {float(value) if 'budget' in flag else value}" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match="'nope' is not one of"):
+        RunConfig(teacher="nope")
+
+
+def test_reused_teacher_of_an_auto_parent_is_the_family_it_kept():
+    from distill.refresh import reused_family
+
+    def parent(metrics):
+        return SimpleNamespace(metrics={"teacher": metrics})
+
+    root = Path("parent")
+    assert reused_family(RunConfig(), parent({"family": "gcnii"}), root).teacher == "gcnii"
+    old = RunConfig(teacher="gat")  # manifests before auto: the config names the family
+    assert reused_family(old, parent({}), root) is old
+    with pytest.raises(DistillError, match="drop --reuse-teacher"):
+        reused_family(RunConfig(), parent({}), root)
