@@ -171,3 +171,11 @@ def test_reused_teacher_of_an_auto_parent_is_the_family_it_kept():
     assert reused_family(old, parent({}), root) is old
     with pytest.raises(DistillError, match="drop --reuse-teacher"):
         reused_family(RunConfig(), parent({}), root)
+
+
+def test_configs_of_older_manifests_still_load():
+    new = {"gcnii_layers", "gcnii_alpha", "gcnii_theta", "teacher_budget"}
+    old = {k: v for k, v in RunConfig(teacher="gat").to_dict().items() if k not in new}
+    cfg = RunConfig.from_dict(old)
+    assert cfg.teacher == "gat" and cfg.families == ("gat",) and cfg.teacher_name({}) == "gat-6"
+    assert RunConfig.from_dict(RunConfig().to_dict()).families == AUTO_TEACHERS
