@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bundle.errors import BundleInvalid
-from bundle.manifest import GRAPH_FILES, SCHEMA_VERSION, Manifest
+from bundle.manifest import GRAPH_FILES, OPTIONAL_GRAPH_FILES, SCHEMA_VERSION, Manifest
 from bundle.policy import CSR
 
 ARRAYS: dict[str, tuple[type[np.generic], int]] = {  # name -> (dtype, ndim)
@@ -29,22 +29,27 @@ ARRAYS: dict[str, tuple[type[np.generic], int]] = {  # name -> (dtype, ndim)
     "indptr": (np.int64, 1),
     "indices": (np.int64, 1),
     "weights": (np.float32, 1),
+    "in_degree": (np.int64, 1),
 }
-assert tuple(ARRAYS) == GRAPH_FILES
+assert tuple(ARRAYS) == GRAPH_FILES + OPTIONAL_GRAPH_FILES
 
 
 @dataclass(frozen=True)
 class GraphArrays:
     """The graph store: features float32 [N, F], node_ids int64 [N] (external id of internal node i),
-    and P as CSR. Loaded arrays are memory-mapped read-only."""
+    P as CSR, and for students with degree input in_degree int64 [N] (of the raw graph, before
+    pruning; bundle.policy.in_degree). Loaded arrays are memory-mapped read-only."""
 
     features: npt.NDArray[np.float32]
     node_ids: npt.NDArray[np.int64]
     csr: CSR
+    in_degree: npt.NDArray[np.int64] | None = None
 
     def as_dict(self) -> dict[str, npt.NDArray[Any]]:
-        return {"features": self.features, "node_ids": self.node_ids, "indptr": self.csr.indptr,
-                "indices": self.csr.indices, "weights": self.csr.weights}
+        arrays: dict[str, npt.NDArray[Any]] = {"features": self.features, "node_ids": self.node_ids,
+                                               "indptr": self.csr.indptr, "indices": self.csr.indices,
+                                               "weights": self.csr.weights}
+        return arrays if self.in_degree is None else {**arrays, "in_degree": self.in_degree}
 
     def check(self) -> None:
         n, f = self.features.shape
@@ -54,6 +59,8 @@ class GraphArrays:
             raise BundleInvalid(f"node_ids {self.node_ids.shape} / indptr {self.csr.indptr.shape} do not fit {n} nodes")
         if len(np.unique(self.node_ids)) != n:
             raise BundleInvalid("graph/node_ids are not unique")
+        if self.in_degree is not None and (self.in_degree.shape != (n,) or (self.in_degree < 0).any()):
+            raise BundleInvalid(f"in_degree {self.in_degree.shape} must hold a count >= 0 for each of {n} nodes")
         self.csr.check()
 
 
@@ -188,9 +195,11 @@ def _load_array(root: Path, name: str, rel: str) -> npt.NDArray[Any]:
 def load_graph(root: Path, manifest: Manifest) -> GraphArrays:
     """The verified graph store of a bundle whose files were verified."""
     a = {name: _load_array(root, name, getattr(manifest.graph, name)) for name in GRAPH_FILES}
+    degree = manifest.graph.in_degree
     graph = GraphArrays(a["features"].view(np.ndarray), np.ascontiguousarray(a["node_ids"]),
                         CSR(np.ascontiguousarray(a["indptr"]), np.ascontiguousarray(a["indices"]),
-                            np.ascontiguousarray(a["weights"])))
+                            np.ascontiguousarray(a["weights"])),
+                        None if degree is None else np.ascontiguousarray(_load_array(root, "in_degree", degree)))
     graph.check()
     ds = manifest.dataset
     if graph.features.shape != (ds.num_nodes, ds.num_features):

@@ -12,6 +12,7 @@ from bundle.policy import Propagation, max_block_nodes
 
 SCHEMA_VERSION = 2
 GRAPH_FILES = ("features", "node_ids", "indptr", "indices", "weights")
+OPTIONAL_GRAPH_FILES = ("in_degree",)  # present exactly when policy.degree_input
 
 
 class _Strict(BaseModel):
@@ -53,6 +54,9 @@ class Policy(_Strict):
     propagation: Propagation
     seed: int = Field(ge=0, lt=1 << 64)
     score: Literal["hash", "teacher_attention", "teacher_gradient"] = "hash"
+    # The student's input row is [features | log1p(in-degree in the raw graph)]: hub information that
+    # pruning to `fanout` neighbours would otherwise throw away (bundle.policy.node_inputs).
+    degree_input: bool = False
 
     @property
     def graph_free(self) -> bool:
@@ -75,6 +79,7 @@ class GraphFiles(_Strict):
     indptr: str
     indices: str
     weights: str
+    in_degree: str | None = None
 
 
 class Parity(_Strict):
@@ -131,12 +136,15 @@ class Manifest(_Strict):
     def _inputs_fit_policy(self) -> Manifest:
         if self.policy.graph_free != (self.model.inputs == ["x"]):
             raise ValueError("model.inputs, policy.propagation and policy.k_hops disagree")
+        if self.policy.degree_input != (self.graph.in_degree is not None):
+            raise ValueError("graph.in_degree must be present exactly when policy.degree_input is true")
         return self
 
     @property
     def served_files(self) -> list[str]:
         """Every file the service reads: the model and the graph arrays."""
-        return [self.model.file, *(getattr(self.graph, name) for name in GRAPH_FILES)]
+        names = GRAPH_FILES + OPTIONAL_GRAPH_FILES
+        return [self.model.file, *(rel for rel in (getattr(self.graph, name) for name in names) if rel is not None)]
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, exclude_none=True) + "\n"

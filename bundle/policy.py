@@ -200,3 +200,25 @@ def new_node_block(csr: CSR, kept: I64, k_hops: int, kind: Propagation) -> tuple
     adj[1:, 1:] = csr.dense_block(existing)
     adj[0, : len(kept) + 1] = new_node_row(kept, kind, csr.degree)  # kept sit at rows 1..k (k_hop's order)
     return existing, adj
+
+
+def in_degree(src: I64, dst: I64, num_nodes: int) -> I64:
+    """Distinct in-neighbours of every node in the raw graph (before pruning), self-loops and
+    duplicate edges not counted -> int64 [N]. A new node's in-degree is its distinct given
+    neighbours, the same count (`new_node_degree`)."""
+    keys = np.unique(src[src != dst] * np.int64(num_nodes) + dst[src != dst])
+    return np.bincount(keys % num_nodes, minlength=num_nodes).astype(np.int64)
+
+
+def new_node_degree(neighbours: I64) -> I64:
+    """The in-degree of a new node with these (internal) neighbours -> int64 [1]."""
+    return np.array([len(np.unique(neighbours))], dtype=np.int64)
+
+
+def node_inputs(features: F32, degree: I64 | None) -> F32:
+    """The student's input rows: features [n, F], with `degree` [n] the columns [features |
+    log1p(degree)] -> float32 [n, F (+1)]. Log: degrees are heavy-tailed; the model sees scale."""
+    if degree is None:
+        return np.asarray(features, dtype=np.float32)
+    column = np.log1p(degree.astype(np.float64)).astype(np.float32)[:, None]
+    return np.concatenate([np.asarray(features, dtype=np.float32), column], axis=1)

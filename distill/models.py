@@ -84,6 +84,8 @@ class LayerStack(nn.Module):
     with a sparse `run` for training and a dense `forward_dense(x, adj)` for the ONNX export."""
 
     convs: nn.ModuleList
+    # True: input rows carry a last column log1p(raw in-degree) after the features (bundle.policy.node_inputs).
+    takes_degree = False
 
     def __init__(self, dropout: float) -> None:
         super().__init__()
@@ -174,15 +176,15 @@ class SAGE(LayerStack):
 class ResSAGE(LayerStack):
     """2-hop student that keeps what plain GCN/SAGE students throw away (Platonov et al. 2023's
     recipe for -sep models): an input projection, per layer separate ego (`lin_root`) and
-    neighbour-mean (`lin_rel`) transforms of PyG `GraphConv`, the node's log in-degree in the
-    policy graph, LayerNorm, and a residual connection; a linear classifier on top.
+    neighbour-mean (`lin_rel`) transforms of PyG `GraphConv`, the node's degree, LayerNorm, and a
+    residual connection; a linear classifier on top.
 
-    The degree is counted from the propagation weights themselves (edges with weight > 0 into the
-    node), in the sparse and the dense path alike, so a served block yields exactly the training
-    value for every node whose row is complete: the target and its hop-1 nodes, the only ones a
-    2-layer output depends on. Degree enters inside each layer, never at the input, because the
-    input of a block's outermost nodes would otherwise see a truncated row.
+    Input rows are [features | log1p(in-degree of the raw graph)] (`takes_degree`; the policy's
+    `degree_input`): the degree a node has before pruning to `fanout` neighbours, so a hub still
+    looks like a hub, and every node of a served block carries its exact value.
     """
+
+    takes_degree = True
 
     def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
                  dropout: float = 0.5) -> None:
@@ -196,8 +198,9 @@ class ResSAGE(LayerStack):
         self.norms = nn.ModuleList(nn.LayerNorm(hidden_channels) for _ in range(num_layers))
         self.lin_out = nn.Linear(hidden_channels, out_channels)
 
-    def _blocks(self, x: Tensor, aggregate: Callable[[GraphConv, Tensor], Tensor], log_degree: Tensor) -> NodeOutputs:
-        h = self.lin_in(input_dropout(self.feature_norm(x), self.dropout, self.training))
+    def _blocks(self, x: Tensor, aggregate: Callable[[GraphConv, Tensor], Tensor]) -> NodeOutputs:
+        features, log_degree = x[:, :-1], x[:, -1:]
+        h = self.lin_in(input_dropout(self.feature_norm(features), self.dropout, self.training))
         hidden = []
         for conv, degree, norm in zip(self.convs, self.degree, self.norms, strict=True):
             z = F.dropout(h, self.dropout, self.training)
@@ -212,16 +215,12 @@ class ResSAGE(LayerStack):
         return NodeOutputs(logits, hidden[:-1] + [logits])
 
     def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
-        """x [N, F], edge_index [2, E] (source -> target), edge_weight [E] (the policy's mean weights)."""
-        live = torch.ones(edge_index.size(1), device=x.device) if edge_weight is None else (edge_weight > 0).float()
-        deg = torch.zeros(x.size(0), device=x.device).index_add_(0, edge_index[1], live)
-        return self._blocks(x, lambda conv, h: conv.propagate(edge_index, x=h, edge_weight=edge_weight),
-                            torch.log1p(deg).unsqueeze(-1))
+        """x [N, F + 1] (features, log-degree), edge_index [2, E] (source -> target), edge_weight [E]."""
+        return self._blocks(x, lambda conv, h: conv.propagate(edge_index, x=h, edge_weight=edge_weight))
 
     def forward_dense(self, x: Tensor, adj: Tensor) -> Tensor:
-        """x [n, F], adj [n, n] (row i = P[i, :]) -> logits [n, C]; equals `forward` on the same edges."""
-        deg = (adj > 0).to(x.dtype).sum(dim=-1, keepdim=True)
-        return self._blocks(x, lambda conv, h: adj @ h, torch.log1p(deg)).logits
+        """x [n, F + 1], adj [n, n] (row i = P[i, :]) -> logits [n, C]; equals `forward` on the same edges."""
+        return self._blocks(x, lambda conv, h: adj @ h).logits
 
 
 class MLP(LayerStack):
@@ -266,6 +265,13 @@ def build_student(name: str, **kwargs: object) -> tuple[LayerStack, str]:
         raise ConfigError(f"unknown student {name!r}; choose one of {sorted(STUDENTS)}")
     builder, prop = STUDENTS[name]
     return builder(**kwargs), prop
+
+
+def takes_degree(student: str) -> bool:
+    """Whether a student's input rows end with the log-degree column (the policy's degree_input)."""
+    if student not in STUDENTS:
+        raise ConfigError(f"unknown student {student!r}; choose one of {sorted(STUDENTS)}")
+    return STUDENTS[student][0].takes_degree  # type: ignore[attr-defined]
 
 
 def propagation_of(student: str) -> str:

@@ -53,10 +53,12 @@ def prepare(cfg: RunConfig, progress: bool, teacher_state: dict[str, Tensor] | N
 
 
 def export_student(trained: Trained, x: Tensor) -> bytes:
-    """The student as ONNX bytes, traced on the busiest node's cached neighbourhood (x [N, F] on CPU)."""
+    """The student as ONNX bytes, traced on the busiest node's cached neighbourhood (x [N, F] on CPU,
+    the raw features: the policy adds any degree column)."""
     sg = trained.graph
     example = int(np.argmax(sg.csr.degree)) if not sg.policy.graph_free else 0
     nodes, adj = neighbourhood(sg, example)
+    x = sg.inputs(x)
     return export_onnx(trained.model, x[torch.from_numpy(nodes)], torch.from_numpy(adj), sg.policy.graph_free)
 
 

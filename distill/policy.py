@@ -3,7 +3,7 @@ hand the student the exact CSR that the bundle stores and the service serves."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -17,10 +17,12 @@ from distill.errors import ConfigError
 from distill.train import Edges
 
 
-def make_policy(fanout: int, k_hops: int, propagation: str, seed: int, score: str = "hash") -> Policy:
+def make_policy(fanout: int, k_hops: int, propagation: str, seed: int, score: str = "hash",
+                degree_input: bool = False) -> Policy:
     """The typed policy of the manifest; the contract's own validation decides, as a ConfigError."""
     try:
-        return Policy(fanout=fanout, k_hops=k_hops, propagation=propagation, seed=seed, score=score)  # type: ignore[arg-type]
+        return Policy(fanout=fanout, k_hops=k_hops, propagation=propagation, seed=seed,  # type: ignore[arg-type]
+                      score=score, degree_input=degree_input)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"neighbourhood policy: {problems}") from None
@@ -37,12 +39,21 @@ def prune(edge_index: Tensor, num_nodes: int, fanout: int, seed: int, score: Ten
 @dataclass(frozen=True)
 class StudentGraph:
     """The student's view of the graph under the policy: the kept edges [2, E'] (no weights; what LSP
-    distils), P as the contract's CSR (what the bundle stores) and as training edges (P's entries)."""
+    distils), P as the contract's CSR (what the bundle stores) and as training edges (P's entries),
+    and with `policy.degree_input` the raw graph's in-degree [N] (stored in the bundle too)."""
 
     policy: Policy
     kept: Tensor
     csr: CSR
     edges: Edges
+    in_degree: np.ndarray | None = None
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """The student's input rows for features x [N, F] -> [N, F] or [N, F + 1] (bundle.policy.node_inputs,
+        the function the service calls)."""
+        if self.in_degree is None:
+            return x
+        return torch.from_numpy(kernels.node_inputs(x.detach().cpu().numpy(), self.in_degree)).to(x.device)
 
 
 def student_graph(edge_index: Tensor, num_nodes: int, policy: Policy, importance: Tensor | None = None,
@@ -50,7 +61,11 @@ def student_graph(edge_index: Tensor, num_nodes: int, policy: Policy, importance
     """Prune under `policy` (by teacher `importance` [E] when given, else by the hash) and weigh P by
     `policy.propagation` (`attention` = (scores of the data edges [E], of the self-loops [N]))."""
     kept = prune(edge_index, num_nodes, policy.fanout, policy.seed, importance)
-    return weigh(kept, edge_index, num_nodes, policy, attention)
+    sg = weigh(kept, edge_index, num_nodes, policy, attention)
+    if not policy.degree_input:
+        return sg
+    src, dst = edge_index.cpu().numpy()
+    return replace(sg, in_degree=kernels.in_degree(src, dst, num_nodes))
 
 
 def weigh(kept: Tensor, edge_index: Tensor, num_nodes: int, policy: Policy,

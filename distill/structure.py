@@ -4,6 +4,8 @@ attention), and the local-structure-preserving loss (LSP)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -11,7 +13,7 @@ from torch_geometric.utils import softmax
 
 from distill.artefacts import EdgeImportance, Prepared
 from distill.config import RunConfig
-from distill.models import propagation_of
+from distill.models import propagation_of, takes_degree
 from distill.policy import StudentGraph, make_policy, scores_on, student_graph, weigh
 from distill.train import Edges
 
@@ -73,16 +75,19 @@ def candidate_graphs(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...]) -> 
     data = prep.ds.data
     prop = propagation_of(cfg.student)
     k_hops = 0 if prop == "none" else cfg.student_layers
+    degree = takes_degree(cfg.student)
     if "structure" not in kinds or prop == "none":
-        return [student_graph(data.edge_index, data.num_nodes, make_policy(cfg.fanout, k_hops, prop, cfg.seed))]
+        return [student_graph(data.edge_index, data.num_nodes,
+                              make_policy(cfg.fanout, k_hops, prop, cfg.seed, degree_input=degree))]
     family = cfg.teacher_family(prep.teacher_metrics)
     importance = edge_importance(cfg, prep.teacher, data.x.to(prep.device), data.edge_index, prep.teacher_edges,
                                  family)
     score = "teacher_attention" if family.startswith("gat") else "teacher_gradient"
-    fixed = student_graph(data.edge_index, data.num_nodes, make_policy(cfg.fanout, k_hops, prop, cfg.seed, score),
-                          importance.edges)
+    fixed = student_graph(data.edge_index, data.num_nodes,
+                          make_policy(cfg.fanout, k_hops, prop, cfg.seed, score, degree), importance.edges)
     if importance.self_loops is None or cfg.structure_weights == "fixed":
         return [fixed]
     policy = fixed.policy.model_copy(update={"propagation": "attention"})
-    attention = weigh(fixed.kept, data.edge_index, data.num_nodes, policy, (importance.edges, importance.self_loops))
+    attention = replace(weigh(fixed.kept, data.edge_index, data.num_nodes, policy,
+                              (importance.edges, importance.self_loops)), in_degree=fixed.in_degree)
     return [attention] if cfg.structure_weights == "attention" else [fixed, attention]

@@ -3,6 +3,7 @@ The scratch baseline is the same search with no teacher: same initialisation, bu
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 
 import torch
@@ -21,9 +22,11 @@ def train_student(cfg: RunConfig, prep: Prepared, sg: StudentGraph, kinds: tuple
                   alpha: float | None, progress: bool) -> Trained:
     """Train `cfg.student` on `sg` with the objectives `kinds` (() = scratch, hard labels only) and
     soft-target weight `alpha` -> the student, its full-graph logits [N, C] and test metrics."""
-    data = prep.ds.data.to(prep.device)
+    raw = prep.ds.data.to(prep.device)
+    data = copy.copy(raw)  # the same graph and labels, with the student's input rows (sg.inputs)
+    data.x = sg.inputs(raw.x)
     torch.manual_seed(cfg.seed)
-    student, _ = build_student(cfg.student, in_channels=data.num_features, hidden_channels=cfg.student_hidden,
+    student, _ = build_student(cfg.student, in_channels=raw.num_features, hidden_channels=cfg.student_hidden,
                                num_layers=cfg.student_layers, out_channels=prep.ds.num_classes,
                                dropout=cfg.student_dropout)
     student.feature_norm = FeatureNorm(prep.norm.mode, prep.norm.mean, prep.norm.std)

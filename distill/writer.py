@@ -54,7 +54,7 @@ def stage(root: Path, prep: Prepared, result: Distilled, extra_files: dict[str, 
     provisional manifest (no metrics, no parity yet) so the staged bundle can be opened as served."""
     data, sg = prep.ds.data, result.trained.graph
     arrays = files.GraphArrays(data.x.cpu().numpy().astype(np.float32),
-                               np.arange(data.num_nodes, dtype=np.int64), sg.csr)
+                               np.arange(data.num_nodes, dtype=np.int64), sg.csr, sg.in_degree)
     graph = GraphFiles(**files.save_graph(root, arrays))
     (root / "student.onnx").write_bytes(result.onnx_bytes)
     buf = io.BytesIO()
@@ -94,7 +94,7 @@ def _manifest(root: Path, prep: Prepared, result: Distilled, graph: GraphFiles, 
     dataset = DatasetInfo(spec=cfg.dataset, name=ds.name, source=ds.source, num_nodes=ds.data.num_nodes,
                           num_features=ds.data.num_features, num_classes=ds.num_classes,
                           class_names=list(ds.class_names))
-    served = [model.file, *graph.model_dump().values()]
+    served = [model.file, *(rel for rel in graph.model_dump().values() if rel is not None)]
     version = files.version_string(ds.name, cfg.student, files.served_digest(hashes, served))
     return Manifest(schema_version=SCHEMA_VERSION, version=version, created_at=_now(), dataset=dataset, model=model,
                     policy=trained.graph.policy, graph=graph, metrics=metrics, config=cfg.to_dict(), seed=cfg.seed,

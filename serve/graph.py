@@ -56,6 +56,7 @@ class GraphStore:
         # Still backed by the mmap, but as a plain ndarray: np.memmap's Python-level __getitem__
         # costs ~20 us per gather, a tenth of a whole request.
         self.features: F32 = g.features
+        self.in_degree: I64 | None = g.in_degree if policy.degree_input else None
         self.csr = g.csr
         self.node_ids: I64 = g.node_ids
         self.policy = policy
@@ -91,15 +92,22 @@ class GraphStore:
         nodes = self.csr.k_hop(np.array([node], dtype=np.int64), self.policy.k_hops)
         return Block(nodes, None if self.graph_free else self.csr.dense_block(nodes), 0)
 
+    def inputs(self, nodes: I64) -> F32:
+        """The student's input rows of existing nodes [n] -> float32 [n, F] (or [n, F + 1] with the
+        policy's degree column)."""
+        degree = None if self.in_degree is None else self.in_degree[nodes]
+        return kernels.node_inputs(self.features[nodes], degree)
+
     def new_node_block(self, features: F32, neighbors: I64) -> Block:
         """Block of a new node (row 0) with features [F] and internal neighbour indices [m]."""
-        x_new = features.reshape(1, -1).astype(np.float32)
+        degree = None if self.in_degree is None else kernels.new_node_degree(neighbors)
+        x_new = kernels.node_inputs(features.reshape(1, -1), degree)
         if self.graph_free:
             return Block(np.array([-1], dtype=np.int64), None, 0, x_new)
         p = self.policy
         kept = kernels.kept_neighbours(neighbors, self.num_nodes, p.fanout, p.seed)
         existing, adj = kernels.new_node_block(self.csr, kept, p.k_hops, p.propagation)
-        x = np.concatenate([x_new, np.asarray(self.features[existing], dtype=np.float32)])
+        x = np.concatenate([x_new, self.inputs(existing)])
         return Block(np.concatenate([[-1], existing]).astype(np.int64), adj, 0, x)
 
 

@@ -51,9 +51,11 @@ class Model:
         if "logits" not in outputs:
             raise BundleError(f"student.onnx has outputs {outputs}, expected 'logits'", self._blame)
         width = self.session.get_inputs()[0].shape[1]
-        expected = bundle.manifest.dataset.num_features
+        manifest = bundle.manifest
+        expected = manifest.dataset.num_features + int(manifest.policy.degree_input)  # + the log-degree column
         if isinstance(width, int) and width != expected:
-            raise BundleError(f"student.onnx takes {width} features, the manifest says {expected}", self._blame)
+            raise BundleError(f"student.onnx takes {width} input columns, the manifest's features and policy "
+                              f"say {expected}", self._blame)
         classes = self.session.get_outputs()[outputs.index("logits")].shape[-1]
         if isinstance(classes, int) and classes != self.num_classes:
             raise BundleError(f"student.onnx outputs {classes} classes, the manifest names {self.num_classes}",

@@ -104,7 +104,7 @@ class Scorer:
             yield group
 
     def _features(self, block: Block) -> F32:
-        return block.x if block.x is not None else np.asarray(self.store.features[block.nodes])
+        return block.x if block.x is not None else self.store.inputs(block.nodes)
 
     def _pack(self, blocks: Sequence[Block]) -> tuple[F32, F32 | None, I64]:
         """Blocks -> x [n, F], block-diagonal adj [n, n] (None for graph-free), target rows [b]."""

@@ -21,11 +21,13 @@ from bundle.manifest import (
 from bundle.policy import CSR
 
 
-def write_hand_bundle(root: Path) -> Manifest:
-    """3 nodes, 2 features, P = gcn-like weights; student.onnx is opaque bytes (never run here)."""
+def write_hand_bundle(root: Path, degree: bool = False) -> Manifest:
+    """3 nodes, 2 features, P = gcn-like weights (and with `degree` the raw in-degree array and a
+    degree-input policy); student.onnx is opaque bytes (never run here)."""
     root.mkdir()
     csr = CSR(np.array([0, 2, 3, 4]), np.array([0, 1, 1, 2]), np.array([0.5, 0.5, 1.0, 1.0], dtype=np.float32))
-    graph = files.GraphArrays(np.ones((3, 2), dtype=np.float32), np.array([10, 20, 30]), csr)
+    graph = files.GraphArrays(np.ones((3, 2), dtype=np.float32), np.array([10, 20, 30]), csr,
+                              np.array([5, 0, 1]) if degree else None)
     paths = files.save_graph(root, graph)
     (root / "student.onnx").write_bytes(b"onnx bytes")
     hashes = files.file_hashes(root)
@@ -37,7 +39,8 @@ def write_hand_bundle(root: Path) -> Manifest:
         created_at="2026-01-01T00:00:00+00:00",
         dataset=DatasetInfo(spec="hand", name="hand", source={"kind": "test"}, num_nodes=3, num_features=2,
                             num_classes=2, class_names=["a", "b"]),
-        model=model, policy=Policy(fanout=2, k_hops=2, propagation="gcn", seed=0), graph=GraphFiles(**paths),
+        model=model, policy=Policy(fanout=2, k_hops=2, propagation="gcn", seed=0, degree_input=degree),
+        graph=GraphFiles(**paths),
         metrics={}, config={}, seed=0, reproducibility=Reproducibility(threads=1, versions={}), files=hashes)
     files.write_manifest(root, manifest)
     return manifest
@@ -54,6 +57,26 @@ def test_hand_bundle_round_trips(tmp_path):
     manifest, graph = files.open_bundle(tmp_path / "b")
     assert manifest == written
     assert graph.node_ids.tolist() == [10, 20, 30] and graph.csr.degree.tolist() == [2, 1, 1]
+
+
+def test_degree_array_round_trips_and_is_served(tmp_path):
+    written = write_hand_bundle(tmp_path / "b", degree=True)
+    manifest, graph = files.open_bundle(tmp_path / "b")
+    assert manifest == written and graph.in_degree.tolist() == [5, 0, 1]
+    assert "graph/in_degree.npy" in manifest.served_files  # part of the version digest
+
+
+def test_degree_input_without_its_array_is_refused(tmp_path):
+    write_hand_bundle(tmp_path / "b", degree=True)
+    _edit(tmp_path / "b", lambda m: m["graph"].pop("in_degree"))
+    with pytest.raises(BundleInvalid, match="in_degree must be present exactly when policy.degree_input"):
+        files.open_bundle(tmp_path / "b")
+
+
+def test_negative_degree_is_refused():
+    csr = CSR(np.array([0, 1]), np.array([0]), np.array([1.0], dtype=np.float32))
+    with pytest.raises(BundleInvalid, match="in_degree"):
+        files.GraphArrays(np.ones((1, 2), dtype=np.float32), np.array([0]), csr, np.array([-1])).check()
 
 
 @pytest.mark.parametrize("change, needle", [

@@ -115,3 +115,18 @@ def test_new_node_block_layout():
     assert existing[:2].tolist() == [1, 2] and sorted(existing[2:].tolist()) == [0, 3]
     assert adj[0].tolist()[:3] == [0.0, 0.5, 0.5] and adj[1:, 0].tolist() == [0.0] * len(existing)
     np.testing.assert_array_equal(adj[1:, 1:], HAND.dense_block(existing))
+
+
+def test_in_degree_counts_distinct_in_neighbours_like_a_new_node():
+    src = np.array([0, 1, 1, 2, 2, 2, 0])
+    dst = np.array([1, 0, 0, 2, 1, 0, 1])  # a duplicate 1->0, a self-loop 2->2, a duplicate 0->1
+    assert policy.in_degree(src, dst, 3).tolist() == [2, 2, 0]
+    assert policy.new_node_degree(np.array([4, 4, 7])).tolist() == [2]
+
+
+def test_node_inputs_appends_log1p_degree():
+    x = np.ones((2, 3), dtype=np.float32)
+    out = policy.node_inputs(x, np.array([0, 9]))
+    assert out.dtype == np.float32 and out.shape == (2, 4)
+    np.testing.assert_allclose(out[:, 3], [0.0, np.log(10.0)], rtol=1e-6)
+    assert policy.node_inputs(x, None) is x

@@ -38,12 +38,15 @@ def test_served_neighbourhood_reproduces_the_full_graph_output():
     d = _graph()
     for model, kind in ((GCN(6, 8, 2, 3), "gcn"), (SAGE(6, 8, 2, 3), "mean"), (ResSAGE(6, 8, 2, 3), "mean")):
         model.eval()
-        sg = policy.student_graph(d.edge_index, d.num_nodes, policy.make_policy(4, 2, kind, 0))
-        full = model(d.x, sg.edges.edge_index, sg.edges.edge_weight)
+        pol = policy.make_policy(4, 2, kind, 0, degree_input=model.takes_degree)
+        sg = policy.student_graph(d.edge_index, d.num_nodes, pol)
+        x = sg.inputs(d.x)
+        assert x.size(1) == d.x.size(1) + model.takes_degree
+        full = model(x, sg.edges.edge_index, sg.edges.edge_weight)
         for node in (0, 17, int(np.argmax(sg.csr.degree))):
             nodes, adj = policy.neighbourhood(sg, node)
             assert nodes[0] == node and len(nodes) <= sg.policy.max_nodes
-            sub = model.forward_dense(d.x[torch.from_numpy(nodes)], torch.from_numpy(adj))[0]
+            sub = model.forward_dense(x[torch.from_numpy(nodes)], torch.from_numpy(adj))[0]
             torch.testing.assert_close(sub, full[node], atol=1e-5, rtol=0)
 
 

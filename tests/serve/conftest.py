@@ -32,6 +32,7 @@ class TinyBundle:
     prop_index: Any  # torch int64 [2, E]: P's entries as (source, target)
     prop_weight: Any  # torch float32 [E]
     policy: dict[str, Any]
+    in_degree: Any = None  # int64 [N]: the raw graph's in-degree, for students with a degree column
 
 
 def build_tiny(out: Path, student: str, seed: int = 0) -> TinyBundle:
@@ -66,6 +67,7 @@ def build_tiny(out: Path, student: str, seed: int = 0) -> TinyBundle:
     return TinyBundle(
         path=out, student=trained.model.eval(), logits=trained.logits.numpy(), features=captured["x"],
         prop_index=edges.edge_index, prop_weight=edges.edge_weight, policy=trained.graph.policy.model_dump(),
+        in_degree=trained.graph.in_degree,
     )
 
 
