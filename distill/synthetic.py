@@ -24,10 +24,10 @@ class SyntheticConfig:
     seed: seeds everything: graph, features and split.
 
     The defaults make the quickstart show why distillation pays, for two real reasons. A node's own
-    features say little (signal 0.1), but its class is shared by 90 % of its edges, so a model's
+    features say little (signal 0.15), but 90 % of its edges are drawn inside its class, so a model's
     estimate improves with every hop of neighbours it averages: a 6-layer teacher averages far more
     of them than a 2-layer student. And few nodes are labelled (4 %), so a student trained alone
-    fits a few dozen labels, while a distilled one also learns from the teacher's soft labels on
+    fits some 80 labels, while a distilled one also learns from the teacher's soft labels on
     every other node.
     """
 
@@ -38,7 +38,7 @@ class SyntheticConfig:
     # Class shares, most common first: legit / suspicious / fraud.
     rare_share: float = 0.08
     mid_share: float = 0.20
-    signal: float = 0.1
+    signal: float = 0.15
     power: float = 2.5
     train_share: float = 0.04
     seed: int = 0

@@ -20,9 +20,11 @@ def test_default_is_imbalanced_homophilous_and_sparsely_labelled():
     shares = np.bincount(y) / len(y)
     assert shares[2] < 0.1 < shares[1] < shares[0]  # fraud is the rare class
     assert (y[src] == y[dst]).mean() > 0.85  # the class is what neighbours share ...
-    # ... while a node's own features barely separate the classes: centroids close beside unit noise.
+    # ... while a node's own features alone, even against the true class centroids, do worse than
+    # always answering legit: the class has to come from the neighbourhood.
     centroids = np.stack([g["x"][y == c].mean(0) for c in range(3)])
-    assert np.linalg.norm(centroids[0] - centroids[2]) < 1.0
+    nearest = ((g["x"][:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)
+    assert (nearest == y).mean() < shares[0]
     assert g["train"].mean() == pytest.approx(0.04, abs=0.01)
 
 
