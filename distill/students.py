@@ -33,7 +33,9 @@ def train_student(cfg: RunConfig, prep: Prepared, sg: StudentGraph, kinds: tuple
     teacher = prep.signals if kinds else None
     widths = [cfg.student_hidden] * (cfg.student_layers - 1) + [prep.ds.num_classes]
     teacher_widths = [h.size(1) for h in teacher.hidden] if teacher is not None else []
-    objective = Objective(kinds, cfg.layer_pairs, widths, teacher_widths, alpha if alpha is not None else 0.0,
+    # Pairs by the kept teacher's own depth (a 16-layer gcnii under auto, not --teacher-layers).
+    pairs = cfg.layer_pairs_for(len(teacher.hidden)) if teacher is not None else cfg.layer_pairs
+    objective = Objective(kinds, pairs, widths, teacher_widths, alpha if alpha is not None else 0.0,
                           cfg.temperature, cfg.beta, cfg.gamma).to(prep.device)
     student.to(prep.device)
     edges, kept = sg.edges.to(prep.device), sg.kept.to(prep.device)
