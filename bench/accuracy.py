@@ -119,7 +119,7 @@ def _row(dataset: str, student: str, variant: str, seed: int, m: dict[str, Any])
     return {"dataset": dataset, "student": student, "variant": variant, "seed": seed,
             **{k: m.get(k) for k in METRICS}, "recall_at_1pct_fpr": m.get("recall_at_1pct_fpr"),
             "per_class_recall": m["per_class_recall"], "seconds": m["seconds"],
-            "propagation": m.get("propagation"), "alpha": m.get("alpha"),
+            "propagation": m.get("propagation"), "alpha": m.get("alpha"), "temperature": m.get("temperature"),
             "tail_tau": (m.get("tail") or {}).get("tau")}
 
 
@@ -192,7 +192,8 @@ def _line(student: str, variant: str, sel: list[dict[str, Any]], key: str, scrat
 
 def _chosen(sel: list[dict[str, Any]]) -> str:
     """Which candidate (propagation, soft-target weight) validation kept, counted over seeds."""
-    names = Counter(candidate_name(r["propagation"], r.get("alpha")) for r in sel if r.get("propagation"))
+    names = Counter(candidate_name(r["propagation"], r.get("alpha"), r.get("temperature"))
+                    for r in sel if r.get("propagation"))
     return ", ".join(f"{name} ×{count}" for name, count in names.most_common()) if len(sel) > 1 else \
         ", ".join(names)
 

@@ -69,11 +69,13 @@ class Trained:
     alpha: float | None
     candidates_val: dict[str, float] = field(default_factory=dict)
     tail: TailAdjustment | None = None
+    temperature: float | None = None  # the distillation temperature, where soft targets weighed in
 
     def record(self) -> dict[str, Any]:
         """The report's entry: test metrics, training record and the validation choice."""
         return {**self.test, **self.fit.__dict__, "kd": list(self.kd), "alpha": self.alpha,
-                "propagation": self.graph.policy.propagation, "candidates_val": dict(self.candidates_val),
+                "temperature": self.temperature, "propagation": self.graph.policy.propagation,
+                "candidates_val": dict(self.candidates_val),
                 **({"tail": asdict(self.tail)} if self.tail is not None else {})}
 
 

@@ -96,6 +96,7 @@ def markdown(rep: dict[str, Any]) -> str:
     if len(candidates) > 1:
         vals = ", ".join(f"{k} {v:.4f}" for k, v in candidates.items())
         alpha = f", soft-target weight alpha {d['alpha']:g}" if d.get("alpha") is not None else ""
+        alpha += f", temperature {d['temperature']:g}" if d.get("temperature") is not None else ""
         lines.append(f"Distilled student: `{d['propagation']}` propagation{alpha}, chosen on validation "
                      f"{rep['selection_metric']} ({vals}).")
     if d.get("tail"):

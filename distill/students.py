@@ -19,9 +19,11 @@ from distill.train import fit, predict, test_metrics
 
 
 def train_student(cfg: RunConfig, prep: Prepared, sg: StudentGraph, kinds: tuple[str, ...],
-                  alpha: float | None, progress: bool) -> Trained:
-    """Train `cfg.student` on `sg` with the objectives `kinds` (() = scratch, hard labels only) and
-    soft-target weight `alpha` -> the student, its full-graph logits [N, C] and test metrics."""
+                  alpha: float | None, progress: bool, temperature: float | None = None) -> Trained:
+    """Train `cfg.student` on `sg` with the objectives `kinds` (() = scratch, hard labels only),
+    soft-target weight `alpha` and distillation `temperature` (default: the first of the run's)
+    -> the student, its full-graph logits [N, C] and test metrics."""
+    temperature = temperature if temperature is not None else cfg.temperatures[0]
     raw = prep.ds.data.to(prep.device)
     data = copy.copy(raw)  # the same graph and labels, with the student's input rows (sg.inputs)
     data.x = sg.inputs(raw.x)
@@ -36,27 +38,37 @@ def train_student(cfg: RunConfig, prep: Prepared, sg: StudentGraph, kinds: tuple
     # Pairs by the kept teacher's own depth (a 16-layer gcnii under auto, not --teacher-layers).
     pairs = cfg.layer_pairs_for(len(teacher.hidden)) if teacher is not None else cfg.layer_pairs
     objective = Objective(kinds, pairs, widths, teacher_widths, alpha if alpha is not None else 0.0,
-                          cfg.temperature, cfg.beta, cfg.gamma).to(prep.device)
+                          temperature, cfg.beta, cfg.gamma).to(prep.device)
     student.to(prep.device)
     edges, kept = sg.edges.to(prep.device), sg.kept.to(prep.device)
     result = fit(student, data, edges, lambda out: objective(out, data.y, data.train_mask, teacher, kept),
                  prep.tcfg, f"{'+'.join(kinds) or 'scratch'} {cfg.student}", progress, extra=objective)
     logits = predict(student, data, edges)
+    soft = "response" in kinds and bool(alpha)
     return Trained(student.cpu().eval(), logits.cpu(), sg, result, test_metrics(logits, data), kinds,
-                   alpha if "response" in kinds else None)
+                   alpha if "response" in kinds else None, temperature=temperature if soft else None)
 
 
-def candidate_name(propagation: str, alpha: float | None) -> str:
-    """How a candidate appears in metrics and reports: `gcn` or `attention, alpha 0.2`."""
-    return propagation if alpha is None else f"{propagation}, alpha {alpha:g}"
+def candidate_name(propagation: str, alpha: float | None, temperature: float | None = None) -> str:
+    """How a candidate appears in metrics and reports: `gcn`, `attention, alpha 0.2` or `gcn, alpha 0.8, T 4`."""
+    name = propagation if alpha is None else f"{propagation}, alpha {alpha:g}"
+    return name if temperature is None else f"{name}, T {temperature:g}"
+
+
+def _settings(cfg: RunConfig, kinds: tuple[str, ...]) -> list[tuple[float | None, float | None]]:
+    """(alpha, temperature) pairs to try: the temperature matters only where soft targets weigh in."""
+    if "response" not in kinds:
+        return [(None, None)]
+    return [(alpha, t) for alpha in cfg.alphas for t in (cfg.temperatures if alpha else (None,))]
 
 
 def train_candidates(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...], progress: bool) -> Trained:
     """Train the student with `kinds` on each candidate graph and, with response KD, each soft-target
-    weight of `cfg.alphas`; keep the best on validation (its record names every candidate's score)."""
-    alphas = cfg.alphas if "response" in kinds else (None,)
-    candidates = [(candidate_name(sg.policy.propagation, alpha),
-                   lambda sg=sg, alpha=alpha: train_student(cfg, prep, sg, kinds, alpha, progress))
-                  for sg in candidate_graphs(cfg, prep, kinds) for alpha in alphas]
+    weight of `cfg.alphas` and temperature of `cfg.temperatures`; keep the best on validation (its
+    record names every candidate's score)."""
+    several_t = len(cfg.temperatures) > 1
+    candidates = [(candidate_name(sg.policy.propagation, alpha, t if several_t else None),
+                   lambda sg=sg, alpha=alpha, t=t: train_student(cfg, prep, sg, kinds, alpha, progress, t))
+                  for sg in candidate_graphs(cfg, prep, kinds) for alpha, t in _settings(cfg, kinds)]
     best = best_on_validation(candidates, key=lambda t: (t.fit.best_val,))
     return replace(best.item, candidates_val=best.scores)

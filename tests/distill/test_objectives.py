@@ -26,6 +26,17 @@ def test_alpha_is_a_weight_or_the_auto_grid():
     assert RunConfig.from_dict({"alpha": 0.5}).alpha == "0.5"  # manifests written before `auto`
 
 
+def test_temperature_is_a_positive_number_or_the_auto_grid():
+    from distill.config import TEMPERATURE_GRID, RunConfig
+
+    assert RunConfig().temperatures == TEMPERATURE_GRID == (1.0, 4.0)
+    assert RunConfig(temperature="2").temperatures == (2.0,)
+    assert RunConfig.from_dict({"temperature": 4.0}).temperatures == (4.0,)  # manifests written before `auto`
+    for bad in ("0", "-1", "inf", "nan", "warm"):
+        with pytest.raises(ConfigError, match="--temperature"):
+            RunConfig(temperature=bad)
+
+
 def test_layer_map_default_and_explicit():
     assert layer_map("", 6, 2) == [(3, 1), (6, 2)]
     assert layer_map("2:1,6:2", 6, 2) == [(2, 1), (6, 2)]
@@ -116,10 +127,11 @@ def test_structure_weights_candidates_and_validation_choice(weights, expected):
     prep = pipeline.prepare(cfg, progress=False)
     trained = train_candidates(cfg, prep, cfg.kd_kinds, progress=False)
     m = trained.record()
-    names = [candidate_name(p, a) for p in expected for a in (0.0, 0.2, 0.8)]
+    settings = [(0.0, None), (0.2, 1.0), (0.2, 4.0), (0.8, 1.0), (0.8, 4.0)]  # T only where soft targets weigh
+    names = [candidate_name(p, a, t) for p in expected for a, t in settings]
     assert list(m["candidates_val"]) == names
     best = max(names, key=lambda k: (m["candidates_val"][k], -names.index(k)))
-    assert candidate_name(m["propagation"], m["alpha"]) == best
+    assert candidate_name(m["propagation"], m["alpha"], m["temperature"]) == best
     assert m["propagation"] == trained.graph.policy.propagation and m["best_val"] == m["candidates_val"][best]
     assert trained.graph.policy.score == "teacher_attention"
     scratch = train_candidates(replace(cfg, kd="none"), prep, (), progress=False)
@@ -169,5 +181,5 @@ def test_a_gat_sep_teacher_ranks_neighbours_but_offers_no_attention_propagation(
                     fanout=3)
     prep = pipeline.prepare(cfg, progress=False)
     trained = train_candidates(cfg, prep, cfg.kd_kinds, progress=False)
-    assert list(trained.candidates_val) == ["gcn, alpha 0.2"]
+    assert list(trained.candidates_val) == ["gcn, alpha 0.2, T 1", "gcn, alpha 0.2, T 4"]
     assert trained.graph.policy.score == "teacher_attention" and trained.graph.policy.propagation == "gcn"

@@ -68,7 +68,7 @@ def test_tiny_imbalanced_graph_ships_the_adjustment_and_serves_it(tmp_path):
     """End to end on a 4 %-rare, weak-signal graph: validation picks tau > 0, the rare class's
     validation recall rises, and the bundle passes the served parity check with the offsets in it."""
     out = tmp_path / "b"
-    args = ["run", "--dataset", "synthetic:nodes=400,rare_share=0.04,signal=0.2,homophily=0.3", "--teacher", "gat",
+    args = ["run", "--dataset", "synthetic:nodes=400,rare_share=0.04,signal=0.2,homophily=0.3,train_share=0.4", "--teacher", "gat",
             "--teacher-layers", "2", "--teacher-hidden", "16", "--student-hidden", "16", "--epochs", "60",
             "--patience", "10", "--min-epochs", "10", "--quiet", "--out", str(out)]
     assert main(args) == 0
