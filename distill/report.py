@@ -91,6 +91,13 @@ def markdown(rep: dict[str, Any]) -> str:
         cells = [_fmt(m.get(k)) for k in metrics] + [_fmt(r) for r in m["per_class_recall"]]
         lines.append(f"| {role} | " + " | ".join(cells) + f" | {m['epochs_run']} |")
     lines += ["", "Test set. Early stopping on validation " + rep["selection_metric"] + "."]
+    families = rep["teacher"].get("families_val") or {}
+    if len(families) > 1:
+        vals = ", ".join(f"{k} {v:.4f}" for k, v in families.items())
+        skipped = rep["teacher"].get("families_skipped") or []
+        lines.append(f"Teacher: `{rep['teacher_name']}`, the best of the families trained on validation "
+                     f"{rep['selection_metric']} ({vals})" + (f"; skipped by --teacher-budget: "
+                                                              f"{', '.join(skipped)}" if skipped else "") + ".")
     d = rep["distilled"]
     candidates = d.get("candidates_val", {})
     if len(candidates) > 1:

@@ -61,3 +61,14 @@ def test_the_sentence_sits_right_under_the_title_and_the_numbers_in_report_json(
     # A report.json from before `gap` existed renders the same sentence from its own numbers.
     del rep["gap"]
     assert report.markdown(rep).splitlines()[2] == lines[2]
+
+
+def test_the_report_names_every_teacher_family_tried_and_any_the_budget_skipped():
+    ds = SimpleNamespace(num_classes=3, name="synthetic", class_names=["legit", "suspicious", "fraud"])
+    teacher = {**_m(0.90), "family": "gcnii", "families_val": {"gat": 0.81, "gcnii": 0.83},
+               "families_skipped": ["gat-sep"]}
+    rep = report.build(ds, RunConfig(), teacher, _m(0.859), {**_m(0.888), "propagation": "gcn"})
+    assert ("Teacher: `gcnii-16`, the best of the families trained on validation accuracy (gat 0.8100, "
+            "gcnii 0.8300); skipped by --teacher-budget: gat-sep.") in report.markdown(rep).splitlines()
+    single = report.build(ds, RunConfig(teacher="gat"), _m(0.90), _m(0.859), {**_m(0.888), "propagation": "gcn"})
+    assert not any(line.startswith("Teacher:") for line in report.markdown(single).splitlines())
