@@ -120,6 +120,7 @@ def _row(dataset: str, student: str, variant: str, seed: int, m: dict[str, Any])
             **{k: m.get(k) for k in METRICS}, "recall_at_1pct_fpr": m.get("recall_at_1pct_fpr"),
             "per_class_recall": m["per_class_recall"], "seconds": m["seconds"],
             "propagation": m.get("propagation"), "alpha": m.get("alpha"), "temperature": m.get("temperature"),
+            "kept": m.get("student"), "best_val": m.get("best_val"),
             "tail_tau": (m.get("tail") or {}).get("tau")}
 
 
@@ -192,7 +193,8 @@ def _line(student: str, variant: str, sel: list[dict[str, Any]], key: str, scrat
 
 def _chosen(sel: list[dict[str, Any]]) -> str:
     """Which candidate (propagation, soft-target weight) validation kept, counted over seeds."""
-    names = Counter(candidate_name(r["propagation"], r.get("alpha"), r.get("temperature"))
+    names = Counter((f"{r['kept']}: " if r.get("kept") and not r["student"].startswith(r["kept"]) else "")
+                    + candidate_name(r["propagation"], r.get("alpha"), r.get("temperature"))
                     for r in sel if r.get("propagation"))
     return ", ".join(f"{name} ×{count}" for name, count in names.most_common()) if len(sel) > 1 else \
         ", ".join(names)
@@ -231,7 +233,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed + seeds - 1 "
                     "(split a long run across processes, then merge with --from-json)")
-    ap.add_argument("--students", default="gcn", help="comma-separated student names")
+    ap.add_argument("--students", default="auto", help="comma-separated student names (auto: the run's "
+                    "default, the best of the AUTO_STUDENTS families on validation)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run option")
     ap.add_argument("--teacher-cache", type=Path, default=None, metavar="DIR",

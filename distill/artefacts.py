@@ -70,10 +70,11 @@ class Trained:
     candidates_val: dict[str, float] = field(default_factory=dict)
     tail: TailAdjustment | None = None
     temperature: float | None = None  # the distillation temperature, where soft targets weighed in
+    student: str = ""  # the student family (what --student auto kept)
 
     def record(self) -> dict[str, Any]:
         """The report's entry: test metrics, training record and the validation choice."""
-        return {**self.test, **self.fit.__dict__, "kd": list(self.kd), "alpha": self.alpha,
+        return {**self.test, **self.fit.__dict__, "student": self.student, "kd": list(self.kd), "alpha": self.alpha,
                 "temperature": self.temperature, "propagation": self.graph.policy.propagation,
                 "candidates_val": dict(self.candidates_val),
                 **({"tail": asdict(self.tail)} if self.tail is not None else {})}

@@ -40,8 +40,9 @@ def build(ds: Dataset, cfg: RunConfig, teacher: dict[str, Any], scratch: dict[st
     if "response" in cfg.kd_kinds and distilled.get("alpha") == 0.0:
         flags.append("validation kept alpha 0: the teacher's soft labels did not help this student, so it "
                      "was trained on hard labels (and any other --kd objectives) only")
+    student = distilled.get("student") or cfg.student  # the family --student auto kept
     rep.update({"flags": flags, "dataset": ds.name, "class_names": list(ds.class_names),
-                "teacher_name": cfg.teacher_name(teacher), "student": f"{cfg.student}-{cfg.student_layers}",
+                "teacher_name": cfg.teacher_name(teacher), "student": f"{student}-{cfg.student_layers}",
                 "selection_metric": key, "gap": gap(teacher, scratch, distilled, key)})
     return rep
 
@@ -104,7 +105,8 @@ def markdown(rep: dict[str, Any]) -> str:
         vals = ", ".join(f"{k} {v:.4f}" for k, v in candidates.items())
         alpha = f", soft-target weight alpha {d['alpha']:g}" if d.get("alpha") is not None else ""
         alpha += f", temperature {d['temperature']:g}" if d.get("temperature") is not None else ""
-        lines.append(f"Distilled student: `{d['propagation']}` propagation{alpha}, chosen on validation "
+        family = f"`{d['student']}` student, " if d.get("student") else ""
+        lines.append(f"Distilled student: {family}`{d['propagation']}` propagation{alpha}, chosen on validation "
                      f"{rep['selection_metric']} ({vals}).")
     if d.get("tail"):
         lines.append(_tail_line(d["tail"], rep["class_names"], rep["selection_metric"]))

@@ -4,6 +4,7 @@ The scratch baseline is the same search with no teacher: same initialisation, bu
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -46,7 +47,8 @@ def train_student(cfg: RunConfig, prep: Prepared, sg: StudentGraph, kinds: tuple
     logits = predict(student, data, edges)
     soft = "response" in kinds and bool(alpha)
     return Trained(student.cpu().eval(), logits.cpu(), sg, result, test_metrics(logits, data), kinds,
-                   alpha if "response" in kinds else None, temperature=temperature if soft else None)
+                   alpha if "response" in kinds else None, temperature=temperature if soft else None,
+                   student=cfg.student)
 
 
 def candidate_name(propagation: str, alpha: float | None, temperature: float | None = None) -> str:
@@ -63,12 +65,18 @@ def _settings(cfg: RunConfig, kinds: tuple[str, ...]) -> list[tuple[float | None
 
 
 def train_candidates(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...], progress: bool) -> Trained:
-    """Train the student with `kinds` on each candidate graph and, with response KD, each soft-target
-    weight of `cfg.alphas` and temperature of `cfg.temperatures`; keep the best on validation (its
-    record names every candidate's score)."""
+    """Train each student family of `cfg.students` with `kinds` on each candidate graph and, with
+    response KD, each soft-target weight of `cfg.alphas` and temperature of `cfg.temperatures`;
+    keep the best on validation (its record names every candidate's score)."""
     several_t = len(cfg.temperatures) > 1
-    candidates = [(candidate_name(sg.policy.propagation, alpha, t if several_t else None),
-                   lambda sg=sg, alpha=alpha, t=t: train_student(cfg, prep, sg, kinds, alpha, progress, t))
-                  for sg in candidate_graphs(cfg, prep, kinds) for alpha, t in _settings(cfg, kinds)]
+
+    def family(student: str) -> list[tuple[str, Callable[[], Trained]]]:
+        scfg = replace(cfg, student=student)
+        prefix = f"{student}: " if len(cfg.students) > 1 else ""
+        return [(prefix + candidate_name(sg.policy.propagation, alpha, t if several_t else None),
+                 lambda sg=sg, alpha=alpha, t=t: train_student(scfg, prep, sg, kinds, alpha, progress, t))
+                for sg in candidate_graphs(scfg, prep, kinds) for alpha, t in _settings(scfg, kinds)]
+
+    candidates = [c for student in cfg.students for c in family(student)]
     best = best_on_validation(candidates, key=lambda t: (t.fit.best_val,))
     return replace(best.item, candidates_val=best.scores)

@@ -87,7 +87,8 @@ def finish(root: Path, staged: Manifest, rep: dict[str, Any], parity: Parity, ex
 def _manifest(root: Path, prep: Prepared, result: Distilled, graph: GraphFiles, metrics: dict[str, Any]) -> Manifest:
     cfg, ds, trained = result.cfg, prep.ds, result.trained
     hashes = files.file_hashes(root)
-    model = StudentModel(file="student.onnx", student=cfg.student, num_layers=cfg.student_layers,
+    student = trained.student or cfg.student  # the family --student auto kept
+    model = StudentModel(file="student.onnx", student=student, num_layers=cfg.student_layers,
                          hidden_channels=cfg.student_hidden, inputs=input_names(trained.graph.policy.graph_free),
                          outputs=["logits"], opset=OPSET, params=sum(p.numel() for p in trained.model.parameters()),
                          teacher_file="teacher.pt")
@@ -95,7 +96,7 @@ def _manifest(root: Path, prep: Prepared, result: Distilled, graph: GraphFiles, 
                           num_features=ds.data.num_features, num_classes=ds.num_classes,
                           class_names=list(ds.class_names))
     served = [model.file, *(rel for rel in graph.model_dump().values() if rel is not None)]
-    version = files.version_string(ds.name, cfg.student, files.served_digest(hashes, served))
+    version = files.version_string(ds.name, student, files.served_digest(hashes, served))
     return Manifest(schema_version=SCHEMA_VERSION, version=version, created_at=_now(), dataset=dataset, model=model,
                     policy=trained.graph.policy, graph=graph, metrics=metrics, config=cfg.to_dict(), seed=cfg.seed,
                     reproducibility=reproducibility(), files=hashes)

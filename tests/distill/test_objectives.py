@@ -122,7 +122,7 @@ def test_structure_weights_candidates_and_validation_choice(weights, expected):
     from distill.students import candidate_name, train_candidates
 
     cfg = RunConfig(dataset="synthetic:nodes=200,avg_degree=8,features=6,seed=3", teacher_layers=2,
-                    teacher_hidden=16, epochs=20, patience=5, min_epochs=0, kd="response,structure",
+                    teacher_hidden=16, epochs=20, patience=5, min_epochs=0, kd="response,structure", student="gcn",
                     structure_weights=weights, fanout=3)
     prep = pipeline.prepare(cfg, progress=False)
     trained = train_candidates(cfg, prep, cfg.kd_kinds, progress=False)
@@ -177,7 +177,7 @@ def test_a_gat_sep_teacher_ranks_neighbours_but_offers_no_attention_propagation(
     from distill.students import train_candidates
 
     cfg = RunConfig(dataset="synthetic:nodes=200,avg_degree=8,features=6,seed=3", teacher="gat-sep", teacher_layers=2,
-                    teacher_hidden=16, epochs=10, patience=5, min_epochs=0, kd="response,structure", alpha="0.2",
+                    teacher_hidden=16, epochs=10, patience=5, min_epochs=0, kd="response,structure", student="gcn", alpha="0.2",
                     fanout=3)
     prep = pipeline.prepare(cfg, progress=False)
     trained = train_candidates(cfg, prep, cfg.kd_kinds, progress=False)
