@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -211,30 +212,29 @@ def parse_kinds(text: str) -> tuple[str, ...]:
     return tuple(k for k in KD_KINDS if k in kinds)
 
 
-def parse_alpha(text: str) -> tuple[float, ...]:
-    """`auto` -> ALPHA_GRID; `0.3` -> (0.3,). Anything else, or a weight outside [0, 1], raises."""
+def _grid_or_number(flag: str, text: str, grid: tuple[float, ...], ok: Callable[[float], bool],
+                    expected: str) -> tuple[float, ...]:
+    """`auto` -> `grid`; a number passing `ok` -> (number,); anything else raises naming `flag` and `expected`."""
     if text == "auto":
-        return ALPHA_GRID
+        return grid
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"--alpha {text!r}: expected a number in [0, 1] or auto") from None
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"--alpha {text} must lie in [0, 1] (or be auto)")
+        raise ConfigError(f"{flag} {text!r}: expected {expected} or auto") from None
+    if not ok(value):
+        raise ConfigError(f"{flag} {text} must be {expected} (or auto)")
     return (value,)
+
+
+def parse_alpha(text: str) -> tuple[float, ...]:
+    """`auto` -> ALPHA_GRID; `0.3` -> (0.3,). Anything else, or a weight outside [0, 1], raises."""
+    return _grid_or_number("--alpha", text, ALPHA_GRID, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
 def parse_temperature(text: str) -> tuple[float, ...]:
     """`auto` -> TEMPERATURE_GRID; `2` -> (2.0,). Anything else, or T <= 0, raises."""
-    if text == "auto":
-        return TEMPERATURE_GRID
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"--temperature {text!r}: expected a number > 0 or auto") from None
-    if not value > 0 or value == float("inf"):
-        raise ConfigError(f"--temperature {text} must be a finite number > 0 (or auto)")
-    return (value,)
+    return _grid_or_number("--temperature", text, TEMPERATURE_GRID, lambda v: 0.0 < v < float("inf"),
+                           "a finite number > 0")
 
 
 def layer_map(spec: str, teacher_layers: int, student_layers: int) -> list[tuple[int, int]]:
