@@ -105,10 +105,13 @@ def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str
         save()
         for student in students:
             scfg = replace(cfg, student=student)
+            floor = None
             for variant in variants:
                 trained = train_candidates(scfg, prep, VARIANTS[variant], progress=False)
-                if variant != "scratch" and scfg.tail_adjust == "auto":  # what `distill run` ships
-                    trained = tail.adjust(trained, ds.data.cpu())
+                if variant == "scratch":
+                    floor = tail.rare_recall(trained.logits, ds.data.cpu())
+                elif scfg.tail_adjust == "auto":  # what `distill run` ships
+                    trained = tail.adjust(trained, ds.data.cpu(), floor)
                 m = trained.record()
                 rows.append(_row(ds.name, f"{student}-{cfg.student_layers}", variant, seed, m))
                 _log(rows[-1])

@@ -44,8 +44,9 @@ class EdgeImportance:
 
 @dataclass(frozen=True)
 class TailAdjustment:
-    """The chosen strength `tau`, the per-class offsets [C] added to the logits, and the validation
-    balanced accuracy / selection metric without (tau 0) and with them."""
+    """The chosen strength `tau`, the per-class offsets [C] added to the logits, and on validation
+    the balanced accuracy, the selection metric and the recall of the rarest labelled class,
+    without (tau 0) and with them."""
 
     tau: float
     offsets: list[float]
@@ -53,6 +54,10 @@ class TailAdjustment:
     val_balanced_after: float
     val_metric_before: float
     val_metric_after: float
+    rare_class: int = -1
+    val_rare_before: float = float("nan")
+    val_rare_after: float = float("nan")
+    floor: float | None = None  # the scratch student's validation recall of `rare_class`, when given
 
 
 @dataclass(frozen=True)

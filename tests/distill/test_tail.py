@@ -64,18 +64,46 @@ def test_offsets_are_part_of_the_exported_maths():
     assert torch.allclose(sparse, plain + student.class_offset, atol=1e-5)
 
 
-def test_tiny_imbalanced_graph_ships_the_adjustment_and_serves_it(tmp_path):
-    """End to end on a 4 %-rare, weak-signal graph: validation picks tau > 0, the rare class's
-    validation recall rises, and the bundle passes the served parity check with the offsets in it."""
+def test_with_a_floor_the_smallest_tau_that_reaches_it_is_kept():
+    logits, data = _binary()
+    free = tail.choose(logits, data)
+    reached = tail.choose(logits, data, floor=free.val_rare_after)
+    assert 0 < reached.tau <= free.tau and reached.val_rare_after >= free.val_rare_after
+    smaller = [t for t in tail.TAUS if t < reached.tau]
+    assert all(tail.choose(logits, data, floor=free.val_rare_after, taus=(t,)).val_rare_after < reached.floor
+               for t in smaller)  # no smaller tau reaches the floor
+    assert tail.choose(logits, data, floor=0.0).tau == 0.0  # already at the floor: nothing to move
+    best = tail.choose(logits, data, floor=1.01)  # out of reach: the highest rare recall
+    assert best.val_rare_after == max(tail.choose(logits, data, floor=1.01, taus=(t,)).val_rare_after
+                                      for t in tail.TAUS)
+
+
+def test_the_prior_counts_validation_labels_because_a_training_split_may_be_balanced():
+    y = torch.tensor([0, 1, 0, 1, 0, 0, 0, 1])
+    train = torch.tensor([True, True, False, True, False, False, False, False])  # 1:2 in training
+    val = ~train
+    data = Data(y=y, train_mask=train, val_mask=val, num_nodes=8)
+    assert tail.labelled_prior(data, 2).tolist() == pytest.approx([6 / 10, 4 / 10])
+
+
+def test_tiny_imbalanced_graph_ships_the_adjustment_and_serves_it(tmp_path, monkeypatch):
+    """End to end on a 4 %-rare, weak-signal graph with the floor out of reach (as if the scratch
+    student had recalled every rare node): validation picks tau > 0, the rare class's validation
+    recall rises, and the bundle passes the served parity check with the offsets in its ONNX file."""
+    from distill import pipeline
+
+    monkeypatch.setattr(pipeline.tail, "rare_recall", lambda logits, data: 1.01)
     out = tmp_path / "b"
-    args = ["run", "--dataset", "synthetic:nodes=400,rare_share=0.04,signal=0.2,homophily=0.3,train_share=0.4", "--teacher", "gat",
-            "--teacher-layers", "2", "--teacher-hidden", "16", "--student-hidden", "16", "--epochs", "60",
-            "--patience", "10", "--min-epochs", "10", "--quiet", "--out", str(out)]
+    args = ["run", "--dataset", "synthetic:nodes=400,rare_share=0.04,signal=0.2,homophily=0.3,train_share=0.4",
+            "--teacher", "gat", "--student", "gcn", "--teacher-layers", "2", "--teacher-hidden", "16",
+            "--student-hidden", "16", "--epochs", "60", "--patience", "10", "--min-epochs", "10", "--quiet",
+            "--out", str(out)]
     assert main(args) == 0
     rep = json.loads((out / "report.json").read_text())
     t = rep["distilled"]["tail"]
-    assert t["tau"] > 0 and t["val_balanced_after"] > t["val_balanced_before"]
-    assert rep["distilled"]["served"] is True
+    assert t["tau"] > 0 and t["val_rare_after"] > t["val_rare_before"] and t["floor"] == 1.01
+    assert t["rare_class"] == 2 and rep["distilled"]["served"] is True
     assert np.argmin(t["offsets"]) == 0  # the most common class is pushed down, the rare ones up
+    assert "Tail-class logit adjustment tau" in (out / "report.md").read_text()
     assert main([*args, "--tail-adjust", "off", "--force"]) == 0
     assert "tail" not in json.loads((out / "report.json").read_text())["distilled"]
