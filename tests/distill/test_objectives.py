@@ -177,8 +177,8 @@ def test_a_gat_sep_teacher_ranks_neighbours_but_offers_no_attention_propagation(
     from distill.students import train_candidates
 
     cfg = RunConfig(dataset="synthetic:nodes=200,avg_degree=8,features=6,seed=3", teacher="gat-sep", teacher_layers=2,
-                    teacher_hidden=16, epochs=10, patience=5, min_epochs=0, kd="response,structure", student="gcn", alpha="0.2",
-                    fanout=3)
+                    teacher_hidden=16, epochs=10, patience=5, min_epochs=0, kd="response,structure", student="gcn",
+                    alpha="0.2", fanout=3)
     prep = pipeline.prepare(cfg, progress=False)
     trained = train_candidates(cfg, prep, cfg.kd_kinds, progress=False)
     assert list(trained.candidates_val) == ["gcn, alpha 0.2, T 1", "gcn, alpha 0.2, T 4"]
