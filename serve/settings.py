@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+MIN_TOKEN_DISTINCT = 8
+
 
 def available_cores() -> int:
     """Cores this process may run on (respects `taskset` / cgroup cpusets, unlike os.cpu_count)."""
@@ -36,7 +38,8 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, ge=1, le=10_000, description="node_ids + new_nodes allowed in one request")
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="request body size cap")
     cache_budget_mb: float = Field(
-        256.0, ge=0.0, description="memory for cached neighbourhoods; filled at start-up, then LRU"
+        256.0, ge=0.0, le=1 << 20, allow_inf_nan=False,
+        description="memory for cached neighbourhoods; filled at start-up, then LRU",
     )
     pack_nodes: int = Field(
         128, ge=1, le=8192,
@@ -67,6 +70,17 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown environment variables {unknown}; known: {sorted(known)}")
         return data
+
+    @model_validator(mode="after")
+    def _token_has_entropy(self) -> Settings:
+        # min_length alone let 16 spaces (or "aaaa...") guard the admin endpoint.
+        if self.admin_token is not None:
+            token = self.admin_token.get_secret_value()
+            if any(c.isspace() for c in token) or len(set(token)) < MIN_TOKEN_DISTINCT:
+                raise ValueError(f"admin_token must have no whitespace and at least {MIN_TOKEN_DISTINCT} distinct "
+                                 "characters; generate one with `python -c 'import secrets; "
+                                 "print(secrets.token_urlsafe(32))'`")
+        return self
 
     @model_validator(mode="after")
     def _threads_fit_cores(self) -> Settings:

@@ -49,7 +49,8 @@ def test_unknown_kwarg_is_refused() -> None:
 
 @pytest.mark.parametrize(("field", "value"), [
     ("port", 0), ("port", 70000), ("max_batch", 0), ("intra_op_threads", 0), ("max_body_bytes", 10),
-    ("cache_budget_mb", -1), ("log_level", "loud"), ("pack_nodes", 0),
+    ("cache_budget_mb", -1), ("cache_budget_mb", float("inf")), ("cache_budget_mb", float("nan")),
+    ("log_level", "loud"), ("pack_nodes", 0),
 ])
 def test_out_of_range_values_are_refused(field: str, value: object) -> None:
     with pytest.raises(ValidationError, match=field):
@@ -72,3 +73,16 @@ def test_cli_exits_2_with_one_line_on_bad_settings() -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "invalid settings: port" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("token", [" " * 16, "a" * 32, "abababababababab", "valid-but has-a-space-0123"])
+def test_an_admin_token_without_entropy_is_refused(token: str) -> None:
+    with pytest.raises(ValidationError, match="admin_token must have no whitespace"):
+        Settings(bundle=Path("/b"), admin_token=token)  # type: ignore[arg-type]
+
+
+def test_a_generated_admin_token_is_accepted() -> None:
+    import secrets
+
+    settings = Settings(bundle=Path("/b"), admin_token=secrets.token_urlsafe(32))  # type: ignore[arg-type]
+    assert settings.admin_token is not None
