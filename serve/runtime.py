@@ -38,6 +38,15 @@ class Service:
     scorer: Scorer
 
 
+def _is_dir(path: Path) -> bool:
+    """Path.is_dir, with an unusable path (a component over the OS name limit, a NUL byte) being no
+    directory instead of an OSError that would end the request as a 500."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def open_service(root: Path, intra_op_threads: int = 1, cache_budget_bytes: int = 256 << 20,
                  pack_nodes: int = 128) -> Service:
     """Verify the bundle at `root` and build its scorer (session, graph store, filled block cache).
@@ -138,8 +147,8 @@ class Runtime:
         try:  # the swap and the unlock happen here, not in the caller: a cancelled request cannot skip them
             if self.draining:
                 raise NotReady("the service is shutting down", {"status": "draining"})
-            if not settings.bundle.is_dir():
-                raise BundleNotFound(f"bundle directory {settings.bundle} does not exist",
+            if not _is_dir(settings.bundle):
+                raise BundleNotFound(f"bundle directory {settings.bundle} does not exist or is not a usable path",
                                      {"bundle": str(settings.bundle)})
             started = time.perf_counter()
             previous = self.service.bundle.version if self.service else None

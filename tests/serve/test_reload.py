@@ -97,9 +97,11 @@ def test_tampered_bundle_is_rejected_and_the_old_model_keeps_serving(admin: Serv
         assert metric(client, f'serve_model_info{{version="{version_of(gcn.path)}"}}') == 1
 
 
-def test_missing_bundle_directory_is_422_bundle_not_found(admin: Server, gcn: TinyBundle, tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["nowhere", "a" * 300])  # 300: over the OS limit for one path component
+def test_missing_bundle_directory_is_422_bundle_not_found(admin: Server, gcn: TinyBundle, tmp_path: Path,
+                                                          name: str) -> None:
     with admin.client() as client:
-        response = reload(client, tmp_path / "nowhere")
+        response = reload(client, tmp_path / name)
         assert response.status_code == 422
         assert response.json()["error"]["code"] == "bundle_not_found"
         assert client.get("/v1/model").json()["version"] == version_of(gcn.path)
