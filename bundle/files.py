@@ -153,7 +153,7 @@ def read_manifest(root: Path) -> tuple[Manifest, bytes]:
         version = json.loads(raw).get("schema_version")
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
         raise BundleInvalid(f"{path} is not a JSON object: {exc}", {"file": path.name}) from None
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:  # 2.0 and true compare equal to an int
         raise BundleInvalid(f"unknown bundle schema_version {version!r}; this reader reads [{SCHEMA_VERSION}]: "
                             "rebuild the bundle with this release's `distill run`", {"file": path.name})
     return Manifest.parse(raw), raw

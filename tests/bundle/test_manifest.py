@@ -83,6 +83,8 @@ def test_negative_degree_is_refused():
     (lambda m: m.update(colour="blue"), "colour"),
     (lambda m: m["policy"].update(fanout_typo=3), "fanout_typo"),
     (lambda m: m.update(schema_version=1), "unknown bundle schema_version 1"),
+    (lambda m: m.update(schema_version=2.0), "unknown bundle schema_version 2.0"),
+    (lambda m: m.update(schema_version=True), "unknown bundle schema_version True"),
     (lambda m: m["policy"].update(propagation="none"), "k_hops must be 0"),
     (lambda m: m["model"].update(inputs=["x"]), "disagree"),
     (lambda m: m["dataset"].update(class_names=["a", "a"]), "distinct"),
