@@ -95,6 +95,10 @@ class LayerStack(nn.Module):
         # the ONNX export and hence the service apply exactly what the report evaluated.
         self.register_buffer("class_offset", torch.zeros(0))
 
+    def with_offset(self, logits: Tensor) -> Tensor:
+        """logits [n, C] plus the tail-class offsets, when set."""
+        return logits + self.class_offset if self.class_offset.numel() else logits
+
     def layer(self, i: int, h: Tensor, edge_index: Tensor, edge_weight: Tensor | None) -> Tensor:
         raise NotImplementedError
 
@@ -112,9 +116,7 @@ class LayerStack(nn.Module):
             hidden.append(h)
             if i < len(self.convs) - 1:
                 h = F.relu(h)
-        if self.class_offset.numel():
-            h = h + self.class_offset
-        return NodeOutputs(h, hidden)
+        return NodeOutputs(self.with_offset(h), hidden)
 
     def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
         return self._stack(x, lambda i, h: self.layer(i, h, edge_index, edge_weight))
@@ -207,9 +209,7 @@ class ResSAGE(LayerStack):
             z = conv.lin_rel(aggregate(conv, z)) + conv.lin_root(z) + degree(log_degree)
             h = h + F.relu(norm(z))
             hidden.append(h)
-        logits = self.lin_out(F.dropout(h, self.dropout, self.training))
-        if self.class_offset.numel():
-            logits = logits + self.class_offset
+        logits = self.with_offset(self.lin_out(F.dropout(h, self.dropout, self.training)))
         # What KD pairs with teacher layers: the blocks' states, the last one replaced by the logits
         # (the same widths as the GCN/SAGE students: hidden per layer, classes at the end).
         return NodeOutputs(logits, hidden[:-1] + [logits])
@@ -259,23 +259,24 @@ STUDENTS: dict[str, tuple[Callable[..., LayerStack], str]] = {
 }
 
 
+def _registered(student: str) -> tuple[Callable[..., LayerStack], str]:
+    """The registry entry of `student`; unknown names raise ConfigError listing the choices."""
+    if student not in STUDENTS:
+        raise ConfigError(f"unknown student {student!r}; choose one of {sorted(STUDENTS)}")
+    return STUDENTS[student]
+
+
 def build_student(name: str, **kwargs: object) -> tuple[LayerStack, str]:
     """Build a student by name -> (model, propagation kind of the neighbourhood policy)."""
-    if name not in STUDENTS:
-        raise ConfigError(f"unknown student {name!r}; choose one of {sorted(STUDENTS)}")
-    builder, prop = STUDENTS[name]
+    builder, prop = _registered(name)
     return builder(**kwargs), prop
 
 
 def takes_degree(student: str) -> bool:
     """Whether a student's input rows end with the log-degree column (the policy's degree_input)."""
-    if student not in STUDENTS:
-        raise ConfigError(f"unknown student {student!r}; choose one of {sorted(STUDENTS)}")
-    return STUDENTS[student][0].takes_degree  # type: ignore[attr-defined]
+    return bool(_registered(student)[0].takes_degree)  # type: ignore[attr-defined]
 
 
 def propagation_of(student: str) -> str:
     """The propagation weights a student reads (gcn / mean / none); unknown names raise."""
-    if student not in STUDENTS:
-        raise ConfigError(f"unknown student {student!r}; choose one of {sorted(STUDENTS)}")
-    return STUDENTS[student][1]
+    return _registered(student)[1]
