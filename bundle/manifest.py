@@ -81,6 +81,10 @@ class GraphFiles(_Strict):
     weights: str
     in_degree: str | None = None
 
+    def paths(self) -> list[str]:
+        """The relative paths of the arrays present, in contract order (GRAPH_FILES, then optional ones)."""
+        return [rel for rel in (getattr(self, name) for name in GRAPH_FILES + OPTIONAL_GRAPH_FILES) if rel is not None]
+
 
 class Parity(_Strict):
     """ONNX through the service's own scoring path vs the torch student, on `nodes_checked` nodes.
@@ -143,8 +147,7 @@ class Manifest(_Strict):
     @property
     def served_files(self) -> list[str]:
         """Every file the service reads: the model and the graph arrays."""
-        names = GRAPH_FILES + OPTIONAL_GRAPH_FILES
-        return [self.model.file, *(rel for rel in (getattr(self.graph, name) for name in names) if rel is not None)]
+        return [self.model.file, *self.graph.paths()]
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, exclude_none=True) + "\n"

@@ -95,7 +95,7 @@ def _manifest(root: Path, prep: Prepared, result: Distilled, graph: GraphFiles, 
     dataset = DatasetInfo(spec=cfg.dataset, name=ds.name, source=ds.source, num_nodes=ds.data.num_nodes,
                           num_features=ds.data.num_features, num_classes=ds.num_classes,
                           class_names=list(ds.class_names))
-    served = [model.file, *(rel for rel in graph.model_dump().values() if rel is not None)]
+    served = [model.file, *graph.paths()]  # what Manifest.served_files will list
     version = files.version_string(ds.name, student, files.served_digest(hashes, served))
     return Manifest(schema_version=SCHEMA_VERSION, version=version, created_at=_now(), dataset=dataset, model=model,
                     policy=trained.graph.policy, graph=graph, metrics=metrics, config=cfg.to_dict(), seed=cfg.seed,
