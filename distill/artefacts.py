@@ -72,10 +72,10 @@ class Trained:
     test: dict[str, Any]
     kd: tuple[str, ...]
     alpha: float | None
+    student: str  # the student family (what --student auto kept)
     candidates_val: dict[str, float] = field(default_factory=dict)
     tail: TailAdjustment | None = None
     temperature: float | None = None  # the distillation temperature, where soft targets weighed in
-    student: str = ""  # the student family (what --student auto kept)
 
     def record(self) -> dict[str, Any]:
         """The report's entry: test metrics, training record and the validation choice."""

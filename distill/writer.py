@@ -87,7 +87,7 @@ def finish(root: Path, staged: Manifest, rep: dict[str, Any], parity: Parity, ex
 def _manifest(root: Path, prep: Prepared, result: Distilled, graph: GraphFiles, metrics: dict[str, Any]) -> Manifest:
     cfg, ds, trained = result.cfg, prep.ds, result.trained
     hashes = files.file_hashes(root)
-    student = trained.student or cfg.student  # the family --student auto kept
+    student = trained.student  # the family --student auto kept
     model = StudentModel(file="student.onnx", student=student, num_layers=cfg.student_layers,
                          hidden_channels=cfg.student_hidden, inputs=input_names(trained.graph.policy.graph_free),
                          outputs=["logits"], opset=OPSET, params=sum(p.numel() for p in trained.model.parameters()),
