@@ -66,12 +66,20 @@ def edge_importance(cfg: RunConfig, teacher: torch.nn.Module, x: Tensor, edge_in
     return EdgeImportance(scores_on(edge_index, scored, score, n), self_loops)
 
 
-def candidate_graphs(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...]) -> list[StudentGraph]:
+def teacher_importance(cfg: RunConfig, prep: Prepared) -> EdgeImportance:
+    """`edge_importance` of the run's kept teacher over the data edges."""
+    data = prep.ds.data
+    return edge_importance(cfg, prep.teacher, data.x.to(prep.device), data.edge_index, prep.teacher_edges,
+                           cfg.teacher_family(prep.teacher_metrics))
+
+
+def candidate_graphs(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...],
+                     importance: EdgeImportance | None = None) -> list[StudentGraph]:
     """The graphs a student distilled with `kinds` is tried on. Without structure KD: the hash
     policy. With it: the policy keeps the neighbours the teacher found most important, and for a GAT
     teacher a second candidate also propagates with the teacher's attention over them (zero serving
     cost: the weights are in the stored P). `--structure-weights` picks one or both (auto: chosen
-    on validation by the caller)."""
+    on validation by the caller). `importance`: `teacher_importance`, when the caller already has it."""
     data = prep.ds.data
     prop = propagation_of(cfg.student)
     k_hops = 0 if prop == "none" else cfg.student_layers
@@ -79,9 +87,8 @@ def candidate_graphs(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...]) -> 
     if "structure" not in kinds or prop == "none":
         return [student_graph(data.edge_index, data.num_nodes,
                               make_policy(cfg.fanout, k_hops, prop, cfg.seed, degree_input=degree))]
+    importance = importance if importance is not None else teacher_importance(cfg, prep)
     family = cfg.teacher_family(prep.teacher_metrics)
-    importance = edge_importance(cfg, prep.teacher, data.x.to(prep.device), data.edge_index, prep.teacher_edges,
-                                 family)
     score = "teacher_attention" if family.startswith("gat") else "teacher_gradient"
     fixed = student_graph(data.edge_index, data.num_nodes,
                           make_policy(cfg.fanout, k_hops, prop, cfg.seed, score, degree), importance.edges)

@@ -12,10 +12,10 @@ import torch
 from distill.artefacts import Prepared, Trained
 from distill.choose import best_on_validation
 from distill.config import RunConfig
-from distill.models import FeatureNorm, build_student
+from distill.models import FeatureNorm, build_student, propagation_of
 from distill.objectives import Objective
 from distill.policy import StudentGraph
-from distill.structure import candidate_graphs
+from distill.structure import candidate_graphs, teacher_importance
 from distill.train import fit, predict, test_metrics
 
 
@@ -69,13 +69,16 @@ def train_candidates(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...], pro
     response KD, each soft-target weight of `cfg.alphas` and temperature of `cfg.temperatures`;
     keep the best on validation (its record names every candidate's score)."""
     several_t = len(cfg.temperatures) > 1
+    # The teacher's edge importance does not depend on the student: computed once for every family.
+    importance = teacher_importance(cfg, prep) if "structure" in kinds and any(
+        propagation_of(s) != "none" for s in cfg.students) else None
 
     def family(student: str) -> list[tuple[str, Callable[[], Trained]]]:
         scfg = replace(cfg, student=student)
         prefix = f"{student}: " if len(cfg.students) > 1 else ""
         return [(prefix + candidate_name(sg.policy.propagation, alpha, t if several_t else None),
                  lambda sg=sg, alpha=alpha, t=t: train_student(scfg, prep, sg, kinds, alpha, progress, t))
-                for sg in candidate_graphs(scfg, prep, kinds) for alpha, t in _settings(scfg, kinds)]
+                for sg in candidate_graphs(scfg, prep, kinds, importance) for alpha, t in _settings(scfg, kinds)]
 
     candidates = [c for student in cfg.students for c in family(student)]
     best = best_on_validation(candidates, key=lambda t: (t.fit.best_val,))
