@@ -82,8 +82,9 @@ class RunConfig:
     alpha: str = _opt("auto", "weight in [0, 1] of the soft-target KL term (1 - alpha weighs the hard-label "
                       f"CE), or auto: train with each of {list(ALPHA_GRID)}, keep the best on validation")
     tail_adjust: str = _opt("auto", "rare classes: add -tau*log(class prior) to the distilled student's logits, "
-                            "tau chosen on validation (balanced accuracy and the selection metric, never at the "
-                            "price of validation AUROC) (auto), or never (off)", ("auto", "off"))
+                            "tau chosen on validation: the smallest that brings the rarest class's recall up to "
+                            "the scratch student's, never at the price of validation AUROC (auto), or never (off)",
+                            ("auto", "off"))
     beta: float = _opt(1.0, "weight of the feature-distillation term (normalised-embedding MSE)")
     gamma: float = _opt(0.1, "weight of the structure-distillation term (LSP neighbourhood KL)")
     structure_weights: str = _opt("auto", "structure KD from a gat teacher: the student propagates with the "
