@@ -1,11 +1,17 @@
 """The bundle on disk: array specs, sha256 of every file, the version digest, atomic staging, and
 reading with verification. Nothing read here is trusted: every file used must be listed in the
 manifest with a matching sha256, paths must stay inside the bundle, arrays must be plain .npy
-(no pickles) with the dtypes and shapes of the contract, and the version must match its digest."""
+(no pickles) with the dtypes and shapes of the contract, and the version must match its digest.
+
+What the service computes with (the model and the graph arrays) is read into memory once, and the
+sha256 is taken of exactly those bytes: an in-place edit of a served bundle after its load cannot
+change a prediction (or kill the process with SIGBUS, as a truncated memory-mapped file did).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -19,6 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bundle import signing
 from bundle.errors import BundleInvalid
 from bundle.manifest import GRAPH_FILES, OPTIONAL_GRAPH_FILES, SCHEMA_VERSION, Manifest
 from bundle.policy import CSR
@@ -38,7 +45,7 @@ assert tuple(ARRAYS) == GRAPH_FILES + OPTIONAL_GRAPH_FILES
 class GraphArrays:
     """The graph store: features float32 [N, F], node_ids int64 [N] (external id of internal node i),
     P as CSR, and for students with degree input in_degree int64 [N] (of the raw graph, before
-    pruning; bundle.policy.in_degree). Loaded arrays are memory-mapped read-only."""
+    pruning; bundle.policy.in_degree). Loaded arrays are read-only, in memory."""
 
     features: npt.NDArray[np.float32]
     node_ids: npt.NDArray[np.int64]
@@ -61,6 +68,10 @@ class GraphArrays:
             raise BundleInvalid("graph/node_ids are not unique")
         if self.in_degree is not None and (self.in_degree.shape != (n,) or (self.in_degree < 0).any()):
             raise BundleInvalid(f"in_degree {self.in_degree.shape} must hold a count >= 0 for each of {n} nodes")
+        # NaN / Inf would be served as garbage probabilities with a 200: refuse them at load.
+        for name, values in (("features", self.features), ("weights", self.csr.weights)):
+            if not np.isfinite(values).all():
+                raise BundleInvalid(f"graph/{name} holds NaN or Inf values", {"file": f"graph/{name}.npy"})
         self.csr.check()
 
 
@@ -78,15 +89,27 @@ def file_hashes(root: Path) -> dict[str, str]:
             if p.is_file() and p.relative_to(root).as_posix() != "manifest.json"}
 
 
-def served_digest(files: dict[str, str], served: list[str]) -> str:
-    """sha256 over the sorted [path, sha256] pairs of what the service computes with: a new model
-    or a new graph store (new nodes, new edges) is a new version; a new report is not."""
-    pairs = sorted([rel, files[rel]] for rel in served)
-    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+SERVED_SECTIONS = ("dataset", "model", "policy", "graph")  # the manifest sections the service reads
 
 
-def version_string(dataset: str, student: str, digest: str) -> str:
-    return f"{dataset}-{student}-{digest[:12]}"
+def served_digest(manifest: Manifest) -> str:
+    """sha256 over what the service computes with: the [path, sha256] pairs of the served files and
+    the manifest sections it reads (dataset, model, policy, graph). A new model, graph store or
+    neighbourhood policy is a new version; a new report, or the same model trained again, is not."""
+    body = {"files": sorted([rel, manifest.files.get(rel, "")] for rel in manifest.served_files),
+            **{name: getattr(manifest, name).model_dump(mode="json") for name in SERVED_SECTIONS}}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def version_of(manifest: Manifest) -> str:
+    """The version a manifest must carry: `<dataset>-<student>-<first 12 hex of served_digest>`,
+    recomputed by every reader, so nothing can be served under another model's version."""
+    return f"{manifest.dataset.name}-{manifest.model.student}-{served_digest(manifest)[:12]}"
+
+
+def with_version(manifest: Manifest) -> Manifest:
+    """`manifest` with its version recomputed (the writer's side of version_of)."""
+    return manifest.model_copy(update={"version": version_of(manifest)})
 
 
 def save_graph(root: Path, arrays: GraphArrays) -> dict[str, str]:
@@ -144,62 +167,94 @@ def inside(root: Path, rel: str) -> Path:
 
 
 def read_manifest(root: Path) -> tuple[Manifest, bytes]:
-    """Parse root/manifest.json -> (the typed manifest, its raw bytes)."""
-    path = root / "manifest.json"
+    """Parse root/manifest.json -> (the typed manifest, its raw bytes). The manifest may not be a
+    link out of the bundle."""
+    path = inside(root, "manifest.json")
     if not path.is_file():
-        raise BundleInvalid(f"{root} is not a bundle: {path.name} is missing", {"file": path.name})
+        raise BundleInvalid(f"{root} is not a bundle: manifest.json is missing", {"file": "manifest.json"})
     raw = path.read_bytes()
     try:
         version = json.loads(raw).get("schema_version")
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
-        raise BundleInvalid(f"{path} is not a JSON object: {exc}", {"file": path.name}) from None
+        raise BundleInvalid(f"{path} is not a JSON object: {exc}", {"file": "manifest.json"}) from None
     if type(version) is not int or version != SCHEMA_VERSION:  # 2.0 and true compare equal to an int
         raise BundleInvalid(f"unknown bundle schema_version {version!r}; this reader reads [{SCHEMA_VERSION}]: "
-                            "rebuild the bundle with this release's `distill run`", {"file": path.name})
+                            "rebuild the bundle with this release's `distill run`", {"file": "manifest.json"})
     return Manifest.parse(raw), raw
 
 
-def verify_files(root: Path, manifest: Manifest) -> None:
-    """Every listed file exists and matches its sha256, every served file is listed, and the
-    version names the digest of the served files (a swapped model cannot keep an old version)."""
+def _listed(root: Path, manifest: Manifest, rel: str) -> Path:
+    path = inside(root, rel)
+    if not path.is_file():
+        raise BundleInvalid(f"{rel} is listed in manifest.files but missing", {"file": rel})
+    return path
+
+
+def _check_hash(rel: str, actual: str, expected: str) -> None:
+    if actual != expected:
+        raise BundleInvalid(f"{rel}: sha256 {actual[:12]}... does not match the manifest's {expected[:12]}...",
+                            {"file": rel})
+
+
+def read_verified(root: Path, manifest: Manifest) -> dict[str, bytearray]:
+    """Check every listed file against its sha256 and the version against its digest -> the bytes
+    of the served files, read once: the hash covers exactly the bytes the caller computes with."""
     unlisted = [rel for rel in manifest.served_files if rel not in manifest.files]
     if unlisted:
         raise BundleInvalid(f"files {unlisted} are read by the service but not listed in manifest.files")
+    served: dict[str, bytearray] = {}
     for rel, expected in sorted(manifest.files.items()):
-        path = inside(root, rel)
-        if not path.is_file():
-            raise BundleInvalid(f"{rel} is listed in manifest.files but missing", {"file": rel})
-        actual = sha256(path)
-        if actual != expected:
-            raise BundleInvalid(f"{rel}: sha256 {actual[:12]}... does not match the manifest's {expected[:12]}...",
-                                {"file": rel})
-    digest = served_digest(manifest.files, manifest.served_files)
-    if not manifest.version.endswith("-" + digest[:12]):
-        raise BundleInvalid(f"version {manifest.version!r} does not name the served files' digest {digest[:12]}",
+        path = _listed(root, manifest, rel)
+        if rel in manifest.served_files:
+            served[rel] = _read_all(path, rel)
+            _check_hash(rel, hashlib.sha256(served[rel]).hexdigest(), expected)
+        else:
+            _check_hash(rel, sha256(path), expected)
+    expected_version = version_of(manifest)
+    if manifest.version != expected_version:
+        raise BundleInvalid(f"version {manifest.version!r} is not the digest of what is served "
+                            f"({expected_version!r}): the model, graph or policy changed after it was written",
                             {"file": "manifest.json"})
+    return served
 
 
-def _load_array(root: Path, name: str, rel: str) -> npt.NDArray[Any]:
+def _read_all(path: Path, rel: str) -> bytearray:
+    with path.open("rb") as fh:
+        buf = bytearray(os.fstat(fh.fileno()).st_size)  # one allocation: the array will live in it
+        if fh.readinto(buf) != len(buf):
+            raise BundleInvalid(f"{rel} changed size while it was read", {"file": rel})
+    return buf
+
+
+def _array(buf: bytearray, name: str, rel: str) -> npt.NDArray[Any]:
+    """Parse one .npy file held in `buf` without copying it -> a read-only array over `buf`."""
     dtype, ndim = ARRAYS[name]
+    head = io.BytesIO(bytes(buf[: (1 << 16) + 16]))  # a v1 header is at most 64 KiB
     try:
-        # mmap: the OS pages arrays in on demand and shares them between processes.
-        array: npt.NDArray[Any] = np.load(inside(root, rel), allow_pickle=False, mmap_mode="r")
-    except (OSError, ValueError) as exc:
+        major, _ = np.lib.format.read_magic(head)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran, found = read_header(head)
+    except (ValueError, OSError) as exc:
         raise BundleInvalid(f"{rel} is not a plain .npy array: {exc}", {"file": rel}) from None
-    if array.dtype != dtype or array.ndim != ndim:
-        raise BundleInvalid(f"{rel}: expected {np.dtype(dtype).name} with {ndim} dims, got {array.dtype} "
-                            f"{array.shape}", {"file": rel})
+    if found.hasobject:
+        raise BundleInvalid(f"{rel} is not a plain .npy array: it holds pickled objects", {"file": rel})
+    if found != dtype or len(shape) != ndim or fortran:
+        raise BundleInvalid(f"{rel}: expected {np.dtype(dtype).name} with {ndim} dims (C order), got {found} "
+                            f"{shape}", {"file": rel})
+    count = int(np.prod(shape))
+    if len(buf) != head.tell() + count * found.itemsize:
+        raise BundleInvalid(f"{rel}: {len(buf)} bytes do not hold a {shape} {found} array", {"file": rel})
+    array = np.frombuffer(buf, dtype=found, count=count, offset=head.tell()).reshape(shape)
+    array.flags.writeable = False
     return array
 
 
-def load_graph(root: Path, manifest: Manifest) -> GraphArrays:
-    """The verified graph store of a bundle whose files were verified."""
-    a = {name: _load_array(root, name, getattr(manifest.graph, name)) for name in GRAPH_FILES}
-    degree = manifest.graph.in_degree
-    graph = GraphArrays(a["features"].view(np.ndarray), np.ascontiguousarray(a["node_ids"]),
-                        CSR(np.ascontiguousarray(a["indptr"]), np.ascontiguousarray(a["indices"]),
-                            np.ascontiguousarray(a["weights"])),
-                        None if degree is None else np.ascontiguousarray(_load_array(root, "in_degree", degree)))
+def load_graph(served: dict[str, bytearray], manifest: Manifest) -> GraphArrays:
+    """The graph store parsed from the verified bytes of its files (read_verified)."""
+    a = {name: _array(served[rel], name, rel)
+         for name, rel in zip(GRAPH_FILES + OPTIONAL_GRAPH_FILES, _graph_paths(manifest), strict=True) if rel}
+    graph = GraphArrays(a["features"], a["node_ids"], CSR(a["indptr"], a["indices"], a["weights"]),
+                        a.get("in_degree"))
     graph.check()
     ds = manifest.dataset
     if graph.features.shape != (ds.num_nodes, ds.num_features):
@@ -208,10 +263,28 @@ def load_graph(root: Path, manifest: Manifest) -> GraphArrays:
     return graph
 
 
-def open_bundle(root: Path) -> tuple[Manifest, GraphArrays]:
-    """Read, verify and check the bundle at `root`; raises BundleInvalid on any mismatch."""
+def _graph_paths(manifest: Manifest) -> list[str | None]:
+    return [getattr(manifest.graph, name) for name in GRAPH_FILES + OPTIONAL_GRAPH_FILES]
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A verified bundle: its manifest and raw manifest bytes, the graph store and the model bytes
+    (in memory, hashed as read: onnxruntime gets bytes, so it can read no other file)."""
+
+    manifest: Manifest
+    raw_manifest: bytes
+    graph: GraphArrays
+    model: bytes
+
+
+def open_bundle(root: Path, key: bytes | None = None) -> Opened:
+    """Read, verify and check the bundle at `root`; with `key`, its manifest must carry a valid
+    signature (bundle.signing). Raises BundleInvalid on any mismatch."""
     if not root.is_dir():
         raise BundleInvalid(f"bundle directory {root} does not exist")
-    manifest, _ = read_manifest(root)
-    verify_files(root, manifest)
-    return manifest, load_graph(root, manifest)
+    manifest, raw = read_manifest(root)
+    if key is not None:
+        signing.verify(root, raw, key)
+    served = read_verified(root, manifest)
+    return Opened(manifest, raw, load_graph(served, manifest), bytes(served.pop(manifest.model.file)))

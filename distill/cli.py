@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bundle import signing
 from bundle.errors import BundleInvalid
 from distill.config import RunConfig, cli_fields
 from distill.errors import DistillError
@@ -46,7 +47,9 @@ def parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ref.add_argument("--bundle", required=True, type=Path, help="the parent bundle")
     ref.add_argument("--out", required=True, type=Path, help="directory of the new bundle")
-    ref.add_argument("--dataset", default=None, help="dataset spec (default: the parent's)")
+    ref.add_argument("--dataset", required=True,
+                     help="dataset spec to train on (never taken from the parent: a bundle names no code or file "
+                          "the job will read; pass the parent's `dataset.spec` to retrain on the same data)")
     ref.add_argument("--reuse-teacher", action="store_true", help="reuse the parent's teacher.pt instead of retraining")
     ref.add_argument("--max-drop", type=float, default=0.01,
                      help="refuse a bundle whose served validation metric is this much below the parent's, "
@@ -73,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.threads < 0:
         print(f"distill: error: --threads {args.threads} must be >= 0 (0 = torch's default)", file=sys.stderr)
+        return 2
+    try:
+        signing.key_from_env(signing.JOB_KEY_ENV)  # a weak key fails now, not after the training
+    except ValueError as exc:
+        print(f"distill: error: {exc}", file=sys.stderr)
         return 2
     try:
         if args.threads:

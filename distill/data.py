@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +90,8 @@ def _planetoid(spec: str, path: Path, split: int) -> Dataset:
     if split != 0:
         raise DatasetError(f"dataset spec {spec!r}: Planetoid has only the public split; got --split {split}")
     try:
-        data = read_planetoid_data(str(raw), name)
+        with _pickles_restricted():
+            data = read_planetoid_data(str(raw), name)
     except (pickle.UnpicklingError, EOFError, ValueError, IndexError, KeyError, TypeError) as exc:
         raise DatasetError(
             f"dataset spec {spec!r}: malformed Planetoid files in {raw} ({type(exc).__name__}: {exc}); "
@@ -101,6 +104,46 @@ def _planetoid(spec: str, path: Path, split: int) -> Dataset:
     classes = tuple(f"class_{i}" for i in range(int(data.y.max()) + 1))
     source = {"kind": "planetoid", "spec": spec, "name": name, "files": _hashes(files)}
     return Dataset(data, name, classes, source)
+
+
+# Everything kimiyoung/planetoid's pickles reference (arrays, a sparse matrix, an adjacency dict):
+# a raw file naming any other callable is refused before it can run (pickle runs what it names).
+PLANETOID_GLOBALS = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"), ("collections", "defaultdict"),
+    ("builtins", "list"), ("__builtin__", "list"),
+    ("scipy.sparse.csr", "csr_matrix"), ("scipy.sparse._csr", "csr_matrix"), ("scipy.sparse", "csr_matrix"),
+})
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in PLANETOID_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: Planetoid files hold only arrays, a "
+                                         "sparse matrix and an adjacency dict")
+        return super().find_class(module, name)
+
+
+class _RestrictedPickle:
+    """Stands in for the `pickle` module inside PyG's Planetoid reader (its only use is `load`)."""
+
+    @staticmethod
+    def load(file: Any, encoding: str = "ASCII") -> Any:
+        return _RestrictedUnpickler(file, encoding=encoding).load()
+
+
+@contextmanager
+def _pickles_restricted() -> Iterator[None]:
+    """PyG's read_planetoid_data with an allow-list unpickler: the raw files are pickles, and a
+    dataset path is user input (a bundle once named one), so no global outside the list is loaded."""
+    from torch_geometric.io import planetoid
+
+    original = planetoid.pickle
+    planetoid.pickle = _RestrictedPickle  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        planetoid.pickle = original
 
 
 def _npz(spec: str, path: Path, split: int) -> Dataset:

@@ -1,6 +1,10 @@
-"""`distill refresh`: re-distil a verified bundle with its own config (optionally on new data) into a
-new version, gated on validation: parent and child are both scored as served, on the same
-validation nodes with the same labels, and a child worse than `max_drop` is refused."""
+"""`distill refresh`: re-distil a verified bundle with its own config on the dataset named on the
+command line into a new version, gated on validation: parent and child are both scored as served,
+on the same validation nodes with the same labels, and a child worse than `max_drop` is refused.
+
+The dataset is never taken from the parent's manifest: a bundle is data from elsewhere, and a
+dataset spec names files the job reads (Planetoid's are pickles). The rest of the recorded config
+is numbers and names, validated by RunConfig like the command line's."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import numpy as np
 from bundle import files
 from bundle.errors import BundleInvalid
 from bundle.manifest import Manifest, Parent, RefreshGate
-from distill import pipeline, served
+from distill import pipeline, served, writer
 from distill.artefacts import Prepared
 from distill.config import RunConfig
 from distill.errors import DistillError
@@ -28,7 +32,7 @@ from serve.runtime import open_service
 class Request:
     bundle: Path
     out: Path
-    dataset: str | None = None
+    dataset: str
     reuse_teacher: bool = False
     max_drop: float = 0.01
     allow_worse: bool = False
@@ -48,7 +52,7 @@ def read_parent(root: Path) -> ParentBundle:
     training; DistillError otherwise."""
     try:
         manifest, raw = files.read_manifest(root)
-        open_service(root)
+        open_service(root, key=writer.signing_key())
     except (BundleInvalid, BundleError) as exc:
         raise DistillError(f"--bundle {root}: {exc.message}; refusing to refresh") from None
     return ParentBundle(root, manifest, raw)
@@ -128,10 +132,7 @@ def refresh(req: Request, force: bool, progress: bool) -> Refreshed:
     """Run the job with the parent's config and write the child at `req.out`."""
     parent_bundle = read_parent(req.bundle)
     parent = parent_bundle.manifest
-    values = dict(parent.config)
-    if req.dataset:
-        values["dataset"] = req.dataset
-    cfg = RunConfig.from_dict(values)
+    cfg = RunConfig.from_dict({**parent.config, "dataset": req.dataset})
     state = None
     if req.reuse_teacher:
         import torch

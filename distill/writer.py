@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bundle import files
+from bundle import files, signing
 from bundle.errors import BundleInvalid
 from bundle.manifest import SCHEMA_VERSION, DatasetInfo, GraphFiles, Manifest, Parity, Reproducibility, StudentModel
 from distill import report
@@ -75,11 +75,14 @@ def finish(root: Path, staged: Manifest, rep: dict[str, Any], parity: Parity, ex
     metrics = {k: rep[k] for k in report.ROLES}
     manifest = staged.model_copy(update={"metrics": metrics, "parity": parity, "files": files.file_hashes(root),
                                          **extra})
-    files.write_manifest(root, manifest)
+    files.write_manifest(root, files.with_version(manifest))
+    key = signing_key()
+    if key is not None:
+        signing.sign(root, key)
     # Read back exactly what a reader will see (model_copy does not validate): a bundle this job
     # cannot open itself must never be renamed into place.
     try:
-        return files.open_bundle(root)[0]
+        return files.open_bundle(root, key).manifest
     except BundleInvalid as exc:
         raise DistillError(f"the bundle just written does not read back: {exc.message}") from None
 
@@ -95,11 +98,18 @@ def _manifest(root: Path, prep: Prepared, result: Distilled, graph: GraphFiles, 
     dataset = DatasetInfo(spec=cfg.dataset, name=ds.name, source=ds.source, num_nodes=ds.data.num_nodes,
                           num_features=ds.data.num_features, num_classes=ds.num_classes,
                           class_names=list(ds.class_names))
-    served = [model.file, *graph.paths()]  # what Manifest.served_files will list
-    version = files.version_string(ds.name, student, files.served_digest(hashes, served))
-    return Manifest(schema_version=SCHEMA_VERSION, version=version, created_at=_now(), dataset=dataset, model=model,
-                    policy=trained.graph.policy, graph=graph, metrics=metrics, config=cfg.to_dict(), seed=cfg.seed,
-                    reproducibility=reproducibility(), files=hashes)
+    manifest = Manifest(schema_version=SCHEMA_VERSION, version="", created_at=_now(), dataset=dataset, model=model,
+                        policy=trained.graph.policy, graph=graph, metrics=metrics, config=cfg.to_dict(), seed=cfg.seed,
+                        reproducibility=reproducibility(), files=hashes)
+    return files.with_version(manifest)
+
+
+def signing_key() -> bytes | None:
+    """The HMAC key bundles are signed with (DISTILL_BUNDLE_KEY; None = unsigned); ConfigError if weak."""
+    try:
+        return signing.key_from_env(signing.JOB_KEY_ENV)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _now() -> str:

@@ -1,10 +1,11 @@
 """Reading a bundle for the service: the contract package verifies it (bundle.files.open_bundle),
 this module turns a contract violation into the service's BundleError (HTTP 503 / reload 422, with
-`detail={"file": relative path}` when one file is to blame)."""
+`detail={"file": relative path}` when one file is to blame). The model and the graph arrays are
+held in memory as verified, so later edits to the files on disk change nothing served."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bundle.errors import BundleInvalid
@@ -15,11 +16,12 @@ from serve.errors import BundleError
 
 @dataclass(frozen=True)
 class Bundle:
-    """A verified bundle: its typed manifest and its memory-mapped graph store."""
+    """A verified bundle: its typed manifest, its graph store and its ONNX model's bytes."""
 
     root: Path
     manifest: Manifest
     graph: GraphArrays
+    model: bytes = field(repr=False)
 
     @property
     def version(self) -> str:
@@ -42,10 +44,11 @@ class Bundle:
         return list(self.manifest.model.inputs)
 
 
-def load(root: Path) -> Bundle:
-    """Read, verify and check the bundle at `root`; raises BundleError on any mismatch."""
+def load(root: Path, key: bytes | None = None) -> Bundle:
+    """Read, verify and check the bundle at `root` (signed under `key`, when given); raises
+    BundleError on any mismatch."""
     try:
-        manifest, graph = open_bundle(root)
+        opened = open_bundle(root, key)
     except BundleInvalid as exc:
         raise BundleError(exc.message, exc.detail) from None
-    return Bundle(root, manifest, graph)
+    return Bundle(root, opened.manifest, opened.graph, opened.model)

@@ -78,6 +78,12 @@ class BundleNotFound(ServeError):
     code = "bundle_not_found"
 
 
+class BundleNotAllowed(ServeError):
+    """A reload named a directory outside the allowed roots (settings.reload_roots)."""
+
+    code = "bundle_not_allowed"
+
+
 class BundleRejected(ServeError):
     """A reload's bundle failed verification or could not be built; the old bundle keeps serving."""
 
@@ -103,6 +109,7 @@ STATUS: dict[type[ServeError], int] = {
     UnknownNeighbors: 404,
     Unauthorized: 401,
     BundleNotFound: 422,
+    BundleNotAllowed: 403,
     BundleRejected: 422,
     ReloadInProgress: 409,
 }

@@ -33,12 +33,14 @@ class Model:
     def __init__(self, bundle: Bundle, intra_op_threads: int) -> None:
         self._blame = {"file": bundle.manifest.model.file}  # BundleError detail: which file
         try:
+            # From the verified bytes, not the path: onnxruntime then cannot read any file the
+            # manifest does not list (a model with external data is refused, not loaded unverified).
             self.session = ort.InferenceSession(
-                str(bundle.model_path), sess_options=session_options(intra_op_threads),
-                providers=["CPUExecutionProvider"],
+                bundle.model, sess_options=session_options(intra_op_threads), providers=["CPUExecutionProvider"],
             )
         except Exception as exc:  # onnxruntime raises its own exception types for bad models
-            raise BundleError(f"{bundle.model_path.name} is not a loadable ONNX model: {exc}", self._blame) from None
+            raise BundleError(f"{bundle.model_path.name} is not a loadable self-contained ONNX model: {exc}",
+                              self._blame) from None
         self.inputs = bundle.inputs
         self.num_classes = len(bundle.class_names)
         self._check_signature(bundle)

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 
 from serve.bundle import Bundle, load
-from serve.errors import BundleError, BundleNotFound, BundleRejected, NotReady, ReloadInProgress
+from serve.errors import BundleError, BundleNotAllowed, BundleNotFound, BundleRejected, NotReady, ReloadInProgress
 from serve.graph import BlockCache, GraphStore
 from serve.model import Model
 from serve.scoring import NewNode, Scorer
@@ -47,23 +47,50 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
+def _within(path: Path, roots: list[Path]) -> Path | None:
+    """`path` resolved (links followed) if it lies inside one of `roots`, else None."""
+    try:
+        resolved = path.resolve()
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return resolved if any(resolved.is_relative_to(root) for root in roots) else None
+
+
+PROBE_NODES = 64
+
+
 def open_service(root: Path, intra_op_threads: int = 1, cache_budget_bytes: int = 256 << 20,
-                 pack_nodes: int = 128) -> Service:
-    """Verify the bundle at `root` and build its scorer (session, graph store, filled block cache).
-    The job's own checks (distill/served.py) go through here too: what it evaluates is what is served."""
-    bundle = load(root)
+                 pack_nodes: int = 128, key: bytes | None = None) -> Service:
+    """Verify the bundle at `root` (signed under `key`, when given) and build its scorer (session,
+    graph store, filled block cache). The job's own checks (distill/served.py) go through here too:
+    what it evaluates is what is served."""
+    bundle = load(root, key)
     model = Model(bundle, intra_op_threads)
     store = GraphStore(bundle.graph, bundle.policy)
     cache = BlockCache(store, cache_budget_bytes)
     cache.fill()
-    return Service(bundle, Scorer(store, cache, model, pack_nodes))
+    scorer = Scorer(store, cache, model, pack_nodes)
+    _probe(scorer, bundle.manifest.model.file)
+    return Service(bundle, scorer)
+
+
+def _probe(scorer: Scorer, model_file: str) -> None:
+    """Score a spread of nodes once: NaN / Inf weights (with matching hashes) must refuse the
+    bundle at load, not answer requests with garbage."""
+    n = scorer.store.num_nodes
+    rows = np.unique(np.linspace(0, n - 1, num=min(n, PROBE_NODES)).astype(np.int64))
+    logits = scorer.run_blocks([scorer.cache.get(int(i)) for i in rows])
+    if not np.isfinite(logits).all():
+        raise BundleError(f"{model_file} gives NaN or Inf logits on {int((~np.isfinite(logits).all(axis=1)).sum())} "
+                          f"of {len(rows)} probe nodes: its weights are not finite", {"file": model_file})
+
 
 
 def build(settings: Settings) -> Service:
     """Verify the bundle, build everything, warm up. Raises BundleError on a bad bundle."""
     started = time.perf_counter()
     service = open_service(settings.bundle, settings.intra_op_threads, settings.cache_budget_bytes,
-                           settings.pack_nodes)
+                           settings.pack_nodes, settings.key)
     scorer = service.scorer
     warm_up(scorer, settings.warmup_runs)
     log.info("bundle %s ready in %.2fs: %d nodes, %d/%d blocks cached (%.1f MiB)", service.bundle.version,
@@ -141,7 +168,7 @@ class Runtime:
     def reload(self, settings: Settings, builder: Callable[[Settings], Service] = build) -> Reloaded:
         """Verify, build and warm `settings.bundle`, then swap it in. Blocking: run it in a worker
         thread. On any error the served model is untouched. Raises ReloadInProgress, NotReady
-        (draining), BundleNotFound or BundleRejected."""
+        (draining), BundleNotFound, BundleNotAllowed (outside settings.allowed_roots) or BundleRejected."""
         if not self._building.acquire(blocking=False):
             raise ReloadInProgress("a bundle is already being loaded; retry when it is done")
         try:  # the swap and the unlock happen here, not in the caller: a cancelled request cannot skip them
@@ -150,6 +177,12 @@ class Runtime:
             if not _is_dir(settings.bundle):
                 raise BundleNotFound(f"bundle directory {settings.bundle} does not exist or is not a usable path",
                                      {"bundle": str(settings.bundle)})
+            resolved = _within(settings.bundle, settings.allowed_roots)
+            if resolved is None:
+                raise BundleNotAllowed(f"bundle directory {settings.bundle} is outside the reload roots "
+                                       f"{[str(r) for r in settings.allowed_roots]}; set SERVE_RELOAD_ROOTS to allow "
+                                       "another directory", {"bundle": str(settings.bundle)})
+            settings = settings.model_copy(update={"bundle": resolved})  # no link can be swapped after the check
             started = time.perf_counter()
             previous = self.service.bundle.version if self.service else None
             new = self._build_for_reload(settings, builder)

@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bundle.signing import check_key
+
 MIN_TOKEN_DISTINCT = 8
 
 
@@ -51,6 +53,15 @@ class Settings(BaseSettings):
         None, min_length=16,
         description="bearer token for POST /admin/reload; unset = the admin endpoint does not exist",
     )
+    reload_roots: list[Path] = Field(
+        default_factory=list,
+        description="directories POST /admin/reload may load bundles from (JSON list in the environment); "
+                    "empty = the directory holding the start-up bundle",
+    )
+    bundle_key: SecretStr | None = Field(
+        None, description="HMAC key: when set, only bundles signed with it (manifest.sig, written by a job run "
+                          "with DISTILL_BUNDLE_KEY) are served or reloaded",
+    )
     drain_seconds: float = Field(
         0.0, ge=0.0, le=300.0,
         description="after SIGTERM: keep serving with /readyz 503 this long before closing the listener",
@@ -81,6 +92,23 @@ class Settings(BaseSettings):
                                  "characters; generate one with `python -c 'import secrets; "
                                  "print(secrets.token_urlsafe(32))'`")
         return self
+
+    @model_validator(mode="after")
+    def _key_is_a_key(self) -> Settings:
+        if self.bundle_key is not None:
+            check_key(self.bundle_key.get_secret_value().encode(), "bundle_key")
+        return self
+
+    @property
+    def key(self) -> bytes | None:
+        """The bundle signing key as bytes, or None when bundles are not required to be signed."""
+        return None if self.bundle_key is None else self.bundle_key.get_secret_value().encode()
+
+    @property
+    def allowed_roots(self) -> list[Path]:
+        """Resolved directories a reload may read from (default: the start-up bundle's parent)."""
+        roots = self.reload_roots or [self.bundle.parent]
+        return [root.resolve() for root in roots]
 
     @model_validator(mode="after")
     def _threads_fit_cores(self) -> Settings:

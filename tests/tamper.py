@@ -4,8 +4,8 @@
 manifest is left alone, so the file no longer matches its sha256 in `manifest.json`'s `files`;
 `rehash=True` updates that entry (and the version, which names the digest of the served files) as
 well, so that only the deeper checks (dtypes, shapes, the CSR, the model's signature) can catch it.
-Plain files and hashlib only: usable by the serve and the distill tests alike, whatever the loaders
-look like.
+Plain files, hashlib and the torch-free contract package: usable by the serve and the distill tests
+alike.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bundle import files
+from bundle.manifest import Manifest
 
 Mutation = Callable[[bytes], bytes] | bytes
 
@@ -40,23 +43,19 @@ def tamper(bundle: Path, relpath: str, mutate: Mutation, rehash: bool = False) -
 
 
 def _rehash(bundle: Path, relpath: str, digest: str) -> None:
-    """Set `files[relpath]`; when the version names the served files' digest (docs/bundle.md:
-    `<dataset>-<student>-<digest>`), follow it too, so that only the deeper checks remain."""
+    """Set `files[relpath]` and follow it with the version (which names the digest of what is
+    served, docs/bundle.md), so that only the deeper checks remain."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert relpath in manifest["files"], f"{relpath} is not listed in manifest.files"
-    before = _served_digest(manifest)
     manifest["files"][relpath] = digest
-    version = str(manifest.get("version", ""))
-    if version.endswith("-" + before):
-        manifest["version"] = version.removesuffix(before) + _served_digest(manifest)
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (bundle / "manifest.json").write_text(json.dumps(reversion(manifest), indent=2))
 
 
-def _served_digest(manifest: dict[str, Any]) -> str:
-    """First 12 hex of sha256 over the sorted [path, sha256] pairs of the model and graph files."""
-    model = manifest.get("model", {}).get("file")
-    pairs = sorted([rel, sha] for rel, sha in manifest["files"].items() if rel == model or rel.startswith("graph/"))
-    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:12]
+def reversion(manifest: dict[str, Any]) -> dict[str, Any]:
+    """`manifest` (parsed JSON) with the version its served parts now digest to: an edit of the
+    policy or the dataset record that only the deeper checks should catch."""
+    manifest["version"] = files.version_of(Manifest.parse(json.dumps(manifest)))
+    return manifest
 
 
 def flip_last_byte(data: bytes) -> bytes:

@@ -15,13 +15,14 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from serve.dependencies import AdminAuth, BuilderDep, MetricsDep, RuntimeDep, SettingsDep
-from serve.errors import BundleNotFound, BundleRejected
+from serve.errors import BundleNotAllowed, BundleNotFound, BundleRejected
 from serve.schemas import ErrorResponse, ReloadRequest, ReloadResponse
 
 router = APIRouter(tags=["admin"])
 RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in (
         (401, "missing or wrong bearer token (WWW-Authenticate: Bearer)"),
+        (403, "bundle_not_allowed: the directory is outside the reload roots (SERVE_RELOAD_ROOTS)"),
         (409, "a bundle is already being loaded (start-up or another reload)"),
         (422, "bundle_not_found (no such directory), bundle_rejected (failed verification or could not be "
               "built; detail names the reason and the file), or a malformed body"),
@@ -48,11 +49,12 @@ async def reload(_: AdminAuth, body: Annotated[ReloadRequest, Depends(read_body)
                  settings: SettingsDep, metrics: MetricsDep, builder: BuilderDep) -> ReloadResponse:
     # `_: AdminAuth` first: FastAPI solves dependencies in signature order, so the token is checked
     # before `read_body` touches the body.
-    target = settings.model_copy(update={"bundle": Path(body.bundle)})
+    # The roots are the start-up settings' (by default the start-up bundle's folder), not the target's.
+    target = settings.model_copy(update={"bundle": Path(body.bundle), "reload_roots": settings.allowed_roots})
     try:
         # A worker thread: the event loop keeps answering on the old model while this runs.
         done = await asyncio.to_thread(runtime.reload, target, builder)
-    except (BundleNotFound, BundleRejected):
+    except (BundleNotFound, BundleNotAllowed, BundleRejected):
         metrics.reloads["failure"].inc()
         raise
     metrics.reloads["success"].inc()

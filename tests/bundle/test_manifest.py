@@ -33,15 +33,14 @@ def write_hand_bundle(root: Path, degree: bool = False) -> Manifest:
     hashes = files.file_hashes(root)
     model = StudentModel(file="student.onnx", student="gcn", num_layers=2, hidden_channels=4, inputs=["x", "adj"],
                          outputs=["logits"], opset=17, params=10)
-    served = [model.file, *paths.values()]
     manifest = Manifest(
-        schema_version=SCHEMA_VERSION, version=files.version_string("hand", "gcn", files.served_digest(hashes, served)),
-        created_at="2026-01-01T00:00:00+00:00",
+        schema_version=SCHEMA_VERSION, version="", created_at="2026-01-01T00:00:00+00:00",
         dataset=DatasetInfo(spec="hand", name="hand", source={"kind": "test"}, num_nodes=3, num_features=2,
                             num_classes=2, class_names=["a", "b"]),
         model=model, policy=Policy(fanout=2, k_hops=2, propagation="gcn", seed=0, degree_input=degree),
         graph=GraphFiles(**paths),
         metrics={}, config={}, seed=0, reproducibility=Reproducibility(threads=1, versions={}), files=hashes)
+    manifest = files.with_version(manifest)
     files.write_manifest(root, manifest)
     return manifest
 
@@ -54,14 +53,16 @@ def _edit(root: Path, change) -> None:
 
 def test_hand_bundle_round_trips(tmp_path):
     written = write_hand_bundle(tmp_path / "b")
-    manifest, graph = files.open_bundle(tmp_path / "b")
-    assert manifest == written
+    opened = files.open_bundle(tmp_path / "b")
+    manifest, graph = opened.manifest, opened.graph
+    assert manifest == written and opened.model == b"onnx bytes"
     assert graph.node_ids.tolist() == [10, 20, 30] and graph.csr.degree.tolist() == [2, 1, 1]
 
 
 def test_degree_array_round_trips_and_is_served(tmp_path):
     written = write_hand_bundle(tmp_path / "b", degree=True)
-    manifest, graph = files.open_bundle(tmp_path / "b")
+    opened = files.open_bundle(tmp_path / "b")
+    manifest, graph = opened.manifest, opened.graph
     assert manifest == written and graph.in_degree.tolist() == [5, 0, 1]
     assert "graph/in_degree.npy" in manifest.served_files  # part of the version digest
 
@@ -90,6 +91,9 @@ def test_negative_degree_is_refused():
     (lambda m: m["dataset"].update(class_names=["a", "a"]), "distinct"),
     (lambda m: m["policy"].update(propagation="magic"), "propagation"),
     (lambda m: m.update(version="hand-gcn-000000000000"), "digest"),
+    # What the service computes with, edited with every file hash intact: the version names it.
+    (lambda m: m["policy"].update(fanout=1), "not the digest of what is served"),
+    (lambda m: m["dataset"].update(class_names=["b", "a"]), "not the digest of what is served"),
     (lambda m: m["files"].pop("graph/weights.npy"), "not listed"),
     (lambda m: m["files"].update({"graph/indices.npy": "0" * 64}), "graph/indices.npy"),
     (lambda m: m["files"].update({"../outside.npy": "0" * 64}), "outside the bundle"),
@@ -110,17 +114,21 @@ def test_arrays_of_the_wrong_dtype_cannot_be_saved(tmp_path):
         files.save_graph(tmp_path / "b", graph)
 
 
-def test_served_digest_ignores_the_report_and_follows_the_graph():
-    hashes = {"student.onnx": "a" * 64, "graph/features.npy": "b" * 64, "report.json": "c" * 64}
-    served = ["student.onnx", "graph/features.npy"]
-    digest = files.served_digest(hashes, served)
-    assert digest == files.served_digest({**hashes, "report.json": "e" * 64}, served)
-    assert digest != files.served_digest({**hashes, "graph/features.npy": "d" * 64}, served)
+def test_version_ignores_the_report_and_follows_model_graph_and_policy(tmp_path):
+    written = write_hand_bundle(tmp_path / "b")
+    version = files.version_of(written)
+    assert version == written.version and version.startswith("hand-gcn-")
+    assert files.version_of(written.model_copy(update={"files": {**written.files, "report.json": "e" * 64},
+                                                       "metrics": {"x": 1}})) == version
+    assert files.version_of(written.model_copy(update={"files": {**written.files, "graph/features.npy": "d" * 64}})) \
+        != version
+    assert files.version_of(written.model_copy(update={"policy": written.policy.model_copy(update={"fanout": 1})})) \
+        != version
 
 
 def test_an_int8_parity_record_without_a_tolerance_round_trips(tmp_path):
     written = write_hand_bundle(tmp_path / "b")
     int8 = written.model_copy(update={"parity": Parity(max_abs_diff=0.03, nodes_checked=5)})
     files.write_manifest(tmp_path / "b", int8)
-    manifest, _ = files.open_bundle(tmp_path / "b")
+    manifest = files.open_bundle(tmp_path / "b").manifest
     assert manifest.parity is not None and manifest.parity.tolerance is None

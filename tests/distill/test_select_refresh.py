@@ -58,7 +58,7 @@ def test_select_writes_chosen_bundle_with_table_and_plot(tmp_path, capsys):
     chosen = next(c for c in summary["candidates"] if c["chosen"])
     assert manifest["selection"]["chosen"]["name"] == chosen["name"]
     assert "select.json" in manifest["files"]
-    assert open_bundle(out)[0].selection["chosen"]["name"] == chosen["name"]  # readable, int8 or not
+    assert open_bundle(out).manifest.selection["chosen"]["name"] == chosen["name"]  # readable, int8 or not
     assert len(summary["candidates"]) == 2 + sum(c["name"].endswith("-int8") for c in summary["candidates"])
 
 
@@ -84,7 +84,7 @@ def test_refresh_records_parent_and_gates_on_validation(tmp_path, capsys):
     parent = tmp_path / "v1"
     assert main(["run", "--out", str(parent), *TINY]) == 0
     child = tmp_path / "v2"
-    assert main(["refresh", "--bundle", str(parent), "--out", str(child), "--reuse-teacher", "--quiet"]) == 0
+    assert main(["refresh", "--bundle", str(parent), *TINY[:2], "--out", str(child), "--reuse-teacher", "--quiet"]) == 0
     old = json.loads((parent / "manifest.json").read_text())
     new = json.loads((child / "manifest.json").read_text())
     # The parent's config, with --teacher auto resolved to the family of the teacher.pt it reused.
@@ -96,10 +96,10 @@ def test_refresh_records_parent_and_gates_on_validation(tmp_path, capsys):
     assert new["metrics"]["teacher"]["reused"] is True
     # An impossible bar: "must improve by 1.0 on validation".
     blocked = tmp_path / "v3"
-    assert main(["refresh", "--bundle", str(parent), "--out", str(blocked), "--reuse-teacher", "--quiet",
+    assert main(["refresh", "--bundle", str(parent), *TINY[:2], "--out", str(blocked), "--reuse-teacher", "--quiet",
                  "--max-drop", "-1.0"]) == 2
     assert "worse than its parent" in capsys.readouterr().err and not blocked.exists()
-    assert main(["refresh", "--bundle", str(parent), "--out", str(blocked), "--reuse-teacher", "--quiet",
+    assert main(["refresh", "--bundle", str(parent), *TINY[:2], "--out", str(blocked), "--reuse-teacher", "--quiet",
                  "--max-drop", "-1.0", "--allow-worse"]) == 0
 
 
@@ -117,11 +117,11 @@ def test_refresh_that_passes_on_test_but_not_on_validation_is_refused(tmp_path, 
 
     monkeypatch.setattr(refresh, "parent_validation", perfect_on_validation)
     child = tmp_path / "v2"
-    assert main(["refresh", "--bundle", str(parent), "--out", str(child), "--reuse-teacher", "--quiet"]) == 2
+    assert main(["refresh", "--bundle", str(parent), *TINY[:2], "--out", str(child), "--reuse-teacher", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "on validation accuracy" in err and "< 1.0000" in err and not child.exists()
     # The same child on test: identical inputs give the parent's own test accuracy, so a test gate passes.
-    assert main(["refresh", "--bundle", str(parent), "--out", str(child), "--reuse-teacher", "--quiet",
+    assert main(["refresh", "--bundle", str(parent), *TINY[:2], "--out", str(child), "--reuse-teacher", "--quiet",
                  "--allow-worse"]) == 0
     assert json.loads((child / "manifest.json").read_text())["metrics"]["distilled"]["accuracy"] >= parent_test
 
@@ -131,7 +131,7 @@ def test_two_refreshes_with_the_same_inputs_give_the_same_version(tmp_path):
     assert main(["run", "--out", str(parent), *TINY]) == 0
     versions = []
     for name in ("a", "b"):
-        assert main(["refresh", "--bundle", str(parent), "--out", str(tmp_path / name), "--reuse-teacher",
+        assert main(["refresh", "--bundle", str(parent), *TINY[:2], "--out", str(tmp_path / name), "--reuse-teacher",
                      "--quiet"]) == 0
         versions.append(json.loads((tmp_path / name / "manifest.json").read_text())["version"])
     assert versions[0] == versions[1]
@@ -141,5 +141,5 @@ def test_refresh_refuses_tampered_parent(tmp_path, capsys):
     parent = tmp_path / "v1"
     assert main(["run", "--out", str(parent), *TINY]) == 0
     tamper(parent, "graph/weights.npy", lambda data: data[:-4] + b"\x00\x00\x80\x7f")  # last weight := +inf
-    assert main(["refresh", "--bundle", str(parent), "--out", str(tmp_path / "v2"), "--quiet"]) == 2
+    assert main(["refresh", "--bundle", str(parent), *TINY[:2], "--out", str(tmp_path / "v2"), "--quiet"]) == 2
     assert "graph/weights.npy: sha256" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from serve.bundle import load
 from serve.errors import BundleError
 from serve.model import Model
 from tests.serve.conftest import TinyBundle
-from tests.tamper import copy_bundle, edit_json, flip_last_byte, npy, tamper
+from tests.tamper import copy_bundle, edit_json, flip_last_byte, npy, reversion, tamper
 
 
 @pytest.fixture
@@ -80,6 +80,7 @@ def test_model_that_disagrees_with_the_manifest_is_refused(copy: Path) -> None:
     def one_more_class(manifest: dict[str, Any]) -> None:
         manifest["dataset"]["class_names"].append("extra")
         manifest["dataset"]["num_classes"] += 1
+        reversion(manifest)  # a consistent manifest: only the model's signature check can catch it
 
     tamper(copy, "manifest.json", edit_json(one_more_class))
     with pytest.raises(BundleError, match="outputs 3 classes, the manifest names 4"):

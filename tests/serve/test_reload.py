@@ -42,7 +42,10 @@ def reload(client: httpx.Client, bundle: Path | str, headers: dict[str, str] | N
 @pytest.fixture(scope="module")
 def admin(gcn: TinyBundle, gcn_seed1: TinyBundle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The gcn bundle served with an admin token. Every test leaves it serving `gcn` again."""
-    with serving(gcn.path, tmp_path_factory.mktemp("admin"), SERVE_ADMIN_TOKEN=TOKEN, SERVE_WARMUP_RUNS="5") as srv:
+    # Reload roots: the pytest run's base temp dir (the shared tiny bundles and each test's tmp_path).
+    roots = json.dumps([str(gcn.path.parents[1])])
+    with serving(gcn.path, tmp_path_factory.mktemp("admin"), SERVE_ADMIN_TOKEN=TOKEN, SERVE_WARMUP_RUNS="5",
+                 SERVE_RELOAD_ROOTS=roots) as srv:
         yield srv
 
 

@@ -40,7 +40,10 @@ class Gate:
 
 
 def app_for(bundle: Path, builder: Callable[[Settings], Service] = build) -> TestClient:
-    settings = Settings(bundle=bundle, admin_token=TOKEN, warmup_runs=0)  # type: ignore[arg-type]
+    # Reloads may read anywhere in this pytest run's base temp dir: the session's tiny bundles and
+    # each test's tmp_path copies both live there.
+    settings = Settings(bundle=bundle, admin_token=TOKEN, warmup_runs=0,  # type: ignore[arg-type]
+                        reload_roots=[bundle.parents[1]])
     return TestClient(create_app(settings, builder=builder))
 
 
@@ -116,3 +119,20 @@ def test_cli_refuses_a_short_token() -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "admin_token" in result.stderr and "short" not in result.stderr
+
+
+def test_reload_outside_the_roots_is_403_even_through_a_link(gcn: TinyBundle, tmp_path: Path) -> None:
+    settings = Settings(bundle=gcn.path, admin_token=TOKEN, warmup_runs=0)  # type: ignore[arg-type]
+    outside = copy_bundle(gcn.path, tmp_path / "outside")  # a valid bundle, outside gcn's folder
+    link = gcn.path.parent / f"link-{tmp_path.name}"
+    link.symlink_to(outside, target_is_directory=True)  # inside the root by name, outside by target
+    try:
+        with TestClient(create_app(settings)) as client:
+            wait_status(client, "ready")
+            for target in (outside, link):
+                response = client.post("/admin/reload", json={"bundle": str(target)}, headers=AUTH)
+                assert response.status_code == 403 and response.json()["error"]["code"] == "bundle_not_allowed"
+            sibling = client.post("/admin/reload", json={"bundle": str(gcn.path)}, headers=AUTH)
+            assert sibling.status_code == 200  # the default root: the start-up bundle's folder
+    finally:
+        link.unlink()
