@@ -4,7 +4,9 @@ Torch-free on purpose (numpy + pydantic only): the service imports it without pu
 training stack, and the job writes through it, so there is no second copy of any rule.
 
 - `bundle.manifest`: the typed, versioned `Manifest` (unknown keys rejected).
-- `bundle.files`: array specs, sha256, the version digest, atomic staging, reading and verifying.
+- `bundle.files`: array specs, sha256, the version digest, reading and verifying (into memory).
+- `bundle.signing`: optional HMAC signatures of the manifest.
+- `bundle.publish`: atomic publication (`staging`: one RENAME_EXCHANGE swap), stale-folder cleanup.
 - `bundle.policy`: the neighbourhood policy kernels: neighbour ranking and pruning, propagation
   weights, CSR, k-hop neighbourhoods, dense blocks and new-node rows.
 

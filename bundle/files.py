@@ -1,7 +1,8 @@
-"""The bundle on disk: array specs, sha256 of every file, the version digest, atomic staging, and
-reading with verification. Nothing read here is trusted: every file used must be listed in the
-manifest with a matching sha256, paths must stay inside the bundle, arrays must be plain .npy
-(no pickles) with the dtypes and shapes of the contract, and the version must match its digest.
+"""The bundle on disk: array specs, sha256 of every file, the version digest, and reading with
+verification (publishing atomically is bundle.publish). Nothing read here is trusted: every file
+used must be listed in the manifest with a matching sha256, paths must stay inside the bundle,
+arrays must be plain .npy (no pickles) with the dtypes and shapes of the contract, and the version
+must match its digest.
 
 What the service computes with (the model and the graph arrays) is read into memory once, and the
 sha256 is taken of exactly those bytes: an in-place edit of a served bundle after its load cannot
@@ -14,10 +15,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,27 +121,6 @@ def save_graph(root: Path, arrays: GraphArrays) -> dict[str, str]:
         paths[name] = f"graph/{name}.npy"
         np.save(root / paths[name], array, allow_pickle=False)
     return paths
-
-
-@contextmanager
-def staging(out: Path, force: bool) -> Iterator[Path]:
-    """Yield a temp dir next to `out`; on success rename it to `out`, on any error delete it."""
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; the service may run as another user
-        if out.exists() and force:
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:

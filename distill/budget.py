@@ -162,7 +162,7 @@ def run_select(cfg: RunConfig, grid: list[Candidate], opts: Options, out: Path, 
     """Distil, stage and time every candidate; write the chosen bundle with select.{json,md,png}."""
     from distill.budget_report import plot, summary_json
 
-    writer.check_target(out, force)
+    writer.check_target(out, force, cfg)
     prep = pipeline.prepare(cfg, progress)
     key = selection_metric(prep.ds.num_classes)
     teacher_test = float(prep.teacher_metrics[key])

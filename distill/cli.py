@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bundle import signing
 from bundle.errors import BundleInvalid
+from bundle.publish import PublishError
 from distill.config import RunConfig, cli_fields
 from distill.errors import DistillError
 
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BundleInvalid as exc:  # the contract refused what the job was about to write or read
         print(f"distill: error: bundle contract: {exc.message}", file=sys.stderr)
+        return 2
+    except PublishError as exc:  # an OSError while writing or swapping the bundle (disk full, EACCES, ...)
+        print(f"distill: error: {exc.message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("distill: interrupted; nothing was written", file=sys.stderr)

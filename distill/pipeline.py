@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bundle.files import staging
+from bundle.publish import staging
 from distill import report, served, tail, writer
 from distill.artefacts import Distilled, Prepared, Trained
 from distill.config import RunConfig
@@ -98,7 +98,7 @@ def run(cfg: RunConfig, out: Path, force: bool = False, progress: bool = True,
 
     `teacher_state` reuses a trained teacher; `gate` (from `distill refresh`) may veto the bundle.
     """
-    writer.check_target(out, force)
+    writer.check_target(out, force, cfg)
     started = time.perf_counter()
     prep = prepare(cfg, progress, teacher_state)
     scratch = train_candidates(cfg, prep, (), progress)
