@@ -39,12 +39,16 @@ def _opt(default: object, help: str, choices: tuple[str, ...] | None = None) -> 
 class RunConfig:
     """Everything `distill run` needs. Field order is the order of `distill run --help`."""
 
-    dataset: str = _opt("synthetic", "dataset spec: synthetic[:key=value,...] | planetoid:PATH | npz:PATH")
-    split: int = _opt(0, "which fixed split of an npz dataset to use")
+    dataset: str = _opt("synthetic", "dataset spec: synthetic[:key=value,...] | planetoid:PATH | npz:PATH | "
+                        "mat:PATH | acm:PATH")
+    split: int = _opt(0, "which fixed split to use (npz: its index; mat: the seed; acm: 0 / 1 / 2 = 20 / 40 / 60 "
+                      "labels per class)")
     teacher: str = _opt("auto", "teacher architecture (gat-sep: attention over neighbours, the node's own state "
                         "through a separate transform; gcnii: deep GCN with initial residual and identity "
-                        f"mapping; auto: train {', '.join(AUTO_TEACHERS)} in turn, keep the best on validation)",
-                        ("auto", "gat", "gat-sep", "gcnii", "gcn", "sage"))
+                        f"mapping; hetero-sage: per-relation SAGE over every node and edge type of a heterogeneous "
+                        f"dataset; auto: train {', '.join(AUTO_TEACHERS)} (and hetero-sage on a heterogeneous "
+                        "dataset) in turn, keep the best on validation)",
+                        ("auto", "gat", "gat-sep", "gcnii", "gcn", "sage", "hetero-sage"))
     teacher_layers: int = _opt(6, "teacher message-passing layers")
     teacher_hidden: int = _opt(64, "teacher width (all heads together for gat)")
     teacher_heads: int = _opt(4, "attention heads per gat layer")
@@ -93,7 +97,8 @@ class RunConfig:
     layer_map: str = _opt("", "teacher:student layer pairs for feature/structure KD, e.g. 3:1,6:2 "
                           "(default: every N-th teacher layer)")
     feature_norm: str = _opt("auto", "input normalisation inside the models "
-                             "(auto: row for planetoid, standard otherwise)", ("auto", "none", "row", "standard"))
+                             "(auto: row for bag-of-words features (non-negative, mostly zeros), standard "
+                             "otherwise)", ("auto", "none", "row", "standard"))
     epochs: int = _opt(300, "max epochs for every model (same budget for teacher, scratch, distilled)")
     patience: int = _opt(50, "early-stopping patience on the validation metric")
     min_epochs: int = _opt(100, "no early stop before this many epochs")

@@ -3,7 +3,9 @@
 Specs: `synthetic[:key=value,...]`, `planetoid:PATH` (folder holding `raw/ind.<name>.*`),
 `npz:PATH` (the heterophilous-graphs layout), `mat:PATH` (the graph-anomaly-detection MATLAB layout:
 `Network`, `Attributes`, `Label`, e.g. Amazon review fraud; no fixed split, so `--split K` seeds a
-stratified 40 / 20 / 40 % train / validation / test split). Source files are only read, never written.
+stratified 40 / 20 / 40 % train / validation / test split), `acm:PATH` (heterogeneous ACM in HeCo's
+layout, served through its paper-author-paper meta-path graph; `--split 0 | 1 | 2` = 20 / 40 / 60
+labels per class; distill/hetero.py). Source files are only read, never written.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch_geometric.data import Data
+from torch_geometric.data import Data, HeteroData
 from torch_geometric.utils import coalesce
 
-from distill import synthetic
+from distill import hetero, synthetic
 from distill.errors import DatasetError
 
-KINDS = ("synthetic", "planetoid", "npz", "mat")
+KINDS = ("synthetic", "planetoid", "npz", "mat", "acm")
 MAT_KEYS = ("Network", "Attributes", "Label")
 SPLIT_SHARES = (0.4, 0.2)  # train, validation; the rest is test (as PC-GNN and others split these graphs)
 NPZ_KEYS = ("node_features", "node_labels", "edges", "train_masks", "val_masks", "test_masks")
@@ -39,6 +41,7 @@ class Dataset:
     name: str
     class_names: tuple[str, ...]
     source: dict[str, Any]
+    hetero: HeteroData | None = None  # the typed graph `data` was projected from (acm:), for type-aware models
 
     @property
     def num_classes(self) -> int:
@@ -53,16 +56,28 @@ def load_dataset(spec: str, split: int = 0) -> Dataset:
     if kind not in KINDS or not arg:
         raise DatasetError(
             f"dataset spec {spec!r}: expected one of 'synthetic[:key=value,...]', "
-            "'planetoid:PATH', 'npz:PATH' or 'mat:PATH'"
+            "'planetoid:PATH', 'npz:PATH', 'mat:PATH' or 'acm:PATH'"
         )
     path = Path(arg)
     if not path.exists():
         raise DatasetError(f"dataset spec {spec!r}: {path} does not exist")
-    loader = {"planetoid": _planetoid, "npz": _npz, "mat": _mat}[kind]
+    loader = {"planetoid": _planetoid, "npz": _npz, "mat": _mat, "acm": _acm}[kind]
     ds = loader(spec, path, split)
     if ds.num_classes < 2:
         raise DatasetError(f"dataset spec {spec!r}: labels hold {ds.num_classes} class; a classifier needs at least 2")
     return ds
+
+
+def _acm(spec: str, path: Path, split: int) -> Dataset:
+    """ACM's papers over the paper-author-paper meta-path graph, the typed graph kept beside them."""
+    graph = hetero.load_acm(spec, path, split)
+    paper = graph["paper"]
+    masks = {name: paper[f"{name}_mask"].numpy() for name in ("train", "val", "test")}
+    data = _to_data(paper.x.numpy(), paper.y.numpy(), hetero.metapath_edges(graph).numpy(), masks)
+    classes = tuple(f"class_{i}" for i in range(int(paper.y.max()) + 1))
+    source = {"kind": "acm", "spec": spec, "split": split, "labels_per_class": hetero.ACM_LABELS[split],
+              "view": "paper-author-paper", "files": _hashes(hetero.acm_files(spec, path, split))}
+    return Dataset(data, "acm", classes, source, graph)
 
 
 def _synthetic(spec: str, arg: str) -> Dataset:

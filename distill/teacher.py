@@ -16,7 +16,7 @@ from distill.errors import ConfigError
 from distill.models import FeatureNorm
 from distill.objectives import supervised
 from distill.policy import prune
-from distill.teacher_models import build_teacher
+from distill.teacher_models import HETERO_TEACHERS, build_teacher
 from distill.train import Edges, TrainConfig, fit, predict, test_metrics
 
 
@@ -24,9 +24,16 @@ def feature_norm(cfg: RunConfig, ds: Dataset) -> FeatureNorm:
     """The input normalisation every model (and so the ONNX student) carries."""
     mode = cfg.feature_norm
     if mode == "auto":
-        mode = "row" if ds.source["kind"] == "planetoid" else "standard"
+        mode = "row" if bag_of_words(ds.data.x) else "standard"
     x = ds.data.x[ds.data.train_mask]
     return FeatureNorm(mode, x.mean(0), x.std(0).clamp(min=1e-6))
+
+
+def bag_of_words(x: torch.Tensor) -> bool:
+    """Non-negative and mostly zeros (Planetoid, ACM): standardising such columns with statistics of
+    a few labelled rows divides rare words by a near-zero std (ACM at 20 labels per class: 60 rows
+    for 1,902 words), so these are row-normalised instead."""
+    return bool((x >= 0).all()) and float((x == 0).float().mean()) > 0.5
 
 
 def teacher_model(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.device, restart: int = 0,
@@ -45,7 +52,7 @@ def teacher_model(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.
         family, in_channels=ds.data.num_features, hidden_channels=cfg.teacher_hidden,
         num_layers=cfg.teacher_depth(family), out_channels=ds.num_classes, dropout=cfg.teacher_dropout,
         heads=cfg.teacher_heads, attn_dropout=cfg.attn_dropout, residual=cfg.teacher_residual,
-        norm=cfg.teacher_norm, jk=cfg.teacher_jk, alpha=cfg.gcnii_alpha, theta=cfg.gcnii_theta,
+        norm=cfg.teacher_norm, jk=cfg.teacher_jk, alpha=cfg.gcnii_alpha, theta=cfg.gcnii_theta, graph=ds.hetero,
     )
     teacher.feature_norm = FeatureNorm(norm.mode, norm.mean, norm.std)
     return teacher.to(device), Edges(edges).to(device)
@@ -71,13 +78,24 @@ def train_family(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConf
                           {**kept.metrics, "restarts_val": list(best.scores.values()), "family": family})
 
 
+def teacher_families(cfg: RunConfig, ds: Dataset) -> tuple[str, ...]:
+    """The families a run trains: cfg.families, and under --teacher auto on a heterogeneous dataset
+    the type-aware ones too (a homogeneous teacher sees only the meta-path view)."""
+    if cfg.teacher == "auto" and ds.hetero is not None:
+        return (*cfg.families, *HETERO_TEACHERS)
+    if ds.hetero is None and set(cfg.families) & set(HETERO_TEACHERS):
+        raise ConfigError(f"--teacher {cfg.teacher} needs a heterogeneous dataset (acm:PATH); {ds.name} has one "
+                          "node type")
+    return cfg.families
+
+
 def train_teacher(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,
                   progress: bool) -> TrainedTeacher:
     """Train every family of `cfg.families` in order (each with its restarts) and keep the best on
     validation. Past `cfg.teacher_budget` seconds no further family is started; the first always is.
     Metrics: test metrics of the kept teacher, its training record, `family`, `families_val` (the
     validation score of every family trained) and `families_skipped` (those the budget left out)."""
-    start, order, skipped = time.perf_counter(), cfg.families, []
+    start, order, skipped = time.perf_counter(), teacher_families(cfg, ds), []
 
     def candidates() -> Iterator[tuple[str, Callable[[], TrainedTeacher]]]:
         for i, family in enumerate(order):

@@ -10,6 +10,7 @@ from torch_geometric.nn import GATConv, GCN2Conv, JumpingKnowledge
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 
 from distill.errors import ConfigError
+from distill.hetero_models import HeteroSAGE
 from distill.models import GCN, SAGE, FeatureNorm, NodeOutputs, input_dropout, norm_layer
 
 
@@ -109,14 +110,17 @@ TEACHERS: dict[str, Callable[..., nn.Module]] = {
     "gcnii": GCNII,
     "gcn": lambda **kw: GCN(normalize=True, **kw),
     "sage": lambda **kw: SAGE(aggr="mean", **kw),
+    "hetero-sage": HeteroSAGE,
 }
+# Families that read the typed graph (Dataset.hetero) instead of the homogeneous view's edges.
+HETERO_TEACHERS = ("hetero-sage",)
 
 _SHAPE = ("in_channels", "hidden_channels", "num_layers", "out_channels", "dropout")
 _GAT = _SHAPE + ("heads", "attn_dropout", "residual", "norm", "jk")
 # The constructor arguments each family takes; build_teacher drops the rest, so one call site can
 # pass every family's options.
 ACCEPTS: dict[str, tuple[str, ...]] = {"gat": _GAT, "gat-sep": _GAT, "gcnii": _SHAPE + ("alpha", "theta"),
-                                       "gcn": _SHAPE, "sage": _SHAPE}
+                                       "gcn": _SHAPE, "sage": _SHAPE, "hetero-sage": _SHAPE + ("graph",)}
 
 
 def build_teacher(name: str, **kwargs: object) -> nn.Module:

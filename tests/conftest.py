@@ -38,3 +38,8 @@ def tolokers_npz() -> Path:
 @pytest.fixture
 def amazon_mat() -> Path:
     return require_dataset("fraud-amazon/Amazon.mat")
+
+
+@pytest.fixture
+def acm_dir() -> Path:
+    return require_dataset("hetero-acm")
