@@ -62,4 +62,6 @@ EXPOSE 8000
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=60 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2)"]
+# 0.0.0.0 so that other containers reach it: publish a proxy's port, not this one (docker-compose.yml
+# puts nginx with deploy/nginx.conf in front); the service's own HTTP limits are the second line.
 CMD ["python", "-m", "serve", "--bundle", "/bundle", "--host", "0.0.0.0"]

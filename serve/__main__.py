@@ -1,5 +1,6 @@
 """`python -m serve --bundle DIR [--host 127.0.0.1] [--port 8000]`: one uvicorn worker on
-uvloop + httptools. Every other setting comes from SERVE_* environment variables.
+uvloop + httptools, with the HTTP limits of serve/http_limits.py. Every other setting comes from
+SERVE_* environment variables.
 
 Exit codes: 0 after a graceful shutdown (SIGTERM / SIGINT, see serve/shutdown.py), 2 for invalid
 settings, 3 when the server could not start (e.g. the port is taken)."""
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from serve.app import create_app
+from serve.http_limits import HttpLimits, ensure_fd_limit, limited_protocol
 from serve.runtime import Runtime
 from serve.settings import Settings
 from serve.shutdown import DrainingServer
@@ -34,8 +36,14 @@ def parse_args(argv: list[str] | None) -> dict[str, object]:
 
 def serve_app(settings: Settings, app: FastAPI) -> int:
     """Run `app` (made by create_app) until a signal ends it -> the exit code (0, or 3 if it never started)."""
+    limits = HttpLimits(max_header_bytes=settings.max_header_bytes, header_timeout=settings.header_timeout_seconds,
+                        body_timeout=settings.body_timeout_seconds, max_connections=settings.max_connections,
+                        max_in_flight=settings.max_in_flight)
+    ensure_fd_limit(settings.max_connections)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, workers=1, loop="uvloop", http="httptools",
+        # httptools with the limits uvicorn lacks (serve/http_limits.py); no WebSocket upgrades (no route uses one).
+        app, host=settings.host, port=settings.port, workers=1, loop="uvloop", http=limited_protocol(limits),
+        ws="none", timeout_keep_alive=settings.keep_alive_seconds,
         log_level=settings.log_level,
         access_log=False,  # a log line per request costs more than scoring a node
         timeout_graceful_shutdown=settings.graceful_timeout_seconds,

@@ -70,6 +70,33 @@ class Settings(BaseSettings):
         10, ge=1, le=600,
         description="after the drain: wait this long for in-flight requests, then cancel them and exit",
     )
+    # HTTP limits (serve/http_limits.py): what a client may hold of the one event loop.
+    max_header_bytes: int = Field(
+        32 << 10, ge=1024, le=1 << 20,
+        description="request line + headers of one request; more -> 431 and the connection closes",
+    )
+    header_timeout_seconds: float = Field(
+        5.0, gt=0.0, le=300.0, allow_inf_nan=False,
+        description="a request head must arrive within this long of the connection opening (or of its first "
+                    "byte on a kept-alive connection); else 408 / close (slowloris)",
+    )
+    body_timeout_seconds: float = Field(
+        10.0, gt=0.0, le=600.0, allow_inf_nan=False,
+        description="a request body must arrive within this long of its head; else 408 and close",
+    )
+    keep_alive_seconds: int = Field(  # int: uvicorn's timeout_keep_alive is one
+        5, ge=1, le=300,
+        description="an idle kept-alive connection closes after this long without a new request",
+    )
+    max_connections: int = Field(
+        1000, ge=2, le=1_000_000,
+        description="open connections; a new one over the cap closes the oldest idle one (503 when none is idle)",
+    )
+    max_in_flight: int = Field(
+        64, ge=1, le=100_000,
+        description="requests being handled at once (body received, answer pending); more -> 503 at once "
+                    "(/livez, /readyz and /metrics neither counted nor refused)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -119,6 +146,15 @@ class Settings(BaseSettings):
                 f"intra_op_threads={self.intra_op_threads} exceeds the {cores} available cores "
                 "(1 worker x threads must fit the cores; oversubscribed threads only add latency)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _in_flight_fits_connections(self) -> Settings:
+        # Each connection carries at most one request in progress (pipelined ones wait), so a cap set above
+        # max_connections could never be reached: a misconfiguration. (The default 64 with a smaller
+        # max_connections is left alone: the connection cap then binds first.)
+        if "max_in_flight" in self.model_fields_set and self.max_in_flight > self.max_connections:
+            raise ValueError(f"max_in_flight={self.max_in_flight} exceeds max_connections={self.max_connections}")
         return self
 
     @property

@@ -86,3 +86,31 @@ def test_a_generated_admin_token_is_accepted() -> None:
 
     settings = Settings(bundle=Path("/b"), admin_token=secrets.token_urlsafe(32))  # type: ignore[arg-type]
     assert settings.admin_token is not None
+
+
+# -- HTTP limits (serve/http_limits.py) ---------------------------------------------------------------
+def test_http_limit_defaults_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Settings(bundle=Path("/b"))
+    assert (s.max_header_bytes, s.header_timeout_seconds, s.body_timeout_seconds, s.keep_alive_seconds,
+            s.max_connections, s.max_in_flight) == (32768, 5.0, 10.0, 5, 1000, 64)
+    monkeypatch.setenv("SERVE_MAX_CONNECTIONS", "50")  # below the default max_in_flight: the connection cap binds
+    monkeypatch.setenv("SERVE_HEADER_TIMEOUT_SECONDS", "0.5")
+    s = Settings(bundle=Path("/b"))
+    assert (s.max_connections, s.max_in_flight, s.header_timeout_seconds) == (50, 64, 0.5)
+
+
+@pytest.mark.parametrize(("field", "good", "bad"), [
+    ("max_header_bytes", 4096, 100), ("max_header_bytes", 4096, 2 << 20),
+    ("header_timeout_seconds", 0.5, 0), ("header_timeout_seconds", 0.5, float("inf")),
+    ("header_timeout_seconds", 0.5, float("nan")), ("body_timeout_seconds", 30, -1),
+    ("keep_alive_seconds", 2, 0), ("max_connections", 100, 1), ("max_in_flight", 8, 0),
+])
+def test_http_limits_out_of_range_are_refused(field: str, good: object, bad: object) -> None:
+    assert getattr(Settings(bundle=Path("/b"), **{field: good}), field) == good
+    with pytest.raises(ValidationError, match=field):
+        Settings(bundle=Path("/b"), **{field: bad})
+
+
+def test_max_in_flight_must_fit_max_connections() -> None:
+    with pytest.raises(ValidationError, match="max_in_flight=200 exceeds max_connections=100"):
+        Settings(bundle=Path("/b"), max_connections=100, max_in_flight=200)
