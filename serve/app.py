@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,7 +16,12 @@ from serve.errors import BodyTooLarge
 from serve.metrics import Metrics, MetricsMiddleware
 from serve.routes import admin, health, v1
 from serve.runtime import Runtime, Service, build
+from serve.schemas import ErrorResponse
 from serve.settings import Settings
+
+# Documented on every operation: a bug anywhere is answered with the one error body (serve/errors.py).
+BUG: dict[int | str, dict[str, Any]] = {
+    500: {"model": ErrorResponse, "description": "internal_error: a bug, logged with its traceback; never expected"}}
 
 
 class BodyLimitMiddleware:
@@ -77,7 +83,7 @@ def create_app(settings: Settings, builder: Callable[[Settings], Service] = buil
         runtime.start(settings, builder)
         yield
 
-    app = FastAPI(title="graph-distill scoring service", version="1", lifespan=lifespan,
+    app = FastAPI(title="graph-distill scoring service", version="1", lifespan=lifespan, responses=BUG,
                   description="Scores graph nodes with a distilled ONNX student on cached k-hop neighbourhoods.")
     # What serve/dependencies.py hands to the routes.
     app.state.runtime, app.state.settings, app.state.metrics, app.state.builder = runtime, settings, metrics, builder

@@ -96,6 +96,26 @@ class ReloadInProgress(ServeError):
     code = "reload_in_progress"
 
 
+class UnsupportedMediaType(ServeError):
+    """The body is not declared as JSON (no Content-Type, or another one)."""
+
+    code = "unsupported_media_type"
+
+
+class UnsupportedEncoding(UnsupportedMediaType):
+    """The body is compressed (a Content-Encoding other than identity); RFC 9110 answers that 415 too."""
+
+    code = "unsupported_encoding"
+
+
+class ModelOutputInvalid(ServeError):
+    """The model produced a non-finite score. Never a 200 with nulls in place of probabilities: the
+    answer would be garbage and would violate the response schema. 503, like a refused bundle: the
+    request was fine, this model cannot serve it."""
+
+    code = "model_output_invalid"
+
+
 # The one mapping from domain error to status code. An error not listed takes the entry of its nearest
 # listed base class (so a new subclass of BundleError is 503, not 500); only unlisted lines fall to 500.
 STATUS: dict[type[ServeError], int] = {
@@ -112,10 +132,13 @@ STATUS: dict[type[ServeError], int] = {
     BundleNotAllowed: 403,
     BundleRejected: 422,
     ReloadInProgress: 409,
+    UnsupportedMediaType: 415,
+    ModelOutputInvalid: 503,
 }
 # Headers a status requires (RFC 6750: a 401 names the scheme the client should use); resolved likewise.
 HEADERS: dict[type[ServeError], dict[str, str]] = {
     Unauthorized: {"WWW-Authenticate": "Bearer"},
+    UnsupportedEncoding: {"Accept-Encoding": "identity"},  # RFC 9110 12.5.3: say which codings are accepted
 }
 
 
@@ -157,10 +180,12 @@ async def _on_serve_error(_: Request, exc: Exception) -> JSONResponse:
 async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     detail = _validation_detail(exc)
-    malformed = any(d["type"] == "json_invalid" for d in detail)
-    code, message = ("malformed_json", "request body is not valid JSON") if malformed else (
-        "invalid_request", "request does not match the schema")
-    return JSONResponse(body(code, message, detail), status_code=422)
+    reasons = [e.get("ctx", {}).get("error") for e in exc.errors() if e.get("type") == "json_invalid"]
+    if reasons:
+        # The parser's reason (a str, set by FastAPI or serve/body.py) says what to fix.
+        message = "request body is not valid JSON" + (f": {reasons[0]}" if isinstance(reasons[0], str) else "")
+        return JSONResponse(body("malformed_json", message, detail), status_code=422)
+    return JSONResponse(body("invalid_request", "request does not match the schema", detail), status_code=422)
 
 
 async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:

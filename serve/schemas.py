@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # Strict: JSON true / 1.5 / "7" are not node ids. Bounded: ids must fit numpy int64.
 NodeId = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
-# allow_inf_nan=False rejects the NaN / Infinity literals Python's json module accepts.
-Feature = Annotated[float, Field(allow_inf_nan=False)]
+# Strict like the ids: JSON true and "0.5" are not features (lax mode made them 1.0 and 0.5); JSON
+# integers still are. allow_inf_nan=False rejects the NaN / Infinity literals Python's json accepts.
+Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 class NewNodeIn(BaseModel):
@@ -28,6 +29,9 @@ class ScoreRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"node_ids": [0, 7]}, {"new_nodes": [{"features": [0.1, 0.2], "neighbors": [0, 7]}]}],
+        # Documents the empty_batch rule (checked by the endpoint), so the schema allows no empty batch.
+        "anyOf": [{"required": ["node_ids"], "properties": {"node_ids": {"minItems": 1}}},
+                  {"required": ["new_nodes"], "properties": {"new_nodes": {"minItems": 1}}}],
     })
 
     node_ids: list[NodeId] = Field(default_factory=list, description="external ids of existing nodes")
@@ -57,6 +61,10 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# The 503 the HTTP layer (serve/http_limits.py) answers on any route but the probes, for the OpenAPI text.
+OVERLOADED = "overloaded (over SERVE_MAX_IN_FLIGHT requests in progress; Retry-After: 1)"
 
 
 class Status(BaseModel):

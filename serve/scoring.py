@@ -3,19 +3,22 @@ block-diagonally into few onnxruntime calls, softmax. No HTTP here, so bench/lat
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import numpy.typing as npt
 
-from serve.errors import InvalidFeatures, UnknownNeighbors, UnknownNodes
+from serve.errors import InvalidFeatures, ModelOutputInvalid, UnknownNeighbors, UnknownNodes
 from serve.graph import Block, BlockCache, GraphStore
 from serve.model import Model, softmax
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
+log = logging.getLogger("serve")
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,9 @@ class Scorer:
         blocks += [self.store.new_node_block(x, nbrs) for x, nbrs in new]
         fetched = time.perf_counter()
         logits = self.run_blocks(blocks)
-        probs = softmax(logits)
+        probs = _softmax(logits)
+        if not np.isfinite(probs).all():
+            self._blame(blocks, probs, first_new=len(internal))
         done = time.perf_counter()
         return Scores(logits, probs, probs.argmax(axis=1).astype(np.int64), fetched - started, done - fetched)
 
@@ -79,6 +84,23 @@ class Scorer:
             raise UnknownNeighbors(f"new_nodes[{index}] names {len(unknown)} neighbour id(s) not in the graph",
                                    {"index": index, "unknown_neighbor_ids": unknown[:100].tolist()})
         return x32, internal
+
+    def _blame(self, blocks: Sequence[Block], probabilities: F32, first_new: int) -> NoReturn:
+        """Non-finite scores, never served (they would go out as `null` in a 200). Inputs are finite
+        float32, but a new node's large values can still overflow inside the model, and in a packed
+        call its inf reaches the other blocks' rows (0 * inf); so each new node is rerun alone (only
+        on this error path). One that overflows alone is the client's: 422 invalid_features. Else the
+        model is to blame (non-finite weights): 503 model_output_invalid, logged for the operator."""
+        for i in range(first_new, len(blocks)):
+            if not np.isfinite(_softmax(self.run_blocks([blocks[i]]))).all():
+                index = i - first_new
+                raise InvalidFeatures(f"new_nodes[{index}].features overflow inside the model; the values are "
+                                      "too large for it (rescale them like the training features)", {"index": index})
+        rows = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
+        log.error("model output is not finite for %d of %d rows", len(rows), len(probabilities))
+        raise ModelOutputInvalid(f"the model produced non-finite scores for {len(rows)} of the "
+                                 f"{len(probabilities)} nodes; the served bundle is unusable for them",
+                                 {"rows": rows[:100].tolist()})
 
     def run_blocks(self, blocks: Sequence[Block]) -> F32:
         """Logits of each block's target row -> float32 [len(blocks), C]."""
@@ -122,3 +144,10 @@ class Scorer:
         for start, b in zip(starts.tolist(), blocks, strict=True):
             adj[start:start + b.size, start:start + b.size] = b.adj
         return x, adj, rows
+
+
+def _softmax(logits: F32) -> F32:
+    # Huge finite logits overflow in the max-shift (to a harmless -inf) or give inf - inf = NaN, which
+    # Scorer._blame reports; neither is worth a RuntimeWarning in the service log.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return softmax(logits)

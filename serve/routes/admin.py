@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,19 +15,23 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+from serve.body import JsonRoute, malformed, parse, require_json
 from serve.dependencies import AdminAuth, BuilderDep, MetricsDep, RuntimeDep, SettingsDep
 from serve.errors import BundleNotAllowed, BundleNotFound, BundleRejected
-from serve.schemas import ErrorResponse, ReloadRequest, ReloadResponse
+from serve.schemas import OVERLOADED, ErrorResponse, ReloadRequest, ReloadResponse
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], route_class=JsonRoute)
 RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in (
-        (401, "missing or wrong bearer token (WWW-Authenticate: Bearer)"),
+        (401, "unauthorized: missing or wrong bearer token (WWW-Authenticate: Bearer)"),
         (403, "bundle_not_allowed: the directory is outside the reload roots (SERVE_RELOAD_ROOTS)"),
-        (409, "a bundle is already being loaded (start-up or another reload)"),
+        (409, "reload_in_progress: a bundle is already being loaded (start-up or another reload)"),
+        (413, "body_too_large: body larger than SERVE_MAX_BODY_BYTES (checked before the token)"),
+        (415, "unsupported_media_type (Content-Type missing or not application/json) or unsupported_encoding "
+              "(a Content-Encoding such as gzip)"),
         (422, "bundle_not_found (no such directory), bundle_rejected (failed verification or could not be "
-              "built; detail names the reason and the file), or a malformed body"),
-        (503, "the service is shutting down"),
+              "built; detail names the reason and the file), malformed_json or invalid_request (the body)"),
+        (503, f"not_ready (the service is shutting down) or {OVERLOADED}"),
     )
 }
 # Documented by hand: the body is read by a dependency (below), so FastAPI does not see it.
@@ -35,9 +40,12 @@ BODY_SCHEMA = {"required": True, "content": {"application/json": {"schema": Relo
 
 async def read_body(request: Request) -> ReloadRequest:
     """Parse the body only after authorisation (FastAPI would parse a declared body before any
-    dependency runs, answering unauthenticated callers with schema errors). Same 422s as elsewhere."""
+    dependency runs, answering unauthenticated callers with schema errors). Same 415s and 422s as elsewhere."""
+    require_json(request.headers)
     try:
-        return ReloadRequest.model_validate_json(await request.body())
+        return ReloadRequest.model_validate(parse(await request.body()))
+    except json.JSONDecodeError as exc:
+        raise malformed(exc) from None
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from serve.dependencies import MetricsDep, RuntimeDep
-from serve.schemas import Status
+from serve.schemas import OVERLOADED, ErrorResponse, Status
 
 router = APIRouter()
 # Built once: /livez is probed often and its answer never changes.
@@ -27,7 +27,9 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if runtime.status == "ready" else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={
+    200: {"description": "Prometheus text exposition 0.0.4", "content": {"text/plain": {"schema": {"type": "string"}}}},
+    503: {"model": ErrorResponse, "description": OVERLOADED}})
 async def prometheus(metrics: MetricsDep) -> Response:
     content, media_type = metrics.exposition()
     return Response(content, media_type=media_type)

@@ -7,26 +7,32 @@ from typing import Any, Literal
 
 from fastapi import APIRouter
 
+from serve.body import JsonRoute
 from serve.dependencies import MetricsDep, ScoringDep, ServiceDep, SettingsDep
 from serve.errors import BatchTooLarge, EmptyBatch
 from serve.runtime import Service
-from serve.schemas import ErrorResponse, ModelInfo, NodeScore, ScoreRequest, ScoreResponse
+from serve.schemas import OVERLOADED, ErrorResponse, ModelInfo, NodeScore, ScoreRequest, ScoreResponse
 from serve.scoring import NewNode, Scores
 
-router = APIRouter()
+router = APIRouter(route_class=JsonRoute)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in (
-        (404, "unknown node ids or neighbour ids (listed in error.detail)"),
-        (413, "batch larger than SERVE_MAX_BATCH or body larger than SERVE_MAX_BODY_BYTES"),
-        (422, "empty batch, malformed JSON, wrong feature length, NaN/inf features, schema violation"),
-        (503, "not ready: the bundle is loading or was refused"),
+        (404, "unknown_nodes / unknown_neighbors: ids not in the graph (listed in error.detail)"),
+        (413, "batch_too_large (over SERVE_MAX_BATCH) or body_too_large (over SERVE_MAX_BODY_BYTES)"),
+        (415, "unsupported_media_type (Content-Type missing or not application/json) or unsupported_encoding "
+              "(a Content-Encoding such as gzip; send the body uncompressed)"),
+        (422, "empty_batch, invalid_features (wrong length, not finite as float32), malformed_json (not "
+              "UTF-8 JSON), invalid_request (schema violation: wrong types, NaN/Infinity literals, extra keys)"),
+        (503, "not_ready (the bundle is loading or was refused), model_output_invalid (the model produced "
+              f"non-finite scores) or {OVERLOADED}"),
     )
 }
+NOT_READY = {"model": ErrorResponse, "description": f"not_ready (the bundle is loading or was refused) or {OVERLOADED}"}
 DATASET_KEYS = ("name", "spec", "num_nodes", "num_features", "num_classes", "class_names")
 LINEAGE_KEYS = ("parent", "refresh", "selection")
 
 
-@router.get("/v1/model", response_model=ModelInfo, responses={503: ERRORS[503]}, summary="the served bundle")
+@router.get("/v1/model", response_model=ModelInfo, responses={503: NOT_READY}, summary="the served bundle")
 async def model(service: ServiceDep) -> ModelInfo:
     return model_info(service)
 
