@@ -11,10 +11,10 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve import errors
+from serve import errors, observability
 from serve.errors import BodyTooLarge
 from serve.metrics import Metrics, MetricsMiddleware
-from serve.routes import admin, health, v1
+from serve.routes import admin, health, v1, v2
 from serve.runtime import Runtime, Service, build
 from serve.schemas import ErrorResponse
 from serve.settings import Settings
@@ -55,7 +55,7 @@ class BodyLimitMiddleware:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         exc = BodyTooLarge(f"request body exceeds {self.max_bytes} bytes", {"max_bytes": self.max_bytes})
-        await errors.response_for(exc)(scope, receive, send)
+        await errors.response_for(exc, scope["path"])(scope, receive, send)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -88,7 +88,7 @@ def create_app(settings: Settings, builder: Callable[[Settings], Service] = buil
     # What serve/dependencies.py hands to the routes.
     app.state.runtime, app.state.settings, app.state.metrics, app.state.builder = runtime, settings, metrics, builder
     errors.install(app)
-    routers = [health.router, v1.router]
+    routers = [health.router, v1.router, v2.router]
     if settings.admin_token is not None:  # without a token the route does not exist at all (404)
         routers.append(admin.router)
     for router in routers:
@@ -97,4 +97,5 @@ def create_app(settings: Settings, builder: Callable[[Settings], Service] = buil
     # From the routers themselves: FastAPI lists an included router in app.routes as one entry without a path.
     paths = frozenset(str(getattr(r, "path", "")) for router in (app.router, *routers) for r in router.routes) - {""}
     app.add_middleware(MetricsMiddleware, metrics=metrics, paths=paths)
+    observability.install(app, lambda: runtime.service.bundle.version if runtime.service else None, settings.access_log)
     return app

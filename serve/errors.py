@@ -6,6 +6,7 @@ No handler ever puts a traceback or an exception repr in a response.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -90,6 +91,14 @@ class BundleRejected(ServeError):
     code = "bundle_rejected"
 
 
+class BundleIncompatible(ServeError):
+    """A reload's bundle changes what clients rely on (feature width, class names, graph vs graph-free
+    inputs, selection metric); `detail["differences"]` lists each. 409: the bundle may be valid, it
+    conflicts with the model being served; `{"force": true}` swaps it in anyway."""
+
+    code = "bundle_incompatible"
+
+
 class ReloadInProgress(ServeError):
     """A bundle is already being loaded (the start-up load or another reload)."""
 
@@ -131,6 +140,7 @@ STATUS: dict[type[ServeError], int] = {
     BundleNotFound: 422,
     BundleNotAllowed: 403,
     BundleRejected: 422,
+    BundleIncompatible: 409,
     ReloadInProgress: 409,
     UnsupportedMediaType: 415,
     ModelOutputInvalid: 503,
@@ -155,12 +165,23 @@ def status_of(exc: ServeError) -> int:
     return 500 if status is None else status
 
 
-def body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
+def is_v2(path: str) -> bool:
+    """A path of the Open Inference Protocol v2 API (serve/routes/v2.py), known or not."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def body(code: str, message: str, detail: Any = None, path: str = "") -> dict[str, Any]:
+    """The error body for a request to `path`. Under /v2 the protocol's own, `{"error": $string}`
+    (inference_rest.md: "$inference_error_response"), with the same status; the string keeps what
+    the other body carries: `code: message` and, when there is one, `; detail: <JSON>`."""
+    if is_v2(path):
+        text = f"{code}: {message}"
+        return {"error": text if detail is None else f"{text}; detail: {json.dumps(detail, separators=(',', ':'))}"}
     return {"error": {"code": code, "message": message, "detail": detail}}
 
 
-def response_for(exc: ServeError) -> JSONResponse:
-    return JSONResponse(body(exc.code, exc.message, exc.detail), status_code=status_of(exc),
+def response_for(exc: ServeError, path: str = "") -> JSONResponse:
+    return JSONResponse(body(exc.code, exc.message, exc.detail, path), status_code=status_of(exc),
                         headers=resolve(HEADERS, exc))
 
 
@@ -172,33 +193,34 @@ def _validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
             for e in exc.errors()[:MAX_DETAIL]]
 
 
-async def _on_serve_error(_: Request, exc: Exception) -> JSONResponse:
+async def _on_serve_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServeError)
-    return response_for(exc)
+    return response_for(exc, request.url.path)
 
 
-async def _on_validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     detail = _validation_detail(exc)
     reasons = [e.get("ctx", {}).get("error") for e in exc.errors() if e.get("type") == "json_invalid"]
     if reasons:
         # The parser's reason (a str, set by FastAPI or serve/body.py) says what to fix.
         message = "request body is not valid JSON" + (f": {reasons[0]}" if isinstance(reasons[0], str) else "")
-        return JSONResponse(body("malformed_json", message, detail), status_code=422)
-    return JSONResponse(body("invalid_request", "request does not match the schema", detail), status_code=422)
+        return JSONResponse(body("malformed_json", message, detail, request.url.path), status_code=422)
+    return JSONResponse(body("invalid_request", "request does not match the schema", detail, request.url.path),
+                        status_code=422)
 
 
-async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return JSONResponse(body(f"http_{exc.status_code}", str(exc.detail)), status_code=exc.status_code,
-                        headers=exc.headers)
+    return JSONResponse(body(f"http_{exc.status_code}", str(exc.detail), path=request.url.path),
+                        status_code=exc.status_code, headers=exc.headers)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     # Starlette re-raises after sending this, so uvicorn logs the traceback for the operator;
     # the client only gets a generic JSON 500.
     log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
-    return JSONResponse(body("internal_error", "internal server error"), status_code=500)
+    return JSONResponse(body("internal_error", "internal server error", path=request.url.path), status_code=500)
 
 
 def install(app: FastAPI) -> None:

@@ -1,5 +1,9 @@
 """Prometheus metrics on a registry of the app's own (not the process-global one), so several
-apps in one process (tests) never collide and /metrics shows only this service."""
+apps in one process (tests) never collide and /metrics shows only this service. The process, platform
+and GC collectors the global registry would carry are registered on it too (process_*, python_*).
+
+Names follow Prometheus conventions: counters end in _total (prometheus_client appends it), units in
+the name (_seconds, _bytes), a ratio is a gauge."""
 
 from __future__ import annotations
 
@@ -7,8 +11,19 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
-from prometheus_client.core import GaugeMetricFamily
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Metric,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,10 +34,15 @@ LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003
 
 
 class Metrics:
-    """Request counts, per-stage latency histograms, cache gauges, reloads and the served version."""
+    """Request counts, per-stage latency histograms, cache gauges and counters, per-class predictions,
+    reloads, the served version, and the process itself."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # What prometheus_client's global REGISTRY has by default; a registry of our own starts empty.
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        PlatformCollector(registry=self.registry)  # python_info
+        GCCollector(registry=self.registry)  # python_gc_*
         self.requests = Counter("serve_requests", "HTTP requests by endpoint, method and status",
                                 ["endpoint", "method", "status"], registry=self.registry)
         self.request_seconds = Histogram("serve_request_seconds", "server-side request latency by endpoint",
@@ -41,15 +61,21 @@ class Metrics:
         # Children resolved once: labels() costs a lock and a dict lookup per call.
         self._stages = [self.stage_seconds.labels(stage) for stage in ("cache", "inference", "total")]
         self.scored = {kind: self.scored_nodes.labels(kind) for kind in ("existing", "new")}
+        # Drift signal: a class's share of predictions moving away from its usual share. `kind` apart:
+        # existing nodes' labels are fixed (their share moves only with the traffic mix), new nodes' move with inputs.
+        self.predictions = Counter("serve_predictions", "predicted labels by class name and node kind",
+                                   ["class", "kind"], registry=self.registry)
+        self._by_class: dict[tuple[str, str], Any] = {}
         self._by_request: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def watch_cache(self, stats: Callable[[], dict[str, Any]]) -> None:
-        """Gauges read from `stats()` at scrape time (0 until the cache exists)."""
+        """Read from `stats()` at scrape time (0 until the cache exists): gauges for the cache's size and
+        hit ratio, `serve_cache_{hits,misses}_total` counters (reset with the cache on a reload)."""
         for key, doc in (("entries", "cached neighbourhood blocks"), ("bytes", "bytes held by cached blocks"),
-                         ("budget_bytes", "cache memory budget"), ("hits", "cache hits since start"),
-                         ("misses", "cache misses since start"), ("hit_ratio", "hits / (hits + misses)")):
+                         ("budget_bytes", "cache memory budget"), ("hit_ratio", "hits / (hits + misses)")):
             gauge = Gauge(f"serve_cache_{key}", doc, registry=self.registry)
             gauge.set_function(_reader(stats, key))
+        self.registry.register(_CacheCounters(stats))
 
     def watch_model(self, version: Callable[[], str | None]) -> None:
         """`serve_model_info{version="..."} 1` for the bundle being served (no sample until one is)."""
@@ -58,6 +84,19 @@ class Metrics:
     def observe_score(self, cache_s: float, inference_s: float, total_s: float) -> None:
         for child, seconds in zip(self._stages, (cache_s, inference_s, total_s), strict=True):
             child.observe(seconds)
+
+    def observe_predictions(self, class_names: list[str], labels: npt.NDArray[np.int64], existing: int) -> None:
+        """Count `labels` [b] (indices into `class_names`; the first `existing` are existing nodes)."""
+        for kind, part in (("existing", labels[:existing]), ("new", labels[existing:])):
+            if part.size == 0:
+                continue
+            counts = np.bincount(part, minlength=len(class_names))
+            for index in np.flatnonzero(counts).tolist():
+                key = (class_names[index], kind)
+                child = self._by_class.get(key)
+                if child is None:  # bounded: the classes of the bundles served so far x 2 kinds
+                    child = self._by_class[key] = self.predictions.labels(*key)
+                child.inc(int(counts[index]))
 
     def observe_request(self, endpoint: str, method: str, status: str, seconds: float) -> None:
         key = (endpoint, method, status)
@@ -84,6 +123,19 @@ class _ModelInfo(Collector):
         if current is not None:
             family.add_metric([current], 1.0)
         yield family
+
+
+class _CacheCounters(Collector):
+    """The cache counts hits and misses itself (serve/graph.py): exposed as counters read at scrape time."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.stats()
+        for key, doc in (("hits", "cache hits since the cache was built (start-up or the last reload)"),
+                         ("misses", "cache misses since the cache was built (start-up or the last reload)")):
+            yield CounterMetricFamily(f"serve_cache_{key}", doc, value=float(stats.get(key, 0)))
 
 
 def _reader(stats: Callable[[], dict[str, Any]], key: str) -> Callable[[], float]:

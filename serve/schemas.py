@@ -78,6 +78,8 @@ class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"bundle": "/bundles/next"}]})
 
     bundle: str = Field(min_length=1, max_length=4096)
+    force: bool = Field(False, strict=True, description="swap in a bundle even when it is incompatible with the "
+                                                        "served model (other feature width, classes or inputs)")
 
 
 class ReloadResponse(BaseModel):

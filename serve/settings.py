@@ -1,20 +1,63 @@
 """Service settings: every field is a `SERVE_*` environment variable (or a CLI flag of `python -m serve`).
 
 Unknown `SERVE_*` variables are rejected rather than ignored, so a typo such as `SERVE_MAX_BACH`
-fails at start-up instead of silently leaving the default in place.
+fails at start-up instead of silently leaving the default in place. The one exception is the
+variables Kubernetes injects for a Service named `serve` in the pod's namespace (service links:
+`SERVE_SERVICE_HOST`, `SERVE_SERVICE_PORT[_NAME]`, `SERVE_PORT=tcp://10.0.0.1:8000`,
+`SERVE_PORT_8000_TCP[_PROTO|_PORT|_ADDR]`): they are not settings, so they are skipped (neither read
+nor refused) and `python -m serve` logs them; a pod must not crash because someone named a Service.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bundle.signing import check_key
 
 MIN_TOKEN_DISTINCT = 8
+# Kubernetes' Docker-link-style variables for a Service named `serve` (port names upper-cased, `-` -> `_`).
+# SERVE_PORT itself is a link only when its value is a link URL: SERVE_PORT=9000 stays the port setting.
+SERVICE_LINK_NAME = re.compile(
+    r"SERVE_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)")
+SERVICE_LINK_URL = re.compile(r"(tcp|udp|sctp)://\S+:[0-9]+", re.IGNORECASE)
+
+
+def service_links(environ: Mapping[str, str]) -> list[str]:
+    """Names in `environ` that are Kubernetes service-link variables of a Service named `serve`, sorted."""
+    return sorted(name for name, value in environ.items()
+                  if SERVICE_LINK_NAME.fullmatch(name.upper())
+                  or (name.upper() == "SERVE_PORT" and SERVICE_LINK_URL.fullmatch(value.strip())))
+
+
+def log_service_links(environ: Mapping[str, str], port: int) -> None:
+    """One log line naming the service-link variables skipped, if any: a WARNING when SERVE_PORT was
+    one (the operator may have meant it), INFO otherwise."""
+    links = service_links(environ)
+    if not links:
+        return
+    port_skipped = "SERVE_PORT" in {name.upper() for name in links}
+    logging.getLogger("serve").log(
+        logging.WARNING if port_skipped else logging.INFO,
+        "ignoring Kubernetes service-link variables %s (a Service named `serve` in this namespace)%s; "
+        "set `enableServiceLinks: false` in the pod spec to keep them out", links,
+        f": SERVE_PORT is a link URL, not a port, so listening on {port} (--port or a plain SERVE_PORT sets it)"
+        if port_skipped else "")
+
+
+class _EnvWithoutServiceLinks(EnvSettingsSource):
+    """The SERVE_* environment minus service links, so `SERVE_PORT=tcp://...` is never parsed as the port."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        links = {name.lower() for name in service_links(os.environ)}
+        return {k: v for k, v in super()._load_env_vars().items() if k.lower() not in links}
 
 
 def available_cores() -> int:
@@ -31,6 +74,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SERVE_", extra="forbid", frozen=True)
 
     bundle: Path = Field(description="bundle directory written by `distill run`")
+    wait_for_bundle: bool = Field(
+        False, description="a bundle refused at start-up leaves the process up and unready (/readyz 503 with the "
+                           "reason) until POST /admin/reload loads a good one; default: exit 4 at once",
+    )
     host: str = Field("127.0.0.1", description="interface to bind")
     port: int = Field(8000, ge=1, le=65535)
     intra_op_threads: int = Field(
@@ -97,14 +144,30 @@ class Settings(BaseSettings):
         description="requests being handled at once (body received, answer pending); more -> 503 at once "
                     "(/livez, /readyz and /metrics neither counted nor refused)",
     )
+    access_log: bool = Field(
+        True, description="one access line per request (id, status, latency, model version); /livez, /readyz "
+                          "and /metrics only when they fail",
+    )
+    log_format: Literal["json", "text"] = Field("json", description="every log line as a JSON object, or as text")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _EnvWithoutServiceLinks(settings_cls), dotenv_settings, file_secret_settings
 
     @model_validator(mode="before")
     @classmethod
     def _no_unknown_env(cls, data: object) -> object:
         # pydantic-settings' extra="forbid" only covers init kwargs and dotenv files: an unknown
-        # SERVE_* environment variable would otherwise be dropped without a word.
+        # SERVE_* environment variable would otherwise be dropped without a word. Service links are
+        # not typos: they are skipped by the env source and logged by `python -m serve`.
         known = {f"SERVE_{name}".upper() for name in cls.model_fields}
-        unknown = sorted(k for k in os.environ if k.upper().startswith("SERVE_") and k.upper() not in known)
+        links = set(service_links(os.environ))
+        unknown = sorted(k for k in os.environ
+                         if k.upper().startswith("SERVE_") and k.upper() not in known and k not in links)
         if unknown:
             raise ValueError(f"unknown environment variables {unknown}; known: {sorted(known)}")
         return data
@@ -118,6 +181,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"admin_token must have no whitespace and at least {MIN_TOKEN_DISTINCT} distinct "
                                  "characters; generate one with `python -c 'import secrets; "
                                  "print(secrets.token_urlsafe(32))'`")
+        return self
+
+    @model_validator(mode="after")
+    def _waiting_needs_reload(self) -> Settings:
+        # Waiting ends only with POST /admin/reload: without the endpoint, a refused bundle would
+        # leave a process that is up and never ready, the failure fail-fast exists to prevent.
+        if self.wait_for_bundle and self.admin_token is None:
+            raise ValueError("wait_for_bundle needs admin_token: only POST /admin/reload can load a bundle after a "
+                             "refused start")
         return self
 
     @model_validator(mode="after")

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from serve.body import JsonRoute, malformed, parse, require_json
 from serve.dependencies import AdminAuth, BuilderDep, MetricsDep, RuntimeDep, SettingsDep
-from serve.errors import BundleNotAllowed, BundleNotFound, BundleRejected
+from serve.errors import BundleIncompatible, BundleNotAllowed, BundleNotFound, BundleRejected
 from serve.schemas import OVERLOADED, ErrorResponse, ReloadRequest, ReloadResponse
 
 router = APIRouter(tags=["admin"], route_class=JsonRoute)
@@ -25,7 +25,10 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in (
         (401, "unauthorized: missing or wrong bearer token (WWW-Authenticate: Bearer)"),
         (403, "bundle_not_allowed: the directory is outside the reload roots (SERVE_RELOAD_ROOTS)"),
-        (409, "reload_in_progress: a bundle is already being loaded (start-up or another reload)"),
+        (409, "reload_in_progress: a bundle is already being loaded (start-up or another reload); or "
+              "bundle_incompatible: the bundle changes num_features, class_names, inputs (graph vs graph-free) or "
+              "the selection metric of the served model (detail.differences lists each as {field, served, new}); "
+              'send {"force": true} to swap it in anyway'),
         (413, "body_too_large: body larger than SERVE_MAX_BODY_BYTES (checked before the token)"),
         (415, "unsupported_media_type (Content-Type missing or not application/json) or unsupported_encoding "
               "(a Content-Encoding such as gzip)"),
@@ -61,8 +64,8 @@ async def reload(_: AdminAuth, body: Annotated[ReloadRequest, Depends(read_body)
     target = settings.model_copy(update={"bundle": Path(body.bundle), "reload_roots": settings.allowed_roots})
     try:
         # A worker thread: the event loop keeps answering on the old model while this runs.
-        done = await asyncio.to_thread(runtime.reload, target, builder)
-    except (BundleNotFound, BundleNotAllowed, BundleRejected):
+        done = await asyncio.to_thread(runtime.reload, target, builder, body.force)
+    except (BundleNotFound, BundleNotAllowed, BundleRejected, BundleIncompatible):
         metrics.reloads["failure"].inc()
         raise
     metrics.reloads["success"].inc()

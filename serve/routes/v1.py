@@ -55,6 +55,7 @@ async def score(scoring: ScoringDep, settings: SettingsDep, metrics: MetricsDep)
     metrics.scored["existing"].inc(len(request.node_ids))
     metrics.scored["new"].inc(len(new))
     metrics.observe_score(scores.cache_s, scores.inference_s, time.perf_counter() - started)
+    metrics.observe_predictions(service.bundle.class_names, scores.labels, len(request.node_ids))
     return response
 
 

@@ -39,11 +39,11 @@ class Gate:
         return build(settings)
 
 
-def app_for(bundle: Path, builder: Callable[[Settings], Service] = build) -> TestClient:
+def app_for(bundle: Path, builder: Callable[[Settings], Service] = build, **overrides: object) -> TestClient:
     # Reloads may read anywhere in this pytest run's base temp dir: the session's tiny bundles and
     # each test's tmp_path copies both live there.
     settings = Settings(bundle=bundle, admin_token=TOKEN, warmup_runs=0,  # type: ignore[arg-type]
-                        reload_roots=[bundle.parents[1]])
+                        reload_roots=[bundle.parents[1]], **overrides)
     return TestClient(create_app(settings, builder=builder))
 
 
@@ -83,7 +83,7 @@ def test_reload_during_the_start_up_load_is_409(gcn: TinyBundle) -> None:
 
 def test_a_failed_start_is_recovered_by_a_good_reload(gcn: TinyBundle, tmp_path: Path) -> None:
     bad = tamper(copy_bundle(gcn.path, tmp_path / "bad"), "graph/weights.npy", flip_last_byte)
-    with app_for(bad, build) as client:
+    with app_for(bad, build, wait_for_bundle=True) as client:  # the opt-in that stays up after a refused start
         wait_status(client, "failed")
         bad_again = client.post("/admin/reload", json={"bundle": str(bad)}, headers=AUTH)
         assert bad_again.status_code == 422 and client.get("/readyz").json()["status"] == "failed"

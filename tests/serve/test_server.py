@@ -14,6 +14,7 @@ import pytest
 from tests.serve.conftest import TinyBundle
 from tests.serve.reference import new_node_logits, softmax
 from tests.serve.servers import RunningServer, Server, wait_ready
+from tests.serve.test_reload import TOKEN
 from tests.tamper import copy_bundle, flip_last_byte, tamper
 
 pytestmark = pytest.mark.slow  # real `python -m serve` processes
@@ -125,7 +126,7 @@ BAD_INPUTS = [
     ("chunked-body-over-cap", "POST", "/v1/score", chunks(json.dumps({"node_ids": [1] * 3000}).encode()), 413,
      "body_too_large"),
     ("wrong-method", "GET", "/v1/score", None, 405, "http_405"),
-    ("unknown-path", "GET", "/v2/score", None, 404, "http_404"),
+    ("unknown-path", "GET", "/v1/nope", None, 404, "http_404"),
 ]
 
 
@@ -161,7 +162,7 @@ def test_metrics_expose_histograms_counts_and_cache(server: Server) -> None:
     values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
               if line and not line.startswith("#")}
     assert values["serve_cache_entries"] == 300
-    assert values["serve_cache_hits"] >= 5 and values["serve_cache_hit_ratio"] == 1.0
+    assert values["serve_cache_hits_total"] >= 5 and values["serve_cache_hit_ratio"] == 1.0
     assert values['serve_score_stage_seconds_count{stage="total"}'] >= 5
 
 
@@ -178,7 +179,8 @@ def tampered(gcn: TinyBundle, tmp_path: Path) -> Path:
 
 
 def test_tampered_bundle_never_becomes_ready(tampered: Path, running_server: RunningServer) -> None:
-    srv = running_server(tampered, ready=False)
+    # The opt-in to stay up unready; by default the process exits 4 (tests/serve/test_startup.py).
+    srv = running_server(tampered, ready=False, SERVE_WAIT_FOR_BUNDLE="true", SERVE_ADMIN_TOKEN=TOKEN)
     deadline, seen = time.monotonic() + 30, []
     while time.monotonic() < deadline:
         response = httpx.get(f"{srv.url}/readyz")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from serve.settings import Settings, available_cores
+from serve.settings import Settings, available_cores, service_links
 from tests.serve.conftest import ROOT
 
 
@@ -114,3 +115,59 @@ def test_http_limits_out_of_range_are_refused(field: str, good: object, bad: obj
 def test_max_in_flight_must_fit_max_connections() -> None:
     with pytest.raises(ValidationError, match="max_in_flight=200 exceeds max_connections=100"):
         Settings(bundle=Path("/b"), max_connections=100, max_in_flight=200)
+
+
+# -- start-up opt-in and Kubernetes service links (issue 14) --------------------------------------------
+def test_opting_in_to_wait_needs_the_reload_endpoint() -> None:
+    # Waiting ends only with POST /admin/reload: without its token the process could never become ready.
+    with pytest.raises(ValidationError, match="wait_for_bundle needs admin_token"):
+        Settings(bundle=Path("/b"), wait_for_bundle=True)
+    token = "test-admin-token-0123456789"
+    assert Settings(bundle=Path("/b"), wait_for_bundle=True, admin_token=token).wait_for_bundle  # type: ignore[arg-type]
+    assert Settings(bundle=Path("/b")).wait_for_bundle is False
+
+
+# What the kubelet injects into every pod of a namespace holding a Service named `serve` (port 8000, named http).
+SERVICE_LINKS = {
+    "SERVE_SERVICE_HOST": "10.0.0.1", "SERVE_SERVICE_PORT": "8000", "SERVE_SERVICE_PORT_HTTP": "8000",
+    "SERVE_PORT": "tcp://10.0.0.1:8000", "SERVE_PORT_8000_TCP": "tcp://10.0.0.1:8000",
+    "SERVE_PORT_8000_TCP_PROTO": "tcp", "SERVE_PORT_8000_TCP_PORT": "8000", "SERVE_PORT_8000_TCP_ADDR": "10.0.0.1",
+}
+
+
+def test_kubernetes_service_links_are_skipped_not_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in SERVICE_LINKS.items():
+        monkeypatch.setenv(name, value)
+    assert service_links(os.environ) == sorted(SERVICE_LINKS)
+    assert Settings(bundle=Path("/b")).port == 8000  # SERVE_PORT=tcp://... is no port: the default stays
+    assert Settings(bundle=Path("/b"), port=9000).port == 9000  # and --port still wins
+    monkeypatch.setenv("SERVE_MAX_BACH", "8")  # typos are still caught beside the links
+    with pytest.raises(ValidationError, match=r"\['SERVE_MAX_BACH'\]"):
+        Settings(bundle=Path("/b"))
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("SERVE_PORT", "9000"), ("SERVE_PORT", "tcp://10.0.0.1"), ("SERVE_PORT", "http://10.0.0.1:8000"),
+    ("SERVE_PORT_HTTP", "8000"), ("SERVE_PORT_8000_TCP_HOST", "10.0.0.1"), ("SERVE_SERVICE_HOSTNAME", "x"),
+    ("SERVE_PORTS_8000_TCP", "tcp://10.0.0.1:8000"),
+])
+def test_only_the_exact_link_patterns_are_skipped(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    assert service_links(os.environ) == []
+
+
+def test_a_plain_serve_port_is_still_the_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SERVE_PORT", "9000")
+    assert Settings(bundle=Path("/b")).port == 9000
+
+
+@pytest.mark.slow
+def test_a_service_link_port_does_not_crash_the_cli(tmp_path: Path) -> None:
+    # The issue's case through `python -m serve`: the links pass the settings (exit 4 for the missing
+    # bundle, not 2 for the settings), and the log names them.
+    env = {"PATH": "/usr/bin:/bin", **SERVICE_LINKS}
+    result = subprocess.run([sys.executable, "-m", "serve", "--bundle", str(tmp_path / "none")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 4, result.stderr
+    assert "invalid settings" not in result.stderr
+    assert "ignoring Kubernetes service-link variables" in result.stderr and "listening on 8000" in result.stderr
