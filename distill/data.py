@@ -25,6 +25,7 @@ from torch_geometric.utils import coalesce
 
 from distill import hetero, synthetic
 from distill.errors import DatasetError
+from distill.safe_pickle import RestrictedPickle
 
 KINDS = ("synthetic", "planetoid", "npz", "mat", "acm")
 MAT_KEYS = ("Network", "Attributes", "Label")
@@ -107,7 +108,7 @@ def _planetoid(spec: str, path: Path, split: int) -> Dataset:
     try:
         with _pickles_restricted():
             data = read_planetoid_data(str(raw), name)
-    except (pickle.UnpicklingError, EOFError, ValueError, IndexError, KeyError, TypeError) as exc:
+    except (pickle.UnpicklingError, EOFError, ValueError, IndexError, KeyError, TypeError, RuntimeError) as exc:
         raise DatasetError(
             f"dataset spec {spec!r}: malformed Planetoid files in {raw} ({type(exc).__name__}: {exc}); "
             "expected the raw ind.<name>.* pickles of kimiyoung/planetoid"
@@ -121,40 +122,14 @@ def _planetoid(spec: str, path: Path, split: int) -> Dataset:
     return Dataset(data, name, classes, source)
 
 
-# Everything kimiyoung/planetoid's pickles reference (arrays, a sparse matrix, an adjacency dict):
-# a raw file naming any other callable is refused before it can run (pickle runs what it names).
-PLANETOID_GLOBALS = frozenset({
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"), ("collections", "defaultdict"),
-    ("builtins", "list"), ("__builtin__", "list"),
-    ("scipy.sparse.csr", "csr_matrix"), ("scipy.sparse._csr", "csr_matrix"), ("scipy.sparse", "csr_matrix"),
-})
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in PLANETOID_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: Planetoid files hold only arrays, a "
-                                         "sparse matrix and an adjacency dict")
-        return super().find_class(module, name)
-
-
-class _RestrictedPickle:
-    """Stands in for the `pickle` module inside PyG's Planetoid reader (its only use is `load`)."""
-
-    @staticmethod
-    def load(file: Any, encoding: str = "ASCII") -> Any:
-        return _RestrictedUnpickler(file, encoding=encoding).load()
-
-
 @contextmanager
 def _pickles_restricted() -> Iterator[None]:
-    """PyG's read_planetoid_data with an allow-list unpickler: the raw files are pickles, and a
-    dataset path is user input (a bundle once named one), so no global outside the list is loaded."""
+    """PyG's read_planetoid_data with distill.safe_pickle's unpickler: the raw files are pickles,
+    and a dataset path is user input (a bundle once named one)."""
     from torch_geometric.io import planetoid
 
     original = planetoid.pickle
-    planetoid.pickle = _RestrictedPickle  # type: ignore[assignment]
+    planetoid.pickle = RestrictedPickle  # type: ignore[assignment]
     try:
         yield
     finally:

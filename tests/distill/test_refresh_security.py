@@ -4,9 +4,13 @@ Planetoid spec (raw files are pickles) loads only the globals real Planetoid fil
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from distill.cli import main
 from distill.data import PLANETOID_PARTS, load_dataset
@@ -36,7 +40,7 @@ def plant_planetoid(folder: Path, marker: Path) -> Path:
 def test_a_planetoid_pickle_naming_other_code_is_refused_unrun(tmp_path):
     marker = tmp_path / "pwned"
     folder = plant_planetoid(tmp_path / "evil", marker)
-    with pytest.raises(DatasetError, match="refusing to load posix.mkdir"):
+    with pytest.raises(DatasetError, match="refusing to load posix.mkdir"):  # never called: not on the list
         load_dataset(f"planetoid:{folder}")
     assert not marker.exists()
 
@@ -56,3 +60,40 @@ def test_refresh_never_reads_the_dataset_a_parent_names(tmp_path, capsys):
                  *TINY[:2]]) == 0
     assert not marker.exists()
     assert json.loads((tmp_path / "v2" / "manifest.json").read_text())["config"]["dataset"] == TINY[1]
+
+
+class _ObjectDtype:
+    def __reduce__(self):
+        return (np.dtype, ("O",))
+
+
+class _ForgedPointers:
+    """An object array over the pickle's own bytes (what `list()` would dereference as pointers)."""
+
+    def __reduce__(self):
+        return (np.ndarray, ((1,), _ObjectDtype(), b"\x41" * 8))
+
+
+class _Listed:
+    def __reduce__(self):
+        return (list, (_ForgedPointers(),))
+
+
+def _out_of_bounds_csr() -> sp.csr_matrix:
+    matrix = sp.csr_matrix(np.ones((1, 2), dtype=np.float32))
+    matrix.indices = np.array([1 << 40, 1], dtype=np.int64)  # .todense() would write far outside the array
+    return matrix
+
+
+@pytest.mark.parametrize("payload, needle", [(_Listed(), "refusing"), (_out_of_bounds_csr(), "malformed sparse")],
+                         ids=["forged-object-array", "csr-indices-out-of-bounds"])
+def test_allow_listed_globals_cannot_forge_memory(tmp_path, payload, needle):
+    raw = tmp_path / "evil" / "raw"
+    raw.mkdir(parents=True)
+    for part in PLANETOID_PARTS:
+        (raw / f"ind.evil.{part}").write_bytes(pickle.dumps(payload, protocol=4))
+    # In a child process: the failure this guards against is a segfault, which would end pytest itself.
+    code = ("from distill.data import load_dataset\nfrom distill.errors import DatasetError\ntry:\n"
+            f"    load_dataset('planetoid:{tmp_path / 'evil'}')\nexcept DatasetError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and needle in done.stdout, (done.returncode, done.stdout, done.stderr[-500:])
