@@ -57,7 +57,23 @@ def parser() -> argparse.ArgumentParser:
                           "both scored on the same validation nodes")
     ref.add_argument("--allow-worse", action="store_true", help="write the bundle even past --max-drop")
     _job_flags(ref)
+    _score_parser(sub)
     return p
+
+
+def _score_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sc = sub.add_parser("score", help="score many nodes of a bundle offline (exactly the service's scores)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sc.add_argument("--bundle", required=True, type=Path, help="bundle directory")
+    sc.add_argument("--out", required=True, type=Path, help="output file (columns node_id, label, prob_<class>)")
+    sc.add_argument("--nodes", default="all",
+                    help="'all', or a file of node ids (.npy 1-D integers, or text, one per line)")
+    sc.add_argument("--format", dest="fmt", choices=("npy", "csv", "parquet"), default=None,
+                    help="output format (default: from the --out suffix; parquet needs pyarrow)")
+    sc.add_argument("--batch", type=int, default=0,
+                    help="nodes per scoring step (0 = 4096 for the MLP student, 1024 for graph students)")
+    sc.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    sc.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _job_flags(p: argparse.ArgumentParser) -> None:
@@ -75,6 +91,8 @@ def _config_options(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "score":  # torch-free: no torch threads to set, its own error handling
+        return _score(args)
     if args.threads < 0:
         print(f"distill: error: --threads {args.threads} must be >= 0 (0 = torch's default)", file=sys.stderr)
         return 2
@@ -149,4 +167,21 @@ def _refresh(args: argparse.Namespace) -> int:
     done = refresh.refresh(req, args.force, not args.quiet)
     print(report.markdown(done.report))
     print(f"refreshed bundle written to {args.out} (parent {done.parent.version})")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from distill import score  # onnxruntime + the service's scoring code; no torch
+
+    opts = score.Options(args.bundle, args.out, args.nodes, args.fmt, args.batch, args.threads, not args.quiet)
+    try:
+        done = score.score(opts)
+    except DistillError as exc:
+        print(f"distill: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distill: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    print(f"scored {len(done.labels)} nodes in {done.score_s:.4f}s ({done.nodes_per_s:,.0f} nodes/s; "
+          f"bundle load {done.load_s:.2f}s, write {done.write_s:.2f}s) -> {args.out}")
     return 0
