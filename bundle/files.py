@@ -105,8 +105,8 @@ def version_of(manifest: Manifest) -> str:
 
 
 def with_version(manifest: Manifest) -> Manifest:
-    """`manifest` with its version recomputed (the writer's side of version_of)."""
-    return manifest.model_copy(update={"version": version_of(manifest)})
+    """`manifest` with its version and full digest recomputed (the writer's side of version_of)."""
+    return manifest.model_copy(update={"version": version_of(manifest), "digest": served_digest(manifest)})
 
 
 def save_graph(root: Path, arrays: GraphArrays) -> dict[str, str]:
@@ -187,7 +187,9 @@ def read_verified(root: Path, manifest: Manifest) -> dict[str, bytearray]:
         else:
             _check_hash(rel, sha256(path), expected)
     expected_version = version_of(manifest)
-    if manifest.version != expected_version:
+    # All 256 bits, not just the 48 the version string shows: matching 12 hex digits of another
+    # bundle's digest is a search of hours on one GPU.
+    if manifest.version != expected_version or manifest.digest != served_digest(manifest):
         raise BundleInvalid(f"version {manifest.version!r} is not the digest of what is served "
                             f"({expected_version!r}): the model, graph or policy changed after it was written",
                             {"file": "manifest.json"})
@@ -210,11 +212,11 @@ def _array(buf: bytearray, name: str, rel: str) -> npt.NDArray[Any]:
         major, _ = np.lib.format.read_magic(head)
         read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         shape, fortran, found = read_header(head)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, TypeError, SyntaxError) as exc:  # the header is a Python literal numpy parses
         raise BundleInvalid(f"{rel} is not a plain .npy array: {exc}", {"file": rel}) from None
     if found.hasobject:
         raise BundleInvalid(f"{rel} is not a plain .npy array: it holds pickled objects", {"file": rel})
-    if found != dtype or len(shape) != ndim or fortran:
+    if found != dtype or len(shape) != ndim or fortran or any(d < 0 for d in shape):
         raise BundleInvalid(f"{rel}: expected {np.dtype(dtype).name} with {ndim} dims (C order), got {found} "
                             f"{shape}", {"file": rel})
     count = int(np.prod(shape))

@@ -121,6 +121,7 @@ class Reproducibility(_Strict):
 class Manifest(_Strict):
     schema_version: Literal[2]
     version: str
+    digest: str = ""  # the full served digest (bundle.files.served_digest) the version's 12 hex digits abbreviate
     created_at: str
     dataset: DatasetInfo
     model: StudentModel

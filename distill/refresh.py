@@ -9,6 +9,7 @@ is numbers and names, validated by RunConfig like the command line's."""
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from distill.artefacts import Prepared
 from distill.config import RunConfig
 from distill.errors import DistillError
 from distill.metrics import evaluate
+from distill.teacher_models import TEACHERS
 from distill.train import selection_metric
 from serve.errors import BundleError
 from serve.runtime import open_service
@@ -48,14 +50,14 @@ class ParentBundle:
 
 
 def read_parent(root: Path) -> ParentBundle:
-    """The parent, opened exactly as the service opens it (hashes, arrays, model) before any
-    training; DistillError otherwise."""
+    """The parent, opened exactly as the service opens it (hashes, arrays, model; its signature
+    when the job has a key) before any training; DistillError otherwise. The manifest used is the
+    one that was verified, not a second read."""
     try:
-        manifest, raw = files.read_manifest(root)
-        open_service(root, key=writer.signing_key())
+        bundle = open_service(root, key=writer.signing_key()).bundle
     except (BundleInvalid, BundleError) as exc:
         raise DistillError(f"--bundle {root}: {exc.message}; refusing to refresh") from None
-    return ParentBundle(root, manifest, raw)
+    return ParentBundle(root, bundle.manifest, bundle.raw_manifest)
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,13 @@ class ParentScores:
     probabilities: np.ndarray
 
 
-def parent_validation(root: Path, prep: Prepared, child_nodes: np.ndarray) -> ParentScores:
-    """Score the child's validation nodes [v] that the parent knows, through the parent as served."""
-    service = served.open_served(root)
+def parent_validation(parent: ParentBundle, prep: Prepared, child_nodes: np.ndarray) -> ParentScores:
+    """Score the child's validation nodes [v] that the parent knows, through the parent as served:
+    reopened (and re-verified) after the training, and refused unless it is still the manifest
+    read before it."""
+    service = served.open_served(parent.root, writer.signing_key())
+    if service.bundle.raw_manifest != parent.raw:
+        raise DistillError(f"--bundle {parent.root} changed while the child was trained; refusing to compare")
     internal, _ = service.scorer.store.lookup(child_nodes)  # child bundles use ids 0..N-1
     known = internal >= 0
     return ParentScores(child_nodes[known], served.score(service, internal[known]).probabilities)
@@ -81,7 +87,7 @@ def gate(req: Request, parent_bundle: ParentBundle) -> pipeline.Gate:
     def check(child: served.ServedCheck, prep: Prepared) -> dict[str, Any]:
         y, val = prep.ds.data.y.cpu().numpy(), prep.ds.data.val_mask.cpu().numpy()
         key = selection_metric(prep.ds.num_classes)
-        parent_scores = parent_validation(req.bundle, prep, np.flatnonzero(val))
+        parent_scores = parent_validation(parent_bundle, prep, np.flatnonzero(val))
         nodes = parent_scores.nodes
         lineage = Parent(version=parent.version, path=str(req.bundle), manifest_sha256=hashlib.sha256(raw).hexdigest())
         if not len(nodes):
@@ -110,13 +116,26 @@ def gate(req: Request, parent_bundle: ParentBundle) -> pipeline.Gate:
     return check
 
 
+def verified_teacher(parent: ParentBundle) -> bytes:
+    """The bytes of the parent's teacher.pt, read once and checked against its sha256 in the
+    verified manifest (a teacher file the manifest does not list is refused)."""
+    rel = parent.manifest.model.teacher_file
+    expected = parent.manifest.files.get(rel) if rel is not None else None
+    if rel is None or expected is None:
+        raise DistillError(f"--bundle {parent.root} lists no teacher file in its manifest; drop --reuse-teacher")
+    data = files.inside(parent.root, rel).read_bytes()
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise DistillError(f"--bundle {parent.root}: {rel} does not match its sha256 in the manifest")
+    return data
+
+
 def reused_family(cfg: RunConfig, parent: Manifest, root: Path) -> RunConfig:
     """The config with --teacher auto replaced by the family the parent kept (in its teacher
     metrics): a reused teacher.pt is one architecture, and the child's config says which."""
     if cfg.teacher != "auto":
         return cfg
     family = parent.metrics.get("teacher", {}).get("family")
-    if family not in cfg.families:
+    if family not in TEACHERS:  # any registered family, the type-aware ones included
         raise DistillError(f"--bundle {root}: its config says --teacher auto but its metrics do not name the family "
                            "it kept; drop --reuse-teacher")
     return replace(cfg, teacher=family)
@@ -137,9 +156,7 @@ def refresh(req: Request, force: bool, progress: bool) -> Refreshed:
     if req.reuse_teacher:
         import torch
 
-        if parent.model.teacher_file is None:
-            raise DistillError(f"--bundle {req.bundle} has no teacher file; drop --reuse-teacher")
-        state = torch.load(files.inside(req.bundle, parent.model.teacher_file), map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(verified_teacher(parent_bundle)), map_location="cpu", weights_only=True)
         cfg = reused_family(cfg, parent, req.bundle)
     rep = pipeline.run(cfg, req.out, force=force, progress=progress, teacher_state=state, gate=gate(req, parent_bundle))
     return Refreshed(rep, parent)

@@ -22,10 +22,11 @@ PARITY_NODES = 64
 CHUNK = 64  # node ids per scoring call, as a client batches them
 
 
-def open_served(root: Path) -> Service:
-    """serve.runtime.open_service, with the service's refusal turned into the job's error (exit 2)."""
+def open_served(root: Path, key: bytes | None = None) -> Service:
+    """serve.runtime.open_service (signed under `key`, when given), with the service's refusal
+    turned into the job's error (exit 2)."""
     try:
-        return open_service(root)
+        return open_service(root, key=key)
     except BundleError as exc:
         raise DistillError(f"{root} does not load as the service loads it: {exc.message}") from None
 

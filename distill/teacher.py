@@ -80,12 +80,19 @@ def train_family(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConf
 
 def teacher_families(cfg: RunConfig, ds: Dataset) -> tuple[str, ...]:
     """The families a run trains: cfg.families, and under --teacher auto on a heterogeneous dataset
-    the type-aware ones too (a homogeneous teacher sees only the meta-path view)."""
-    if cfg.teacher == "auto" and ds.hetero is not None:
+    the type-aware ones too (a homogeneous teacher sees only the meta-path view), unless structure
+    KD is asked for: it weighs the student's edges by the teacher's attention or gradient on them,
+    and a type-aware teacher never sees the meta-path edges the student is served on."""
+    structure = "structure" in cfg.kd_kinds
+    if cfg.teacher == "auto" and ds.hetero is not None and not structure:
         return (*cfg.families, *HETERO_TEACHERS)
-    if ds.hetero is None and set(cfg.families) & set(HETERO_TEACHERS):
-        raise ConfigError(f"--teacher {cfg.teacher} needs a heterogeneous dataset (acm:PATH); {ds.name} has one "
-                          "node type")
+    if set(cfg.families) & set(HETERO_TEACHERS):
+        if ds.hetero is None:
+            raise ConfigError(f"--teacher {cfg.teacher} needs a heterogeneous dataset (acm:PATH); {ds.name} has "
+                              "one node type")
+        if structure:
+            raise ConfigError(f"--teacher {cfg.teacher} has no importance for the meta-path edges structure KD "
+                              "weighs; drop structure from --kd or pick a homogeneous teacher")
     return cfg.families
 
 

@@ -22,6 +22,7 @@ class Bundle:
     manifest: Manifest
     graph: GraphArrays
     model: bytes = field(repr=False)
+    raw_manifest: bytes = field(repr=False, default=b"")  # the verified manifest's bytes (lineage hashes)
 
     @property
     def version(self) -> str:
@@ -51,4 +52,4 @@ def load(root: Path, key: bytes | None = None) -> Bundle:
         opened = open_bundle(root, key)
     except BundleInvalid as exc:
         raise BundleError(exc.message, exc.detail) from None
-    return Bundle(root, opened.manifest, opened.graph, opened.model)
+    return Bundle(root, opened.manifest, opened.graph, opened.model, opened.raw_manifest)

@@ -247,7 +247,9 @@ class Runtime:
                 raise BundleNotAllowed(f"bundle directory {settings.bundle} is outside the reload roots "
                                        f"{[str(r) for r in settings.allowed_roots]}; set SERVE_RELOAD_ROOTS to allow "
                                        "another directory", {"bundle": str(settings.bundle)})
-            settings = settings.model_copy(update={"bundle": resolved})  # no link can be swapped after the check
+            # The resolved path is what is opened: a link named in the request cannot redirect the
+            # load later. (Directories inside the roots must still be writable by the operator only.)
+            settings = settings.model_copy(update={"bundle": resolved})
             started = time.perf_counter()
             served = self.service  # swapped only under the lock held here: stable until our swap
             if served is not None:  # before the build, from the manifest alone: a refusal costs no build

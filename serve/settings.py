@@ -205,9 +205,13 @@ class Settings(BaseSettings):
 
     @property
     def allowed_roots(self) -> list[Path]:
-        """Resolved directories a reload may read from (default: the start-up bundle's parent)."""
-        roots = self.reload_roots or [self.bundle.parent]
-        return [root.resolve() for root in roots]
+        """Resolved directories a reload may read from. Default: the start-up bundle's parent, or
+        the bundle itself when that parent is the filesystem root (the image's `--bundle /bundle`
+        would otherwise allow every path)."""
+        if self.reload_roots:
+            return [root.resolve() for root in self.reload_roots]
+        parent = self.bundle.resolve().parent
+        return [self.bundle.resolve() if parent == parent.parent else parent]
 
     @model_validator(mode="after")
     def _threads_fit_cores(self) -> Settings:

@@ -54,7 +54,8 @@ def _rehash(bundle: Path, relpath: str, digest: str) -> None:
 def reversion(manifest: dict[str, Any]) -> dict[str, Any]:
     """`manifest` (parsed JSON) with the version its served parts now digest to: an edit of the
     policy or the dataset record that only the deeper checks should catch."""
-    manifest["version"] = files.version_of(Manifest.parse(json.dumps(manifest)))
+    parsed = Manifest.parse(json.dumps(manifest))
+    manifest["version"], manifest["digest"] = files.version_of(parsed), files.served_digest(parsed)
     return manifest
 
 

@@ -88,3 +88,23 @@ def test_another_key_or_an_edited_manifest_breaks_the_signature(tmp_path):
 def test_weak_keys_are_refused(key):
     with pytest.raises(ValueError, match="at least 32 bytes with real entropy"):
         signing.check_key(key, "SERVE_BUNDLE_KEY")
+
+
+def test_the_full_digest_is_checked_not_only_the_versions_12_hex_digits(tmp_path):
+    root = tmp_path / "b"
+    write_hand_bundle(root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert len(manifest["digest"]) == 64 and manifest["version"].endswith(manifest["digest"][:12])
+    manifest["digest"] = manifest["digest"][:12] + "0" * 52  # a 48-bit match: what a search could forge
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleInvalid, match="not the digest of what is served"):
+        files.open_bundle(root)
+
+
+def test_a_npy_header_with_negative_dimensions_is_a_contract_error(tmp_path):
+    root = tmp_path / "b"
+    write_hand_bundle(root)
+    data = (root / "graph/node_ids.npy").read_bytes()
+    tamper(root, "graph/node_ids.npy", data.replace(b"(3,)", b"(-3,)", 1), rehash=True)
+    with pytest.raises(BundleInvalid, match="node_ids"):
+        files.open_bundle(root)

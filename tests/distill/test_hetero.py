@@ -123,3 +123,12 @@ def test_a_hetero_teacher_distils_into_a_served_meta_path_student(tmp_path):
     manifest = open_bundle(out).manifest
     assert manifest.metrics["teacher"]["family"] == "hetero-sage" and manifest.dataset.name == "acm"
     assert manifest.parity is not None and manifest.parity.max_abs_diff <= manifest.parity.tolerance
+
+
+def test_structure_kd_with_a_hetero_teacher_is_refused_not_a_traceback(tmp_path, capsys):
+    acm = write_small_acm(tmp_path / "acm")
+    assert main(["run", "--dataset", f"acm:{acm}", "--teacher", "hetero-sage", "--kd", "response,structure",
+                 "--quiet", "--out", str(tmp_path / "b")]) == 2
+    assert "drop structure from --kd" in capsys.readouterr().err
+    # Under auto the type-aware families are left out of the race instead.
+    assert "hetero-sage" not in teacher_families(RunConfig(kd="response,structure"), load_dataset(f"acm:{acm}"))

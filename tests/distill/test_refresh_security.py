@@ -1,6 +1,8 @@
 """Nothing from a bundle is executed: refresh takes its dataset from the command line, and a
 Planetoid spec (raw files are pickles) loads only the globals real Planetoid files use."""
 
+import dataclasses
+import hashlib
 import json
 import os
 import pickle
@@ -12,9 +14,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from distill import refresh
 from distill.cli import main
 from distill.data import PLANETOID_PARTS, load_dataset
-from distill.errors import DatasetError
+from distill.errors import DatasetError, DistillError
 from tests.distill.test_select_refresh import TINY
 
 
@@ -97,3 +100,21 @@ def test_allow_listed_globals_cannot_forge_memory(tmp_path, payload, needle):
             f"    load_dataset('planetoid:{tmp_path / 'evil'}')\nexcept DatasetError as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and needle in done.stdout, (done.returncode, done.stdout, done.stderr[-500:])
+
+
+def test_refresh_uses_only_what_it_verified(tmp_path):
+    parent = tmp_path / "v1"
+    assert main(["run", "--out", str(parent), *TINY]) == 0
+    verified = refresh.read_parent(parent)
+    (parent / "teacher.pt").write_bytes(b"swapped after the check")
+    with pytest.raises(DistillError, match="does not match its sha256"):
+        refresh.verified_teacher(verified)
+    unlisted = dataclasses.replace(verified, manifest=verified.manifest.model_copy(
+        update={"files": {k: v for k, v in verified.manifest.files.items() if k != "teacher.pt"}}))
+    with pytest.raises(DistillError, match="lists no teacher file"):
+        refresh.verified_teacher(unlisted)
+    manifest = json.loads((parent / "manifest.json").read_text())
+    manifest["files"]["teacher.pt"] = hashlib.sha256(b"swapped after the check").hexdigest()
+    (parent / "manifest.json").write_text(json.dumps(manifest))  # still a valid bundle, another manifest
+    with pytest.raises(DistillError, match="changed while the child was trained"):
+        refresh.parent_validation(verified, None, np.arange(3))

@@ -109,9 +109,9 @@ def test_refresh_that_passes_on_test_but_not_on_validation_is_refused(tmp_path, 
     parent_test = json.loads((parent / "manifest.json").read_text())["metrics"]["distilled"]["accuracy"]
     real = refresh.parent_validation
 
-    def perfect_on_validation(root, prep, nodes):
+    def perfect_on_validation(parent, prep, nodes):
         """The parent as served, except that it is right on every validation node it is asked about."""
-        scores = real(root, prep, nodes)
+        scores = real(parent, prep, nodes)
         y = prep.ds.data.y.numpy()[scores.nodes]
         return refresh.ParentScores(scores.nodes, np.eye(scores.probabilities.shape[1], dtype=np.float32)[y])
 

@@ -171,3 +171,9 @@ def test_a_service_link_port_does_not_crash_the_cli(tmp_path: Path) -> None:
     assert result.returncode == 4, result.stderr
     assert "invalid settings" not in result.stderr
     assert "ignoring Kubernetes service-link variables" in result.stderr and "listening on 8000" in result.stderr
+
+
+def test_the_default_reload_root_is_never_the_filesystem_root() -> None:
+    assert Settings(bundle=Path("/bundle")).allowed_roots == [Path("/bundle")]
+    assert Settings(bundle=Path("/bundles/current")).allowed_roots == [Path("/bundles")]
+    assert Settings(bundle=Path("/b"), reload_roots=[Path("/srv")]).allowed_roots == [Path("/srv")]
