@@ -177,3 +177,10 @@ def test_the_default_reload_root_is_never_the_filesystem_root() -> None:
     assert Settings(bundle=Path("/bundle")).allowed_roots == [Path("/bundle")]
     assert Settings(bundle=Path("/bundles/current")).allowed_roots == [Path("/bundles")]
     assert Settings(bundle=Path("/b"), reload_roots=[Path("/srv")]).allowed_roots == [Path("/srv")]
+
+
+def test_the_console_script_is_the_same_command() -> None:
+    script = Path(sys.executable).parent / "graph-distill-serve"  # installed by `pip install -e .` (make venv)
+    result = subprocess.run([str(script), "--bundle", "/nonexistent"], cwd=ROOT, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "SERVE_PORT": "not-a-port"}, timeout=60)
+    assert result.returncode == 2 and "invalid settings: port" in result.stderr
