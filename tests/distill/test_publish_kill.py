@@ -186,7 +186,8 @@ def test_kill_at_every_publish_step_leaves_a_bundle_and_the_next_run_cleans_up(t
 def _next_run_restores(out: Path, old: str) -> None:
     from bundle.publish import clean_stale
 
-    (leftover,) = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.old-")]
+    # The old bundle sits in the killed job's folder (`.NAME.publish-PID-*/old`), its lock released.
+    (leftover,) = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.") and (p / "old").is_dir()]
     assert clean_stale(out).restored == leftover
     assert _version(out) == old
 
