@@ -13,10 +13,13 @@ What uvicorn 0.54 + httptools offer, and why it is not enough for a service on a
   as requests: idle connections are never closed by it, and once they reach the limit *every*
   request (/livez included) is answered 503 while the idle ones stay.
 
-This protocol adds, per server (the state is shared by the connections of one protocol class):
+This protocol adds, per server (the state, serve/http_state.py, is shared by the connections of one
+protocol class):
 
 - **Head size** (`max_header_bytes`): request line + headers are counted as they arrive; past the
-  limit the parser is not fed, the client gets 431 and the connection closes.
+  limit the parser is not fed, the client gets 431 and the connection closes. The trailers of a
+  chunked body (header lines after the last chunk, which httptools buffers like a head and uvicorn
+  appends to `scope["headers"]`) have the same budget: 431 (or a close, once an answer has started).
 - **Head deadline** (`header_timeout_seconds`): a connection must deliver a complete head within
   this long of opening (or of the first byte of its next request on a kept-alive connection),
   else it closes (408 when part of a head had arrived). Between requests uvicorn's keep-alive
@@ -25,23 +28,27 @@ This protocol adds, per server (the state is shared by the connections of one pr
   then 408 (if no answer has started) and close. The app sees a disconnect.
 - **Connection cap** (`max_connections`): a new connection over the cap closes the oldest idle
   one (never-served connections first, i.e. partial or empty heads, then kept-alive ones between
-  requests), so idle and slow connections cannot crowd out new clients or exhaust file
-  descriptors. When every open connection has a request in progress, the newcomer gets 503 and
-  is closed at once.
+  requests or answered while their body still arrives), so idle and slow connections cannot crowd
+  out new clients or exhaust file descriptors. When every open connection has a request in
+  progress, the newcomer gets 503 and is closed at once.
 - **Requests in progress** (`max_in_flight`): a request whose head completes while that many are
-  being handled (body received, answer pending) gets 503 `overloaded` at once instead of queueing
-  behind them on the event loop. /livez, /readyz and /metrics are neither counted nor refused, so
-  probes keep answering and do not take a scoring request's place.
+  being handled gets 503 `overloaded` at once instead of queueing behind them on the event loop. A
+  request is handled from its head until its ASGI task ends, whether or not its answer was sent or
+  its client is still there (a handler runs on after a disconnect); while its body is arriving and
+  no answer is complete it waits for the client and is not counted. /livez, /readyz and /metrics are
+  neither counted nor refused, so probes keep answering and do not take a scoring request's place.
 
 Every shed connection or request is counted and logged (one WARNING line per 5 s at most, with the
 counts since the last line). The answers written here have the service's error shape
 `{"error": {"code", "message", "detail"}}`; they bypass the app, so /metrics does not count them.
 
 The subclass relies on these HttpToolsProtocol attributes and callbacks: `transport`, `cycle`,
-`pipeline`, `tasks`, `app`, `url`, `server_state.default_headers`, `data_received`, the parser
-callbacks (`on_message_begin`, `on_headers_complete`, `on_message_complete`),
-`on_response_complete` and `connection_made` / `connection_lost`. tests/serve/test_limits.py
-exercises each against a real server.
+`pipeline` (its `(cycle, app)` pairs), `app` (started or queued by `on_headers_complete`, with
+`limit_concurrency` unset and no WebSocket upgrade, as serve/__main__.py configures it), `url`,
+`server_state.default_headers`, `data_received`, the parser callbacks (`on_headers_complete`,
+`on_body`, `on_message_complete`; httptools also calls `on_chunk_header` / `on_chunk_complete`, which
+uvicorn does not define), `on_response_complete` and `connection_made` / `connection_lost`.
+tests/serve/test_limits.py exercises each against a real server.
 """
 
 from __future__ import annotations
@@ -50,123 +57,29 @@ import asyncio
 import json
 import logging
 import resource
-import time
-from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from serve.http_state import Connections, HeldApp, HttpLimits, Slot
+
+__all__ = ["FD_RESERVE", "HttpLimits", "LimitedHttpToolsProtocol", "ensure_fd_limit", "limited_protocol"]
+
 log = logging.getLogger("serve")
 
 # File descriptors the process needs besides its client connections (listener, logs, onnxruntime,
 # the bundle's files while loading, a reload's second bundle).
 FD_RESERVE = 256
-LOG_EVERY_S = 5.0
 # Paths never answered 503 by the in-flight cap: the probes and the metrics, all cheap, and needed most
 # when the service is overloaded.
 EXEMPT_PATHS = frozenset({b"/livez", b"/readyz", b"/metrics"})
 
-# What each shed reason means in the log line.
-REASONS = {
-    "evicted": "idle connections closed to admit new ones (max_connections={max_connections})",
-    "refused": "connections refused with 503: every open connection had a request in progress",
-    "head_timeout": "requests whose head did not arrive within {header_timeout:g}s",
-    "idle_timeout": "connections closed after {header_timeout:g}s without a request (none before, or after an "
-                    "answer that did not wait for the body)",
-    "body_timeout": "requests whose body did not arrive within {body_timeout:g}s",
-    "head_too_large": "heads over {max_header_bytes} bytes (431)",
-    "overloaded": "requests answered 503 with {max_in_flight} in progress (max_in_flight)",
-}
-
-
-@dataclass(frozen=True)
-class HttpLimits:
-    max_header_bytes: int
-    header_timeout: float
-    body_timeout: float
-    max_connections: int
-    max_in_flight: int
-
 
 def error_body(code: str, message: str, detail: Any = None) -> bytes:
     return json.dumps({"error": {"code": code, "message": message, "detail": detail}}).encode()
-
-
-class Shedding:
-    """Counts shed connections and requests by reason; logs them at most once per LOG_EVERY_S."""
-
-    def __init__(self, limits: HttpLimits) -> None:
-        self.limits = limits
-        self.counts: Counter[str] = Counter()
-        self.total: Counter[str] = Counter()  # since start (for tests and debugging)
-        self.next_log = 0.0
-        self.flush_scheduled = False
-
-    def note(self, reason: str, loop: asyncio.AbstractEventLoop) -> None:
-        self.counts[reason] += 1
-        self.total[reason] += 1
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            loop.call_later(max(0.0, self.next_log - time.monotonic()), self.flush)
-
-    def flush(self) -> None:
-        self.flush_scheduled = False
-        self.next_log = time.monotonic() + LOG_EVERY_S
-        if not self.counts:
-            return
-        values = {"max_connections": self.limits.max_connections, "header_timeout": self.limits.header_timeout,
-                  "body_timeout": self.limits.body_timeout, "max_header_bytes": self.limits.max_header_bytes,
-                  "max_in_flight": self.limits.max_in_flight}
-        parts = [f"{n} {REASONS[r].format(**values)}" for r, n in sorted(self.counts.items())]
-        log.warning("http limits: shed %s", "; ".join(parts))
-        self.counts.clear()
-
-
-class Connections:
-    """The open connections of one server, and which of them may be closed to admit a new one."""
-
-    def __init__(self, limits: HttpLimits) -> None:
-        self.limits = limits
-        self.open: set[LimitedHttpToolsProtocol] = set()
-        # Connections with no request in progress, oldest first: never served (empty or partial head) /
-        # served at least once (kept alive between requests). A dict keeps insertion order; O(1) each way.
-        self.fresh: OrderedDict[LimitedHttpToolsProtocol, None] = OrderedDict()
-        self.kept: OrderedDict[LimitedHttpToolsProtocol, None] = OrderedDict()
-        # Requests counted by max_in_flight (not the exempt paths): head complete, answer not finished; and
-        # those of them whose body is still arriving (they are not using the CPU yet).
-        self.working = 0
-        self.receiving = 0
-        self.shedding = Shedding(limits)
-
-    def admit(self, conn: LimitedHttpToolsProtocol) -> bool:
-        """A new connection: make room by closing the oldest idle one if needed -> False: refuse it."""
-        if len(self.open) >= self.limits.max_connections:
-            idle = self.fresh or self.kept
-            if not idle:
-                return False
-            victim, _ = idle.popitem(last=False)
-            victim.close()
-            self.shedding.note("evicted", conn.loop)
-        self.open.add(conn)
-        self.fresh[conn] = None
-        return True
-
-    def busy(self, conn: LimitedHttpToolsProtocol) -> None:
-        self.fresh.pop(conn, None)
-        self.kept.pop(conn, None)
-
-    def idle(self, conn: LimitedHttpToolsProtocol) -> None:
-        if conn in self.open:
-            self.kept[conn] = None
-            self.kept.move_to_end(conn)
-
-    def forget(self, conn: LimitedHttpToolsProtocol) -> None:
-        self.open.discard(conn)
-        self.busy(conn)
 
 
 async def overloaded(scope: Any, receive: Any, send: Any) -> None:
@@ -191,8 +104,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.awaiting_head = True  # the next bytes belong to a request head
         self.head_bytes = 0  # bytes of the current head received so far
         self.in_body = False  # head complete, body still arriving
-        self.body_counted = False  # ... and that request counts against max_in_flight
-        self.counted: deque[bool] = deque()  # per request not yet answered, in order: counts against max_in_flight
+        self.body_slot: Slot | None = None  # ... and the slot of that request, when it counts against max_in_flight
+        # Chunked bodies: after a chunk-size line and before its data or the chunk's end, the parser is either at
+        # the data of a chunk or, after the last (size 0) chunk, in the trailers. A read that starts there and
+        # raises no chunk event was trailers only (trailer_bytes); chunk_events tells.
+        self.maybe_trailers = False
+        self.chunk_events = 0
+        self.trailer_bytes = 0
 
     # -- connection ---------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -205,11 +123,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.disarm()
-        if self.in_body and self.body_counted:
-            self.registry.receiving -= 1
-        self.in_body = False
-        self.registry.working -= sum(self.counted)  # answers that will never complete
-        self.counted.clear()
+        self.end_body()
+        for _, app in self.pipeline:  # queued behind an answer in progress: their tasks will never start
+            if isinstance(app, HeldApp):
+                app.slot.release()
         self.registry.forget(self)
         super().connection_lost(exc)
 
@@ -218,21 +135,35 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.arm(self.limits.header_timeout, self.head_timed_out)
         view = memoryview(data)
         while view and not self.transport.is_closing():
-            if not self.awaiting_head:
-                # Body bytes (and whatever follows in this read): fed whole. A pipelined head that starts
-                # inside this read is counted from the next read on, so it may pass the cap by < 1 read.
+            if not (self.awaiting_head or self.maybe_trailers):
+                # Body bytes (and whatever follows in this read): fed whole. A pipelined head, or trailers, that
+                # start inside this read are counted from the next read on, so they may pass the cap by < 1 read.
                 super().data_received(view)  # type: ignore[arg-type]  # httptools takes any buffer
                 return
-            room = self.limits.max_header_bytes - self.head_bytes
+            room = self.limits.max_header_bytes - (self.head_bytes if self.awaiting_head else self.trailer_bytes)
             if room <= 0:
-                self.registry.shedding.note("head_too_large", self.loop)
-                self.reply_and_close(431, "header_too_large",
-                                     f"request line and headers exceed {self.limits.max_header_bytes} bytes",
-                                     {"max_header_bytes": self.limits.max_header_bytes})
+                self.too_large()
                 return
             chunk, view = view[:room], view[room:]  # never feed the parser past the cap
-            self.head_bytes += len(chunk)
-            super().data_received(chunk)  # type: ignore[arg-type]
+            if self.awaiting_head:
+                self.head_bytes += len(chunk)
+                super().data_received(chunk)  # type: ignore[arg-type]
+            else:
+                events = self.chunk_events
+                super().data_received(chunk)  # type: ignore[arg-type]
+                if events == self.chunk_events:  # no chunk data or end in it: all trailer bytes
+                    self.trailer_bytes += len(chunk)
+
+    def too_large(self) -> None:
+        detail = {"max_header_bytes": self.limits.max_header_bytes}
+        if self.awaiting_head:
+            self.registry.shedding.note("head_too_large", self.loop)
+            self.reply_and_close(431, "header_too_large",
+                                 f"request line and headers exceed {self.limits.max_header_bytes} bytes", detail)
+        else:
+            self.registry.shedding.note("trailers_too_large", self.loop)
+            self.abort_request(431, "header_too_large",
+                               f"chunked-body trailers exceed {self.limits.max_header_bytes} bytes", detail)
 
     # -- parser callbacks ---------------------------------------------------------------------------
     def on_headers_complete(self) -> None:
@@ -240,30 +171,43 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.disarm()
         self.registry.busy(self)
         counted = self.url.split(b"?", 1)[0] not in EXEMPT_PATHS
-        shed = counted and self.registry.working - self.registry.receiving >= self.limits.max_in_flight
-        if shed:
-            counted = False
+        slot = None
+        app = self.app
+        if counted and self.registry.load >= self.limits.max_in_flight:
             self.registry.shedding.note("overloaded", self.loop)
-            app, self.app = self.app, overloaded  # uvicorn's on_headers_complete starts self.app
+            self.app = overloaded  # uvicorn's on_headers_complete starts (or queues) self.app
+        elif counted:
+            slot = Slot(self.registry)
+            self.app = HeldApp(app, slot)
         try:
             super().on_headers_complete()
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
         finally:
-            if shed:
-                self.app = app
-        self.counted.append(counted)
-        self.in_body, self.body_counted = True, counted
-        if counted:
-            self.registry.working += 1
-            self.registry.receiving += 1
+            self.app = app
+        self.in_body, self.body_slot = True, slot
         self.arm(self.limits.body_timeout, self.body_timed_out)
+
+    def on_body(self, body: bytes) -> None:
+        self.chunk_events += 1
+        self.maybe_trailers = False
+        super().on_body(body)
+
+    def on_chunk_header(self) -> None:  # after each chunk-size line, the last (size 0) one's included
+        self.chunk_events += 1
+        self.maybe_trailers, self.trailer_bytes = True, 0
+
+    def on_chunk_complete(self) -> None:  # after each chunk's data; for the last chunk, after the trailers
+        self.chunk_events += 1
+        self.maybe_trailers = False
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self.awaiting_head = True
         if self.in_body:
-            self.in_body = False
-            if self.body_counted:
-                self.registry.receiving -= 1
+            self.end_body()
             self.disarm()
             if not self.in_progress and not self.transport.is_closing():
                 # Answered before its body ended (413, 503): idle from here on. uvicorn's keep-alive timer
@@ -272,17 +216,28 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 if self.timeout_keep_alive_task is None:
                     self.arm(self.limits.header_timeout, self.head_timed_out)
 
+    def end_body(self) -> None:
+        """No more body will be waited for (it ended, or the connection did)."""
+        self.in_body = False
+        if self.body_slot is not None:
+            self.body_slot.body_done()
+            self.body_slot = None
+
     def on_response_complete(self) -> None:
-        if self.counted and self.counted.popleft():  # answers complete in request order
-            self.registry.working -= 1
         pipelined = bool(self.pipeline)
         super().on_response_complete()
-        if pipelined or not self.awaiting_head or self.transport.is_closing():
+        if pipelined or self.transport.is_closing():
             return
         # No request left in progress: the connection may be closed to admit a new one. uvicorn has armed its
         # keep-alive timer; a next head already begun (pipelined, its clock held while we answered) gets ours.
         self.registry.idle(self)
-        if self.head_bytes:
+        if self.in_body:
+            # Answered before its body ended (nothing was pipelined, so it is this request): its handler is
+            # done waiting for the client, so it counts as load until its task ends. The rest of the body is
+            # read and dropped under the body deadline.
+            if self.body_slot is not None:
+                self.body_slot.body_done()
+        elif self.head_bytes:
             self.arm(self.limits.header_timeout, self.head_timed_out)
 
     @property
@@ -317,16 +272,21 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or not self.in_body:
             return
         self.registry.shedding.note("body_timeout", self.loop)
+        self.abort_request(408, "request_timeout", f"request body not received within {self.limits.body_timeout:g}s")
+
+    def abort_request(self, status: int, code: str, message: str, detail: Any = None) -> None:
+        """End the request whose body is arriving: its app's next receive() returns http.disconnect and what it
+        sends is dropped; the client gets `status` unless an answer has begun (this one's or, pipelined, an
+        earlier request's), then the connection closes."""
         cycle = self.cycle
-        answered = cycle is None or cycle.response_started
-        if cycle is not None:  # the app's next receive() returns http.disconnect; what it sends is dropped
+        answered = cycle is None or cycle.response_started or bool(self.pipeline)
+        if cycle is not None:
             cycle.disconnected = True
             cycle.message_event.set()
         if answered:
             self.close()
         else:
-            self.reply_and_close(408, "request_timeout",
-                                 f"request body not received within {self.limits.body_timeout:g}s")
+            self.reply_and_close(status, code, message, detail)
 
     # -- answers written here -----------------------------------------------------------------------
     def reply_and_close(self, status: int, code: str, message: str, detail: Any = None) -> None:
