@@ -40,7 +40,9 @@ class RunConfig:
     """Everything `distill run` needs. Field order is the order of `distill run --help`."""
 
     dataset: str = _opt("synthetic", "dataset spec: synthetic[:key=value,...] | planetoid:PATH | npz:PATH | "
-                        "mat:PATH | acm:PATH")
+                        "mat:PATH | acm:PATH; or by name, downloaded once into $GRAPH_DISTILL_CACHE (default "
+                        "~/.cache/graph-distill): planetoid:Cora|CiteSeer|PubMed, npz:tolokers|roman_empire|"
+                        "amazon_ratings|minesweeper|questions")
     split: int = _opt(0, "which fixed split to use (npz: its index; mat: the seed; acm: 0 / 1 / 2 = 20 / 40 / 60 "
                       "labels per class)")
     teacher: str = _opt("auto", "teacher architecture (gat-sep: attention over neighbours, the node's own state "

@@ -6,6 +6,9 @@ Specs: `synthetic[:key=value,...]`, `planetoid:PATH` (folder holding `raw/ind.<n
 stratified 40 / 20 / 40 % train / validation / test split), `acm:PATH` (heterogeneous ACM in HeCo's
 layout, served through its paper-author-paper meta-path graph; `--split 0 | 1 | 2` = 20 / 40 / 60
 labels per class; distill/hetero.py). Source files are only read, never written.
+
+`planetoid:` and `npz:` also take a name (`planetoid:Cora`, `npz:tolokers`): an existing path wins,
+else distill/sources.py finds the named graph in the cache or downloads it there first.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 from torch_geometric.data import Data, HeteroData
 from torch_geometric.utils import coalesce
 
-from distill import hetero, synthetic
+from distill import hetero, sources, synthetic
 from distill.errors import DatasetError
 from distill.safe_pickle import RestrictedPickle
 
@@ -57,11 +60,9 @@ def load_dataset(spec: str, split: int = 0) -> Dataset:
     if kind not in KINDS or not arg:
         raise DatasetError(
             f"dataset spec {spec!r}: expected one of 'synthetic[:key=value,...]', "
-            "'planetoid:PATH', 'npz:PATH', 'mat:PATH' or 'acm:PATH'"
+            "'planetoid:PATH|NAME', 'npz:PATH|NAME', 'mat:PATH' or 'acm:PATH'"
         )
-    path = Path(arg)
-    if not path.exists():
-        raise DatasetError(f"dataset spec {spec!r}: {path} does not exist")
+    path = sources.resolve(kind, arg, spec)
     loader = {"planetoid": _planetoid, "npz": _npz, "mat": _mat, "acm": _acm}[kind]
     ds = loader(spec, path, split)
     if ds.num_classes < 2:
