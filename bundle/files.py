@@ -86,15 +86,19 @@ def file_hashes(root: Path) -> dict[str, str]:
             if p.is_file() and p.relative_to(root).as_posix() != "manifest.json"}
 
 
-SERVED_SECTIONS = ("dataset", "model", "policy", "graph")  # the manifest sections the service reads
+# The manifest sections the service reads. `decision` (the default threshold) is optional: it enters
+# the digest only when present, so bundles written before it existed keep their versions.
+SERVED_SECTIONS = ("dataset", "model", "policy", "graph", "decision")
 
 
 def served_digest(manifest: Manifest) -> str:
     """sha256 over what the service computes with: the [path, sha256] pairs of the served files and
-    the manifest sections it reads (dataset, model, policy, graph). A new model, graph store or
-    neighbourhood policy is a new version; a new report, or the same model trained again, is not."""
+    the manifest sections it reads (dataset, model, policy, graph, and decision when present). A new
+    model, graph store, neighbourhood policy or decision threshold is a new version; a new report, or
+    the same model trained again, is not."""
+    sections = {name: getattr(manifest, name) for name in SERVED_SECTIONS}
     body = {"files": sorted([rel, manifest.files.get(rel, "")] for rel in manifest.served_files),
-            **{name: getattr(manifest, name).model_dump(mode="json") for name in SERVED_SECTIONS}}
+            **{name: section.model_dump(mode="json") for name, section in sections.items() if section is not None}}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

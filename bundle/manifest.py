@@ -118,6 +118,24 @@ class Reproducibility(_Strict):
     versions: dict[str, str]
 
 
+class Decision(_Strict):
+    """How the service turns a binary model's probabilities into a decision: `positive_class` when its
+    probability is >= `threshold`, else the other class. The job chose the threshold on validation
+    (maximising the positive class's F1 over the served probabilities, distill/served.py) and records
+    what it gives there and on test. Absent for multi-class bundles (the decision is the argmax) and
+    in bundles of earlier releases (argmax too; a request may still pass its own threshold)."""
+
+    rule: Literal["max_f1_on_validation"] = "max_f1_on_validation"
+    positive_class: str
+    threshold: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+    val_precision: float | None = None
+    val_recall: float | None = None
+    val_f1: float | None = None
+    test_precision: float | None = None  # None: no node predicted positive (precision undefined)
+    test_recall: float | None = None  # None: no positive node in the test set
+    test_f1: float | None = None
+
+
 class Manifest(_Strict):
     schema_version: Literal[2]
     version: str
@@ -135,6 +153,7 @@ class Manifest(_Strict):
     parent: Parent | None = None
     refresh: RefreshGate | None = None
     selection: dict[str, Any] | None = None
+    decision: Decision | None = None  # binary bundles of this release; read by the service (in the digest)
     files: dict[str, str]
 
     @model_validator(mode="after")
@@ -143,6 +162,9 @@ class Manifest(_Strict):
             raise ValueError("model.inputs, policy.propagation and policy.k_hops disagree")
         if self.policy.degree_input != (self.graph.in_degree is not None):
             raise ValueError("graph.in_degree must be present exactly when policy.degree_input is true")
+        if self.decision is not None and (self.dataset.num_classes != 2
+                                          or self.decision.positive_class not in self.dataset.class_names):
+            raise ValueError("decision needs a binary dataset and one of its class_names as positive_class")
         return self
 
     @property

@@ -26,7 +26,10 @@ def _clean(value: Any) -> Any:
 
 def build(ds: Dataset, cfg: RunConfig, teacher: dict[str, Any], scratch: dict[str, Any],
           distilled: dict[str, Any]) -> dict[str, Any]:
-    """Assemble report.json, with flags for results a user must not miss."""
+    """Assemble report.json, with flags for results a user must not miss. A binary task's decision
+    threshold (distilled["decision"], from distill.served.check) becomes the top-level "decision"."""
+    decision = distilled.get("decision")
+    distilled = {k: v for k, v in distilled.items() if k != "decision"}
     rep: dict[str, Any] = {role: {k: _clean(v) for k, v in m.items()}
                            for role, m in zip(ROLES, (teacher, scratch, distilled), strict=True)}
     key = selection_metric(ds.num_classes)
@@ -44,6 +47,8 @@ def build(ds: Dataset, cfg: RunConfig, teacher: dict[str, Any], scratch: dict[st
     rep.update({"flags": flags, "dataset": ds.name, "class_names": list(ds.class_names),
                 "teacher_name": cfg.teacher_name(teacher), "student": f"{student}-{cfg.student_layers}",
                 "selection_metric": key, "gap": gap(teacher, scratch, distilled, key)})
+    if decision is not None:
+        rep["decision"] = _clean(decision)
     return rep
 
 
@@ -110,6 +115,8 @@ def markdown(rep: dict[str, Any]) -> str:
                      f"{rep['selection_metric']} ({vals}).")
     if d.get("tail"):
         lines.append(_tail_line(d["tail"], rep["class_names"], rep["selection_metric"]))
+    if rep.get("decision"):
+        lines.append(_decision_line(rep["decision"]))
     lines += [f"- **flag:** {f}" for f in rep["flags"]] or ["- no flags"]
     return "\n".join(lines) + "\n"
 
@@ -130,3 +137,11 @@ def _tail_line(t: dict[str, Any], names: list[str], metric: str) -> str:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
+
+
+def _decision_line(t: dict[str, Any]) -> str:
+    """One sentence on the served decision threshold (distill.served.choose_decision)."""
+    return (f"Decision: `{t['positive_class']}` when its probability is >= {t['threshold']:g} (the bundle's default; "
+            f"a request may pass its own `threshold`), chosen on validation to maximise its F1 "
+            f"({_fmt(t.get('val_f1'))}): test precision {_fmt(t.get('test_precision'))}, recall "
+            f"{_fmt(t.get('test_recall'))}, F1 {_fmt(t.get('test_f1'))}.")

@@ -11,15 +11,18 @@ from typing import Any
 
 import numpy as np
 
-from bundle.manifest import Parity
+from bundle.manifest import Decision, Parity
 from distill.errors import DistillError, ParityError
 from distill.metrics import evaluate
 from serve.errors import BundleError
 from serve.runtime import Service, open_service
+from serve.scoring import decide
 
 TOLERANCE = 1e-4  # max |served logit - torch logit|: float32 dense vs sparse summation order
 PARITY_NODES = 64
 CHUNK = 64  # node ids per scoring call, as a client batches them
+POSITIVE = 1  # binary tasks: class 1 is the positive (fraud) class, as in distill.metrics
+DIGITS = 6  # thresholds and rates are stored rounded like every report number (distill.report._clean)
 
 
 def open_served(root: Path, key: bytes | None = None) -> Service:
@@ -69,21 +72,78 @@ def check_nodes(num_nodes: int, degree: np.ndarray, masks: list[np.ndarray], see
     return np.unique(np.concatenate([top, rand, *(np.flatnonzero(m) for m in masks)])).astype(np.int64)
 
 
+def max_f1_threshold(score: np.ndarray, positive: np.ndarray) -> float | None:
+    """The threshold on `score` [n] (the positive class's probability) that maximises F1 of the
+    positive class over `positive` [n] (bool), or None without a positive node. Cuts are tried between
+    consecutive distinct scores; the best cut's threshold is the midpoint of the two scores around it
+    (the widest margin on both sides), rounded to DIGITS. Ties go to the higher threshold (fewer
+    nodes flagged for the same F1)."""
+    n_pos = int(positive.sum())
+    if n_pos == 0:
+        return None
+    values = score.astype(np.float64)
+    order = np.argsort(-values, kind="stable")
+    ranked, hits = values[order], positive[order]
+    last = np.r_[ranked[1:] != ranked[:-1], True]  # the last row of each run of equal scores
+    tp, flagged = np.cumsum(hits)[last], np.flatnonzero(last) + 1.0
+    f1 = 2.0 * tp / (flagged + n_pos)  # 2 TP / (2 TP + FP + FN)
+    best = int(np.argmax(f1))
+    cuts = ranked[last]
+    below = cuts[best + 1] if best + 1 < len(cuts) else 0.0
+    return round(float((cuts[best] + below) / 2.0), DIGITS)
+
+
+def rates_at(probabilities: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float | None]:
+    """Precision, recall and F1 of the positive class under the service's own decision rule
+    (serve.scoring.decide) at `threshold`; None where undefined (nothing flagged / no positives)."""
+    flagged = decide(probabilities, POSITIVE, threshold) == POSITIVE
+    truth = y == POSITIVE
+    tp = int((flagged & truth).sum())
+
+    def ratio(num: float, den: float) -> float | None:
+        return round(num / den, DIGITS) if den else None
+
+    return {"precision": ratio(tp, int(flagged.sum())), "recall": ratio(tp, int(truth.sum())),
+            "f1": ratio(2 * tp, int(flagged.sum()) + int(truth.sum()))}
+
+
+def choose_decision(scores: ServedScores, y: np.ndarray, val_mask: np.ndarray, test_mask: np.ndarray,
+                    class_names: list[str]) -> Decision | None:
+    """The binary decision threshold, chosen on the validation nodes' served probabilities only (test
+    labels never reach the choice), with its precision / recall / F1 on validation and test. None
+    for multi-class tasks (the decision is the argmax) or a validation set without positives."""
+    if len(class_names) != 2:
+        return None
+    val_rows, test_rows = (np.flatnonzero(m[scores.nodes]) for m in (val_mask, test_mask))
+    val_p, val_y = scores.probabilities[val_rows], y[scores.nodes[val_rows]]
+    threshold = max_f1_threshold(val_p[:, POSITIVE], val_y == POSITIVE)
+    if threshold is None:
+        return None
+    val = rates_at(val_p, val_y, threshold)
+    test = rates_at(scores.probabilities[test_rows], y[scores.nodes[test_rows]], threshold)
+    return Decision(positive_class=class_names[POSITIVE], threshold=threshold,
+                    **{f"{split}_{k}": v for split, rates in (("val", val), ("test", test)) for k, v in rates.items()})
+
+
 @dataclass(frozen=True)
 class ServedCheck:
-    """A staged bundle, checked: parity with torch and the served student's metrics."""
+    """A staged bundle, checked: parity with torch and the served student's metrics. `test` carries
+    the binary decision chosen on validation under "decision" (a Decision as JSON; absent otherwise),
+    which distill.report lifts into the report and distill.writer into the manifest."""
 
     parity: Parity
     val: dict[str, Any]
     test: dict[str, Any]
     scores: ServedScores
+    decision: Decision | None = None
 
 
 def check(service: Service, torch_logits: np.ndarray, y: np.ndarray, val_mask: np.ndarray, test_mask: np.ndarray,
           seed: int, tolerance: float | None = TOLERANCE) -> ServedCheck:
     """Score validation, test and parity nodes through `service` (a staged bundle opened with
     `open_served`) and compare with the torch student's full-graph logits [N, C]. Raises ParityError
-    past `tolerance` (None: recorded, not enforced, for an int8 copy)."""
+    past `tolerance` (None: recorded, not enforced, for an int8 copy). Binary tasks also get their
+    decision threshold, chosen on the served validation probabilities (`choose_decision`)."""
     csr = service.scorer.store.csr
     nodes = check_nodes(csr.num_nodes, csr.degree, [val_mask, test_mask], seed)
     scores = score(service, nodes)
@@ -92,4 +152,8 @@ def check(service: Service, torch_logits: np.ndarray, y: np.ndarray, val_mask: n
         raise ParityError(f"the served student differs from torch by {worst:.3g} (> {tolerance}) "
                           f"over {len(nodes)} nodes")
     parity = Parity(max_abs_diff=worst, nodes_checked=len(nodes), tolerance=tolerance)
-    return ServedCheck(parity, metrics_on(scores, y, val_mask), metrics_on(scores, y, test_mask), scores)
+    decision = choose_decision(scores, y, val_mask, test_mask, service.bundle.class_names)
+    test = metrics_on(scores, y, test_mask)
+    if decision is not None:
+        test["decision"] = decision.model_dump(mode="json")
+    return ServedCheck(parity, metrics_on(scores, y, val_mask), test, scores, decision)

@@ -12,6 +12,7 @@ NodeId = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
 # Strict like the ids: JSON true and "0.5" are not features (lax mode made them 1.0 and 0.5); JSON
 # integers still are. allow_inf_nan=False rejects the NaN / Infinity literals Python's json accepts.
 Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Probability = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0.0, le=1.0)]
 
 
 class NewNodeIn(BaseModel):
@@ -28,7 +29,8 @@ class ScoreRequest(BaseModel):
     """At least one of `node_ids` / `new_nodes`; together at most SERVE_MAX_BATCH entries."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"node_ids": [0, 7]}, {"new_nodes": [{"features": [0.1, 0.2], "neighbors": [0, 7]}]}],
+        "examples": [{"node_ids": [0, 7]}, {"new_nodes": [{"features": [0.1, 0.2], "neighbors": [0, 7]}]},
+                     {"node_ids": [0, 7], "threshold": 0.3, "top_k": 2}],
         # Documents the empty_batch rule (checked by the endpoint), so the schema allows no empty batch.
         "anyOf": [{"required": ["node_ids"], "properties": {"node_ids": {"minItems": 1}}},
                   {"required": ["new_nodes"], "properties": {"new_nodes": {"minItems": 1}}}],
@@ -36,20 +38,40 @@ class ScoreRequest(BaseModel):
 
     node_ids: list[NodeId] = Field(default_factory=list, description="external ids of existing nodes")
     new_nodes: list[NewNodeIn] = Field(default_factory=list)
+    threshold: Probability | None = Field(
+        None, description="binary models only: flag the positive class when its probability is >= this, for "
+                          "this request (default: the bundle's threshold, chosen on validation; 422 "
+                          "invalid_request on a multi-class model)")
+    top_k: int | None = Field(None, strict=True, ge=1, description="also return the k most probable classes "
+                                                                   "per node, most probable first; k <= classes")
+
+
+class ClassScore(BaseModel):
+    label: str
+    label_index: int
+    probability: float
 
 
 class NodeScore(BaseModel):
     kind: Literal["existing", "new"]
     node_id: int | None = Field(description="external id (existing nodes) or null")
     new_node_index: int | None = Field(description="position in `new_nodes` (new nodes) or null")
-    label: str = Field(description="predicted class name")
+    label: str = Field(description="the most probable class (argmax), whatever the threshold")
     label_index: int
     probabilities: dict[str, float] = Field(description="softmax of the logits, by class name")
+    decision: str = Field(description="the class to act on: binary, the positive class when `score` >= the "
+                                      "response's `threshold` (else the other class); multi-class, `label`")
+    score: float | None = Field(description="binary models: the positive class's probability; else null")
+    top_k: list[ClassScore] | None = Field(None, description="the `top_k` most probable classes (when asked)")
     model_version: str
 
 
 class ScoreResponse(BaseModel):
     model_version: str
+    positive_class: str | None = Field(None, description="binary models: the class `score` and `threshold` "
+                                                         "are about; else null")
+    threshold: float | None = Field(None, description="the threshold the decisions used (the request's, else the "
+                                                      "bundle's); null when decisions are the argmax")
     results: list[NodeScore]
 
 
@@ -100,6 +122,8 @@ class ModelInfo(BaseModel):
     policy: dict[str, Any]
     metrics: dict[str, Any]
     parity: dict[str, Any] | None
+    decision: dict[str, Any] | None = Field(None, description="binary bundles: positive_class, the default "
+                                                              "threshold, its rule and validation / test rates")
     cache: dict[str, Any]
     lineage: dict[str, Any] = Field(default_factory=dict,
                                     description="parent / refresh gate / selection (bundles of refresh / select)")

@@ -151,3 +151,17 @@ def _softmax(logits: F32) -> F32:
     # Scorer._blame reports; neither is worth a RuntimeWarning in the service log.
     with np.errstate(over="ignore", invalid="ignore"):
         return softmax(logits)
+
+
+def decide(probabilities: F32, positive: int, threshold: float) -> I64:
+    """Binary decisions: class `positive` (0 or 1) where its probability is >= `threshold`, else the
+    other one -> int64 [b]. Compared in float64, so the threshold is used exactly as written (a
+    float32 comparison would round it first); the job chooses and evaluates thresholds through this."""
+    hit = probabilities[:, positive].astype(np.float64) >= threshold
+    return np.where(hit, positive, 1 - positive).astype(np.int64)
+
+
+def top_classes(probabilities: F32, k: int) -> I64:
+    """The k most probable classes of each row, most probable first (ties: lower class index first)
+    -> int64 [b, k]."""
+    return np.argsort(-probabilities, axis=1, kind="stable")[:, :k].astype(np.int64)

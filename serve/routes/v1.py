@@ -6,13 +6,22 @@ import time
 from typing import Any, Literal
 
 from fastapi import APIRouter
+from fastapi.exceptions import RequestValidationError
 
 from serve.body import JsonRoute
 from serve.dependencies import MetricsDep, ScoringDep, ServiceDep, SettingsDep
 from serve.errors import BatchTooLarge, EmptyBatch
 from serve.runtime import Service
-from serve.schemas import OVERLOADED, ErrorResponse, ModelInfo, NodeScore, ScoreRequest, ScoreResponse
-from serve.scoring import NewNode, Scores
+from serve.schemas import (
+    OVERLOADED,
+    ClassScore,
+    ErrorResponse,
+    ModelInfo,
+    NodeScore,
+    ScoreRequest,
+    ScoreResponse,
+)
+from serve.scoring import NewNode, Scores, decide, top_classes
 
 router = APIRouter(route_class=JsonRoute)
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -22,7 +31,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (415, "unsupported_media_type (Content-Type missing or not application/json) or unsupported_encoding "
               "(a Content-Encoding such as gzip; send the body uncompressed)"),
         (422, "empty_batch, invalid_features (wrong length, not finite as float32), malformed_json (not "
-              "UTF-8 JSON), invalid_request (schema violation: wrong types, NaN/Infinity literals, extra keys)"),
+              "UTF-8 JSON), invalid_request (schema violation: wrong types, NaN/Infinity literals, extra keys; "
+              "a threshold outside [0, 1] or on a multi-class model; top_k outside 1..classes)"),
         (503, "not_ready (the bundle is loading or was refused), model_output_invalid (the model produced "
               f"non-finite scores) or {OVERLOADED}"),
     )
@@ -49,9 +59,13 @@ async def score(scoring: ScoringDep, settings: SettingsDep, metrics: MetricsDep)
     if size > settings.max_batch:
         raise BatchTooLarge(f"{size} nodes in one request; the limit is {settings.max_batch}",
                             {"max_batch": settings.max_batch})
+    positive, threshold = decision_rule(service, request)
     new = [NewNode(n.features, n.neighbors) for n in request.new_nodes]
     scores = service.scorer.score(request.node_ids, new)
-    response = ScoreResponse(model_version=service.bundle.version, results=results(service, request, scores))
+    names = service.bundle.class_names
+    response = ScoreResponse(model_version=service.bundle.version, threshold=threshold,
+                             positive_class=None if positive is None else names[positive],
+                             results=results(service, request, scores, positive, threshold))
     metrics.scored["existing"].inc(len(request.node_ids))
     metrics.scored["new"].inc(len(new))
     metrics.observe_score(scores.cache_s, scores.inference_s, time.perf_counter() - started)
@@ -59,17 +73,55 @@ async def score(scoring: ScoringDep, settings: SettingsDep, metrics: MetricsDep)
     return response
 
 
-def results(service: Service, request: ScoreRequest, scores: Scores) -> list[NodeScore]:
+def _invalid(field: str, kind: str, message: str) -> RequestValidationError:
+    """A 422 `invalid_request` naming `field`, shaped like the schema's own (its limit depends on the
+    bundle, so the schema cannot state it)."""
+    return RequestValidationError([{"type": kind, "loc": ("body", field), "msg": message}])
+
+
+def decision_rule(service: Service, request: ScoreRequest) -> tuple[int | None, float | None]:
+    """(positive class index, threshold) for this request: binary models flag the positive class at
+    the request's threshold, else the bundle's (manifest `decision`); a binary bundle without one
+    (earlier releases) takes class 1 as positive and the argmax (threshold None) unless the request
+    gives one. Multi-class: (None, None), the argmax. Raises a 422 for a threshold on a multi-class
+    model and a top_k over the number of classes, before any scoring."""
+    names = service.bundle.class_names
+    if request.top_k is not None and request.top_k > len(names):
+        raise _invalid("top_k", "less_than_equal", f"Input should be less than or equal to {len(names)}, "
+                                                   "the model's number of classes")
+    if len(names) != 2:
+        if request.threshold is not None:
+            raise _invalid("threshold", "threshold_not_applicable", f"threshold applies to binary models; this "
+                                                                     f"one has {len(names)} classes (argmax)")
+        return None, None
+    bundled = service.bundle.manifest.decision
+    positive = 1 if bundled is None else names.index(bundled.positive_class)
+    if request.threshold is not None:
+        return positive, request.threshold
+    return positive, None if bundled is None else bundled.threshold
+
+
+def results(service: Service, request: ScoreRequest, scores: Scores, positive: int | None = None,
+            threshold: float | None = None) -> list[NodeScore]:
+    """One NodeScore per scored row (existing nodes, then new ones): the argmax `label`, the
+    thresholded `decision` and positive-class `score` (binary), and the `top_k` classes when asked."""
     names = service.bundle.class_names
     version = service.bundle.version
     probs = scores.probabilities.tolist()
     labels = scores.labels.tolist()
+    chosen = labels if positive is None or threshold is None else decide(scores.probabilities, positive,
+                                                                         threshold).tolist()
+    tops = top_classes(scores.probabilities, request.top_k).tolist() if request.top_k else [None] * len(labels)
     keys: list[tuple[Literal["existing", "new"], int | None, int | None]]
     keys = [("existing", i, None) for i in request.node_ids]
     keys += [("new", None, j) for j in range(len(request.new_nodes))]
     return [NodeScore(kind=kind, node_id=node_id, new_node_index=index, label=names[label], label_index=label,
-                      probabilities=dict(zip(names, p, strict=True)), model_version=version)
-            for (kind, node_id, index), p, label in zip(keys, probs, labels, strict=True)]
+                      probabilities=dict(zip(names, p, strict=True)), decision=names[decided],
+                      score=None if positive is None else p[positive],
+                      top_k=None if top is None else [ClassScore(label=names[c], label_index=c, probability=p[c])
+                                                      for c in top],
+                      model_version=version)
+            for (kind, node_id, index), p, label, decided, top in zip(keys, probs, labels, chosen, tops, strict=True)]
 
 
 def model_info(service: Service) -> ModelInfo:
@@ -79,6 +131,6 @@ def model_info(service: Service) -> ModelInfo:
         version=service.bundle.version, created_at=m.get("created_at"),
         dataset={k: m["dataset"].get(k) for k in DATASET_KEYS},
         student=m["model"], policy=m["policy"], metrics=m.get("metrics", {}),
-        parity=m.get("parity"), cache=service.scorer.cache.stats(),
+        parity=m.get("parity"), decision=m.get("decision"), cache=service.scorer.cache.stats(),
         lineage={k: m[k] for k in LINEAGE_KEYS if k in m},
     )

@@ -1,5 +1,6 @@
 """The typed manifest and the on-disk checks, on a hand-made bundle (no torch, no model run)."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from bundle.errors import BundleInvalid
 from bundle.manifest import (
     SCHEMA_VERSION,
     DatasetInfo,
+    Decision,
     GraphFiles,
     Manifest,
     Parity,
@@ -132,3 +134,71 @@ def test_an_int8_parity_record_without_a_tolerance_round_trips(tmp_path):
     files.write_manifest(tmp_path / "b", int8)
     manifest = files.open_bundle(tmp_path / "b").manifest
     assert manifest.parity is not None and manifest.parity.tolerance is None
+
+
+def _decided(manifest: Manifest, threshold: float = 0.35) -> Manifest:
+    """`manifest` with a binary decision section, re-versioned as the writer does."""
+    decision = Decision(positive_class="b", threshold=threshold, val_f1=0.8, test_precision=0.7, test_recall=0.6)
+    return files.with_version(manifest.model_copy(update={"decision": decision}))
+
+
+def test_a_manifest_with_a_decision_round_trips(tmp_path):
+    decided = _decided(write_hand_bundle(tmp_path / "b"))
+    files.write_manifest(tmp_path / "b", decided)
+    manifest = files.open_bundle(tmp_path / "b").manifest
+    assert manifest == decided and manifest.decision is not None
+    assert manifest.decision.model_dump(exclude_none=True) == {
+        "rule": "max_f1_on_validation", "positive_class": "b", "threshold": 0.35, "val_f1": 0.8,
+        "test_precision": 0.7, "test_recall": 0.6}
+    assert '"decision"' in manifest.to_json()
+
+
+def test_without_a_decision_the_version_digest_is_the_one_of_earlier_releases(tmp_path):
+    written = write_hand_bundle(tmp_path / "b")
+    assert written.decision is None and '"decision"' not in written.to_json()
+    # The digest as earlier releases computed it (four sections, no decision key): their bundles still verify.
+    sections = ("dataset", "model", "policy", "graph")
+    body = {"files": sorted([rel, written.files[rel]] for rel in written.served_files),
+            **{name: getattr(written, name).model_dump(mode="json") for name in sections}}
+    assert files.served_digest(written) == hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def test_a_changed_threshold_is_a_new_version(tmp_path):
+    written = write_hand_bundle(tmp_path / "b")
+    decided, moved = _decided(written, 0.35), _decided(written, 0.36)
+    assert len({written.version, decided.version, moved.version}) == 3
+    assert _decided(written, 0.35).version == decided.version  # the same decision, the same version
+    files.write_manifest(tmp_path / "b", decided)
+    _edit(tmp_path / "b", lambda m: m["decision"].update(threshold=0.36))  # edited without re-versioning
+    with pytest.raises(BundleInvalid, match="not the digest of what is served"):
+        files.open_bundle(tmp_path / "b")
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda m: m["decision"].update(threshold=1.5), "less than or equal to 1"),
+    (lambda m: m["decision"].update(threshold=-0.1), "greater than or equal to 0"),
+    (lambda m: m["decision"].update(positive_class="c"), "one of its class_names"),
+    (lambda m: m["decision"].update(rule="argmin"), "max_f1_on_validation"),
+    (lambda m: m["decision"].update(cost=3), "cost"),
+    (lambda m: m["decision"].pop("threshold"), "threshold"),
+])
+def test_a_malformed_decision_is_refused(tmp_path, change, needle):
+    root = tmp_path / "b"
+    files.write_manifest(root, _decided(write_hand_bundle(root)))
+    _edit(root, change)
+    with pytest.raises(BundleInvalid, match=needle):
+        files.open_bundle(root)
+
+
+def test_a_decision_needs_a_binary_dataset():
+    dataset = DatasetInfo(spec="s", name="s", source={}, num_nodes=3, num_features=2, num_classes=3,
+                          class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="decision needs a binary dataset"):
+        Manifest(schema_version=SCHEMA_VERSION, version="", created_at="", dataset=dataset,
+                 model=StudentModel(file="m", student="mlp", num_layers=1, hidden_channels=1, inputs=["x"],
+                                    outputs=["logits"], opset=17, params=1),
+                 policy=Policy(fanout=1, k_hops=0, propagation="none", seed=0),
+                 graph=GraphFiles(features="f", node_ids="n", indptr="p", indices="i", weights="w"),
+                 metrics={}, config={}, seed=0, reproducibility=Reproducibility(threads=1, versions={}), files={},
+                 decision=Decision(positive_class="b", threshold=0.5))
