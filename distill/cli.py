@@ -3,22 +3,66 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from bundle import signing
 from bundle.errors import BundleInvalid
 from bundle.publish import PublishError
-from distill.config import RunConfig, cli_fields
-from distill.errors import DistillError
+from distill.config import GROUPS, RunConfig, cli_fields, load_config_file
+from distill.errors import ConfigError, DistillError
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; use true or false")
+def _bool(text: str) -> bool | None:
+    """The boolean `text` spells (true/false, yes/no, on/off, 1/0), or None."""
+    return {"1": True, "true": True, "yes": True, "on": True,
+            "0": False, "false": False, "no": False, "off": False}.get(text.lower())
+
+
+class _Toggle(argparse.Action):
+    """`--x` / `--no-x` for a boolean option. `--x true|false`, the only form before, still parses for one
+    release, with a warning, so that scripts written for it keep working while they are updated."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        flag = option_strings[0]
+        super().__init__([flag, "--no-" + flag[2:]], dest, nargs="?", metavar="true|false", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        flag = self.option_strings[0][2:]
+        if option_string is not None and option_string.startswith("--no-"):
+            if values is not None:
+                raise argparse.ArgumentError(self, f"{option_string} takes no value; drop {values!r}")
+            setattr(namespace, self.dest, False)
+            return
+        if values is None:
+            setattr(namespace, self.dest, True)
+            return
+        value = _bool(values)
+        if value is None:
+            raise argparse.ArgumentError(self, f"{values!r} is not a boolean; write --{flag} or --no-{flag}")
+        print(f"distill: warning: `--{flag} {values}` is deprecated and goes in the next release; write "
+              f"--{flag if value else 'no-' + flag}", file=sys.stderr)
+        setattr(namespace, self.dest, value)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help; a boolean listed as `--x, --no-x`, not with the deprecated value it still takes."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, _Toggle):
+            return ", ".join(action.option_strings)
+        return super()._format_action_invocation(action)
+
+
+_Options = argparse.ArgumentParser | argparse._ArgumentGroup
+
+
+CONFIG_HELP = ("Options come from, lowest precedence first: the defaults below, the TOML file of --config (keys are "
+               "the option names, e.g. teacher_layers = 6, at the top level or in a [run] table; see "
+               "docs/job.example.toml), and the flags typed on the command line.")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -27,25 +71,14 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train teacher, scratch and distilled students; write a bundle",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    run.add_argument("--out", required=True, type=Path, help="bundle directory to create")
-    _job_flags(run)
-    _config_options(run)
-    sel = sub.add_parser("select", help="distil a grid of students and keep the most accurate within a latency budget",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sel.add_argument("--out", required=True, type=Path, help="bundle directory for the chosen student")
-    sel.add_argument("--latency-budget-ms", required=True, type=float, help="p99 budget of one scoring call")
-    sel.add_argument("--grid", default=None, help="comma-separated STUDENT:LAYERS:HIDDEN candidates "
-                     "(default: a 9-candidate grid over gcn, sage, mlp)")
-    sel.add_argument("--int8", action="store_true", help="also try a dynamic-int8 copy of every candidate")
-    sel.add_argument("--calls", type=int, default=1000, help="timed in-process scoring calls per candidate")
-    sel.add_argument("--http-calls", type=int, default=0,
-                     help="also time this many single-node HTTP requests against a real `python -m serve` per "
-                          "candidate; the budget then applies to the HTTP p99 (0 = in-process only)")
-    _job_flags(sel)
-    _config_options(sel)
+                         formatter_class=_HelpFormatter, description=CONFIG_HELP)
+    groups = _groups(run)
+    groups["job"].add_argument("--out", required=True, type=Path, help="bundle directory to create")
+    _job_flags(groups["job"], config_file=True)
+    _config_options(groups)
+    _select_parser(sub)
     ref = sub.add_parser("refresh", help="re-distil a bundle with its own config into a new version",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=_HelpFormatter)
     ref.add_argument("--bundle", required=True, type=Path, help="the parent bundle")
     ref.add_argument("--out", required=True, type=Path, help="directory of the new bundle")
     ref.add_argument("--dataset", required=True,
@@ -56,14 +89,33 @@ def parser() -> argparse.ArgumentParser:
                      help="refuse a bundle whose served validation metric is this much below the parent's, "
                           "both scored on the same validation nodes")
     ref.add_argument("--allow-worse", action="store_true", help="write the bundle even past --max-drop")
-    _job_flags(ref)
+    # No --config: a refresh trains with the parent's recorded config; only --dataset is new.
+    _job_flags(ref, config_file=False)
     _score_parser(sub)
     return p
 
 
+def _select_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sel = sub.add_parser("select", help="distil a grid of students and keep the most accurate within a latency budget",
+                         formatter_class=_HelpFormatter, description=CONFIG_HELP)
+    g = sel.add_argument_group("selection", "the student grid and the latency budget it must meet")
+    g.add_argument("--latency-budget-ms", required=True, type=float, help="p99 budget of one scoring call")
+    g.add_argument("--grid", default=None, help="comma-separated STUDENT:LAYERS:HIDDEN candidates "
+                   "(default: a 9-candidate grid over gcn, sage, mlp)")
+    g.add_argument("--int8", action="store_true", help="also try a dynamic-int8 copy of every candidate")
+    g.add_argument("--calls", type=int, default=1000, help="timed in-process scoring calls per candidate")
+    g.add_argument("--http-calls", type=int, default=0,
+                   help="also time this many single-node HTTP requests against a real `python -m serve` per "
+                        "candidate; the budget then applies to the HTTP p99 (0 = in-process only)")
+    groups = _groups(sel)
+    groups["job"].add_argument("--out", required=True, type=Path, help="bundle directory for the chosen student")
+    _job_flags(groups["job"], config_file=True)
+    _config_options(groups)
+
+
 def _score_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sc = sub.add_parser("score", help="score many nodes of a bundle offline (exactly the service's scores)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=_HelpFormatter)
     sc.add_argument("--bundle", required=True, type=Path, help="bundle directory")
     sc.add_argument("--out", required=True, type=Path, help="output file (columns node_id, label, prob_<class>)")
     sc.add_argument("--nodes", default="all",
@@ -76,17 +128,33 @@ def _score_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     sc.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _job_flags(p: argparse.ArgumentParser) -> None:
+def _groups(p: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """One `--help` section per role of an option (distill.config.GROUPS), in that order."""
+    return {name: p.add_argument_group(name, about) for name, about in GROUPS.items()}
+
+
+def _job_flags(p: _Options, config_file: bool) -> None:
+    if config_file:
+        p.add_argument("--config", type=Path, default=None, metavar="PATH",
+                       help="TOML file of options for the whole job (see the description above)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0 = torch's default; on a shared machine, 1 avoids oversubscription)")
 
 
-def _config_options(p: argparse.ArgumentParser) -> None:
-    for flag, default, help_text, choices in cli_fields():
-        kind = _bool if isinstance(default, bool) else type(default)
-        p.add_argument(flag, type=kind, default=default, help=help_text, choices=choices)
+def _config_options(groups: dict[str, argparse._ArgumentGroup]) -> None:
+    """One flag per RunConfig field, in its group. The parser default is SUPPRESS, so only a flag the user
+    typed lands in the namespace and can override the --config file; the real default is shown in the help."""
+    for f in cli_fields():
+        if isinstance(f.default, bool):
+            shown = f.flag if f.default else "--no-" + f.flag[2:]
+            groups[f.group].add_argument(f.flag, action=_Toggle, default=argparse.SUPPRESS,
+                                         help=f"{f.help} (default: {shown})")
+        else:
+            shown = repr(f.default) if f.default == "" else str(f.default)
+            groups[f.group].add_argument(f.flag, type=type(f.default), default=argparse.SUPPRESS,
+                                         help=f"{f.help} (default: {shown})", choices=f.choices)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,15 +195,26 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-CLI_ONLY = ("command", "out", "force", "quiet", "threads", "latency_budget_ms", "grid", "int8", "calls", "http_calls")
-
-
-def _config(args: argparse.Namespace) -> RunConfig:
-    return RunConfig.from_dict({k: v for k, v in vars(args).items() if k not in CLI_ONLY})
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The job's effective config: defaults < the --config file < the flags typed on the command line.
+    Only typed flags are in `args` (their parser default is SUPPRESS), so an untouched flag never
+    overrides the file; the manifest records the result (RunConfig.to_dict)."""
+    from_file = load_config_file(args.config) if args.config else {}
+    names = {f.name for f in cli_fields()}
+    typed = {k: v for k, v in vars(args).items() if k in names}
+    try:
+        return RunConfig.from_dict({**from_file, **typed})
+    except ConfigError as exc:
+        # RunConfig names the flag (`--epochs 0 must be >= 1`); say so when the value came from the file.
+        culprits = [k for k in from_file if k not in typed and re.search(rf"--{k.replace('_', '-')}(?![\w-])",
+                                                                         str(exc))]
+        if not culprits:
+            raise
+        raise ConfigError(f"{exc} (set as {culprits[0]} in --config {args.config})") from None
 
 
 def _run(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = run_config(args)
     from distill import pipeline, report  # torch/PyG import only once the arguments are valid
 
     rep = pipeline.run(cfg, args.out, force=args.force, progress=not args.quiet)
@@ -145,7 +224,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace) -> int:
-    cfg = _config(args)
+    cfg = run_config(args)
     if args.latency_budget_ms <= 0 or args.calls < 100 or args.http_calls < 0:
         raise DistillError(f"--latency-budget-ms {args.latency_budget_ms} must be > 0, --calls {args.calls} >= 100 "
                            f"and --http-calls {args.http_calls} >= 0")

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import difflib
+import sys
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from distill.errors import ConfigError
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 has no TOML reader: --config is refused there; every option still works as a flag
+    tomllib = None
+
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from distill.train import TrainConfig
 
 KD_KINDS = ("response", "feature", "structure")
@@ -31,83 +40,104 @@ AUTO_STUDENTS = ("gcn", "sage-res")
 AUTO_TEACHERS = ("gat", "gat-sep", "gcnii")
 
 
-def _opt(default: object, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+# `distill run --help` lists the options in these groups, in this order; every RunConfig field names one.
+GROUPS = {
+    "data": "what graph and split to train on, and how its features are normalised",
+    "teacher": "the large GNN trained first (never served)",
+    "student": "the small model that is exported to ONNX and served",
+    "distillation": "how the teacher's outputs train the distilled student",
+    "training": "the optimisation budget, shared by teacher, scratch and distilled runs",
+    "job": "the job itself: where it writes, how it runs",
+}
+
+
+def _opt(group: str, default: object, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    if group not in GROUPS:  # a typo here would silently drop the option from `--help`
+        raise ValueError(f"unknown option group {group!r}; one of {list(GROUPS)}")
+    return field(default=default, metadata={"help": help, "choices": choices, "group": group})
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Everything `distill run` needs. Field order is the order of `distill run --help`."""
 
-    dataset: str = _opt("synthetic", "dataset spec: synthetic[:key=value,...] | planetoid:PATH | npz:PATH | "
-                        "mat:PATH | acm:PATH; or by name, downloaded once into $GRAPH_DISTILL_CACHE (default "
-                        "~/.cache/graph-distill): planetoid:Cora|CiteSeer|PubMed, npz:tolokers|roman_empire|"
-                        "amazon_ratings|minesweeper|questions")
-    split: int = _opt(0, "which fixed split to use (npz: its index; mat: the seed; acm: 0 / 1 / 2 = 20 / 40 / 60 "
-                      "labels per class)")
-    teacher: str = _opt("auto", "teacher architecture (gat-sep: attention over neighbours, the node's own state "
+    dataset: str = _opt("data", "synthetic", "dataset spec: synthetic[:key=value,...] | planetoid:PATH | npz:PATH | "
+                                             "mat:PATH | acm:PATH; or by name, downloaded once into "
+                                             "$GRAPH_DISTILL_CACHE (default ~/.cache/graph-distill): "
+                                             "planetoid:Cora|CiteSeer|PubMed, "
+                                             "npz:tolokers|roman_empire|amazon_ratings|minesweeper|questions")
+    split: int = _opt("data", 0, "which fixed split to use (npz: its index; mat: the seed; acm: 0 / 1 / 2 = 20 / 40 "
+                                 "/ 60 labels per class)")
+    teacher: str = _opt("teacher", "auto",
+                        "teacher architecture (gat-sep: attention over neighbours, the node's own state "
                         "through a separate transform; gcnii: deep GCN with initial residual and identity "
-                        f"mapping; hetero-sage: per-relation SAGE over every node and edge type of a heterogeneous "
+                        "mapping; hetero-sage: per-relation SAGE over every node and edge type of a heterogeneous "
                         f"dataset; auto: train {', '.join(AUTO_TEACHERS)} (and hetero-sage on a heterogeneous "
                         "dataset) in turn, keep the best on validation)",
                         ("auto", "gat", "gat-sep", "gcnii", "gcn", "sage", "hetero-sage"))
-    teacher_layers: int = _opt(6, "teacher message-passing layers")
-    teacher_hidden: int = _opt(64, "teacher width (all heads together for gat)")
-    teacher_heads: int = _opt(4, "attention heads per gat layer")
-    teacher_dropout: float = _opt(0.5, "teacher feature dropout")
-    attn_dropout: float = _opt(0.3, "dropout on gat attention coefficients")
-    teacher_norm: str = _opt("layer", "normalisation in each teacher block", ("layer", "batch", "none"))
-    teacher_residual: bool = _opt(True, "residual connection around each gat block")
-    teacher_jk: str = _opt("none", "jumping knowledge over gat blocks", ("none", "cat", "max"))
+    teacher_layers: int = _opt("teacher", 6, "teacher message-passing layers")
+    teacher_hidden: int = _opt("teacher", 64, "teacher width (all heads together for gat)")
+    teacher_heads: int = _opt("teacher", 4, "attention heads per gat layer")
+    teacher_dropout: float = _opt("teacher", 0.5, "teacher feature dropout")
+    attn_dropout: float = _opt("teacher", 0.3, "dropout on gat attention coefficients")
+    teacher_norm: str = _opt("teacher", "layer", "normalisation in each teacher block", ("layer", "batch", "none"))
+    teacher_residual: bool = _opt("teacher", True, "residual connection around each gat block")
+    teacher_jk: str = _opt("teacher", "none", "jumping knowledge over gat blocks", ("none", "cat", "max"))
     # GCNII gets its own depth: its initial residual and identity mapping are there to let it go deeper
     # than a GAT without over-smoothing (Chen et al.: accuracy rises to 16-32 layers on Cora/CiteSeer).
     # Teacher alone, seeds 0 and 1, mean test accuracy: Cora 0.82 / 0.83 / 0.84 / 0.83 at 6 / 8 / 16 / 32
     # layers (32 early-stops within the shared --epochs/--patience budget), CiteSeer 0.70 / 0.71 at 8 / 16.
-    gcnii_layers: int = _opt(16, "gcnii message-passing layers (its own depth: gcnii is built to go deeper than "
-                             "the gat without over-smoothing)")
-    gcnii_alpha: float = _opt(0.1, "gcnii initial-residual weight: the share of the first hidden state fed to "
-                              "every layer")
-    gcnii_theta: float = _opt(0.5, "gcnii identity-mapping strength: layer l mixes its weight in by "
-                              "log(theta / l + 1)")
-    teacher_restarts: int = _opt(1, "train the teacher from this many initialisations, keep the best on validation")
-    teacher_budget: float = _opt(0.0, "seconds of teacher training after which --teacher auto starts no further "
-                                 "family (the first always runs; 0 = no limit)")
-    teacher_fanout: int = _opt(0, "cap on in-neighbours the teacher sees (0 = full graph; "
-                                  "useful on CPU for big graphs)")
-    student: str = _opt("auto", "student architecture (sage-res: input projection, separate ego and neighbour "
+    gcnii_layers: int = _opt("teacher", 16, "gcnii message-passing layers (its own depth: gcnii is built to go "
+                                            "deeper than the gat without over-smoothing)")
+    gcnii_alpha: float = _opt("teacher", 0.1, "gcnii initial-residual weight: the share of the first hidden state "
+                                              "fed to every layer")
+    gcnii_theta: float = _opt("teacher", 0.5, "gcnii identity-mapping strength: layer l mixes its weight in by "
+                                              "log(theta / l + 1)")
+    teacher_restarts: int = _opt("teacher", 1, "train the teacher from this many initialisations, keep the best on "
+                                               "validation")
+    teacher_budget: float = _opt("teacher", 0.0, "seconds of teacher training after which --teacher auto starts no "
+                                                 "further family (the first always runs; 0 = no limit)")
+    teacher_fanout: int = _opt("teacher", 0, "cap on in-neighbours the teacher sees (0 = full graph; useful on CPU "
+                                             "for big graphs)")
+    student: str = _opt("student", "auto",
+                        "student architecture (sage-res: input projection, separate ego and neighbour "
                         "transforms, raw log-degree, LayerNorm, residual; auto: train each of "
                         f"{', '.join(AUTO_STUDENTS)}, keep the best on validation)",
                         ("auto", "gcn", "sage", "sage-res", "mlp"))
-    student_layers: int = _opt(2, "student layers (= hops of the served neighbourhood for gcn/sage)")
-    student_hidden: int = _opt(64, "student width")
-    student_dropout: float = _opt(0.5, "student feature dropout")
-    fanout: int = _opt(10, "neighbourhood policy: in-neighbours kept per node at every hop")
-    kd: str = _opt("response", "distillation objectives, comma-separated: response,feature,structure (or none)")
-    temperature: str = _opt("auto", "distillation temperature T > 0, or auto: train with each of "
+    student_layers: int = _opt("student", 2, "student layers (= hops of the served neighbourhood for gcn/sage)")
+    student_hidden: int = _opt("student", 64, "student width")
+    student_dropout: float = _opt("student", 0.5, "student feature dropout")
+    fanout: int = _opt("student", 10, "neighbourhood policy: in-neighbours kept per node at every hop")
+    kd: str = _opt("distillation", "response", "distillation objectives, comma-separated: response,feature,structure "
+                                               "(or none)")
+    temperature: str = _opt("distillation", "auto", "distillation temperature T > 0, or auto: train with each of "
                             f"{list(TEMPERATURE_GRID)} (with every alpha > 0), keep the best on validation")
-    alpha: str = _opt("auto", "weight in [0, 1] of the soft-target KL term (1 - alpha weighs the hard-label "
+    alpha: str = _opt("distillation", "auto",
+                      "weight in [0, 1] of the soft-target KL term (1 - alpha weighs the hard-label "
                       f"CE), or auto: train with each of {list(ALPHA_GRID)}, keep the best on validation")
-    tail_adjust: str = _opt("auto", "rare classes: add -tau*log(class prior) to the distilled student's logits, "
-                            "tau chosen on validation: the smallest that brings the rarest class's recall up to "
-                            "the scratch student's, never at the price of validation AUROC (auto), or never (off)",
+    tail_adjust: str = _opt("distillation", "auto", "rare classes: add -tau*log(class prior) to the distilled "
+                                                    "student's logits, tau chosen on validation: the smallest that "
+                                                    "brings the rarest class's recall up to the scratch student's, "
+                                                    "never at the price of validation AUROC (auto), or never (off)",
                             ("auto", "off"))
-    beta: float = _opt(1.0, "weight of the feature-distillation term (normalised-embedding MSE)")
-    gamma: float = _opt(0.1, "weight of the structure-distillation term (LSP neighbourhood KL)")
-    structure_weights: str = _opt("auto", "structure KD from a gat teacher: the student propagates with the "
-                                  "teacher's attention (attention), its own fixed weights (fixed), or "
-                                  "whichever scores better on validation (auto)", ("auto", "attention", "fixed"))
-    layer_map: str = _opt("", "teacher:student layer pairs for feature/structure KD, e.g. 3:1,6:2 "
-                          "(default: every N-th teacher layer)")
-    feature_norm: str = _opt("auto", "input normalisation inside the models "
-                             "(auto: row for bag-of-words features (non-negative, mostly zeros), standard "
-                             "otherwise)", ("auto", "none", "row", "standard"))
-    epochs: int = _opt(300, "max epochs for every model (same budget for teacher, scratch, distilled)")
-    patience: int = _opt(50, "early-stopping patience on the validation metric")
-    min_epochs: int = _opt(100, "no early stop before this many epochs")
-    lr: float = _opt(0.01, "Adam learning rate")
-    weight_decay: float = _opt(5e-4, "Adam weight decay")
-    seed: int = _opt(0, "seed for initialisation, dropout and the neighbourhood policy")
-    device: str = _opt("auto", "auto (CUDA when present) | cpu | cuda[:N]")
+    beta: float = _opt("distillation", 1.0, "weight of the feature-distillation term (normalised-embedding MSE)")
+    gamma: float = _opt("distillation", 0.1, "weight of the structure-distillation term (LSP neighbourhood KL)")
+    structure_weights: str = _opt("distillation", "auto", "structure KD from a gat teacher: the student propagates "
+                                                          "with the teacher's attention (attention), its own fixed "
+                                                          "weights (fixed), or whichever scores better on validation "
+                                                          "(auto)", ("auto", "attention", "fixed"))
+    layer_map: str = _opt("distillation", "", "teacher:student layer pairs for feature/structure KD, e.g. 3:1,6:2 "
+                                              "(default: every N-th teacher layer)")
+    feature_norm: str = _opt("data", "auto", "input normalisation inside the models (auto: row for bag-of-words "
+                                             "features (non-negative, mostly zeros), standard otherwise)",
+                             ("auto", "none", "row", "standard"))
+    epochs: int = _opt("training", 300, "max epochs for every model (same budget for teacher, scratch, distilled)")
+    patience: int = _opt("training", 50, "early-stopping patience on the validation metric")
+    min_epochs: int = _opt("training", 100, "no early stop before this many epochs")
+    lr: float = _opt("training", 0.01, "Adam learning rate")
+    weight_decay: float = _opt("training", 5e-4, "Adam weight decay")
+    seed: int = _opt("training", 0, "seed for initialisation, dropout and the neighbourhood policy")
+    device: str = _opt("job", "auto", "auto (CUDA when present) | cpu | cuda[:N]")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -267,10 +297,82 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def cli_fields() -> list[tuple[str, Any, str, tuple[str, ...] | None]]:
-    """(flag, default, help, choices) for every field, for the argument parser."""
+class CliField(NamedTuple):
+    """One RunConfig field as the argument parser needs it."""
+
+    name: str
+    flag: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None
+    group: str
+
+
+def cli_fields() -> list[CliField]:
+    """Every RunConfig field, in declaration order, for the argument parser."""
     return [
-        (_flag(f.name), f.default, f.metadata["help"], f.metadata.get("choices"))
+        CliField(f.name, _flag(f.name), f.default, f.metadata["help"], f.metadata.get("choices"), f.metadata["group"])
         for f in fields(RunConfig)
         if f.default is not MISSING
     ]
+
+
+# str fields whose value may be a number: in TOML `alpha = 0.2` is the natural spelling of `--alpha 0.2`.
+_NUMBER_OR_AUTO = ("alpha", "temperature")
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """The RunConfig values in the TOML file `path`: keys at the top level or all in a `[run]` table, snake_case
+    or kebab-case, each checked against its field's type. Ranges and choices are RunConfig's to check.
+    ConfigError names the file, the bad key and the fix."""
+    where = f"--config {path}"
+    table = _read_toml(path, where)
+    if isinstance(table.get("run"), dict):
+        stray = sorted(set(table) - {"run"})
+        if stray:
+            raise ConfigError(f"{where}: key {stray[0]!r} is outside the [run] table; put every option inside "
+                              "[run], or drop the [run] header")
+        table = table["run"]
+    defaults = {f.name: f.default for f in fields(RunConfig)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in defaults:
+            close = difflib.get_close_matches(name, list(defaults), n=3)
+            hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"known keys: {', '.join(defaults)}"
+            raise ConfigError(f"{where}: unknown key {key!r}; {hint}")
+        if name in values:
+            raise ConfigError(f"{where}: {name!r} is set twice (snake_case and kebab-case); keep one")
+        values[name] = _typed(name, value, defaults[name], where)
+    return values
+
+
+def _read_toml(path: Path, where: str) -> dict[str, Any]:
+    if tomllib is None:
+        raise ConfigError(f"{where}: reading TOML needs Python 3.11 or newer (tomllib); on Python 3.10 pass "
+                          "the options as command-line flags")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read the file: {exc.strerror or exc}") from None
+    except ValueError as exc:  # tomllib.TOMLDecodeError, or bytes that are not UTF-8
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+
+
+def _typed(name: str, value: Any, default: Any, where: str) -> Any:
+    """`value` as field `name` (default `default`) holds it; ConfigError naming key and expected type otherwise.
+    TOML has real types, so unlike a flag nothing is parsed from text: `epochs = "300"` is refused."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)  # TOML true is a Python int
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, expected = number and isinstance(value, int), "an integer"
+    elif isinstance(default, float):
+        ok, expected, value = number, "a number", float(value) if number else value
+    elif name in _NUMBER_OR_AUTO:
+        ok, expected, value = number or isinstance(value, str), 'a number or "auto"', str(value) if number else value
+    else:
+        ok, expected = isinstance(value, str), "a string"
+    if not ok:
+        raise ConfigError(f"{where}: {name} = {value!r} ({type(value).__name__}) must be {expected}")
+    return value
