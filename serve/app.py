@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve import errors, observability
 from serve.errors import BodyTooLarge
 from serve.metrics import Metrics, MetricsMiddleware
-from serve.routes import admin, health, v1, v2
+from serve.routes import admin, docs, health, v1, v2
 from serve.runtime import Runtime, Service, build
 from serve.schemas import ErrorResponse
 from serve.settings import Settings
@@ -84,7 +84,8 @@ def create_app(settings: Settings, builder: Callable[[Settings], Service] = buil
         yield
 
     app = FastAPI(title="graph-distill scoring service", version="1", lifespan=lifespan, responses=BUG,
-                  description="Scores graph nodes with a distilled ONNX student on cached k-hop neighbourhoods.")
+                  description="Scores graph nodes with a distilled ONNX student on cached k-hop neighbourhoods.",
+                  docs_url=None, redoc_url=None)  # /docs from local assets (routes/docs.py); ReDoc needs a CDN
     # What serve/dependencies.py hands to the routes.
     app.state.runtime, app.state.settings, app.state.metrics, app.state.builder = runtime, settings, metrics, builder
     errors.install(app)
@@ -93,6 +94,7 @@ def create_app(settings: Settings, builder: Callable[[Settings], Service] = buil
         routers.append(admin.router)
     for router in routers:
         app.include_router(router)
+    docs.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # From the routers themselves: FastAPI lists an included router in app.routes as one entry without a path.
     paths = frozenset(str(getattr(r, "path", "")) for router in (app.router, *routers) for r in router.routes) - {""}
