@@ -86,8 +86,9 @@ def publish(out: Path, force: bool, prep: Prepared, scratch: Trained, result: Di
                              data.val_mask.numpy(), data.test_mask.numpy(), result.cfg.seed, tolerance)
         log(f"[served] parity max |diff| {check.parity.max_abs_diff:.2e} over {check.parity.nodes_checked} nodes")
         distilled = {**result.trained.record(), **check.test, "served": True}
-        rep = report.build(prep.ds, result.cfg, prep.teacher_metrics, scratch.record(), distilled)
-        fields = {**(extra or {}), **(gate(check, prep) if gate is not None else {})}
+        rep = report.build(prep.ds, result.cfg, prep.teacher_metrics, scratch.record(), distilled, check.decision)
+        # The decision is served (the version covers it): the manifest takes it from the check itself.
+        fields = {**(extra or {}), **(gate(check, prep) if gate is not None else {}), "decision": check.decision}
         writer.finish(tmp, staged, rep, check.parity, fields)
     return rep
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from bundle.manifest import Decision
 from distill.config import RunConfig
 from distill.data import Dataset
 from distill.train import selection_metric
@@ -25,11 +26,9 @@ def _clean(value: Any) -> Any:
 
 
 def build(ds: Dataset, cfg: RunConfig, teacher: dict[str, Any], scratch: dict[str, Any],
-          distilled: dict[str, Any]) -> dict[str, Any]:
-    """Assemble report.json, with flags for results a user must not miss. A binary task's decision
-    threshold (distilled["decision"], from distill.served.check) becomes the top-level "decision"."""
-    decision = distilled.get("decision")
-    distilled = {k: v for k, v in distilled.items() if k != "decision"}
+          distilled: dict[str, Any], decision: Decision | None = None) -> dict[str, Any]:
+    """Assemble report.json, with flags for results a user must not miss, and a binary task's
+    decision threshold (distill.served.check) as the top-level "decision"."""
     rep: dict[str, Any] = {role: {k: _clean(v) for k, v in m.items()}
                            for role, m in zip(ROLES, (teacher, scratch, distilled), strict=True)}
     key = selection_metric(ds.num_classes)
@@ -48,7 +47,7 @@ def build(ds: Dataset, cfg: RunConfig, teacher: dict[str, Any], scratch: dict[st
                 "teacher_name": cfg.teacher_name(teacher), "student": f"{student}-{cfg.student_layers}",
                 "selection_metric": key, "gap": gap(teacher, scratch, distilled, key)})
     if decision is not None:
-        rep["decision"] = _clean(decision)
+        rep["decision"] = _clean(decision.model_dump(mode="json"))
     return rep
 
 

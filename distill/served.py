@@ -127,9 +127,8 @@ def choose_decision(scores: ServedScores, y: np.ndarray, val_mask: np.ndarray, t
 
 @dataclass(frozen=True)
 class ServedCheck:
-    """A staged bundle, checked: parity with torch and the served student's metrics. `test` carries
-    the binary decision chosen on validation under "decision" (a Decision as JSON; absent otherwise),
-    which distill.report lifts into the report and distill.writer into the manifest."""
+    """A staged bundle, checked: parity with torch, the served student's metrics and, for a binary
+    task, the decision threshold chosen on validation (None otherwise)."""
 
     parity: Parity
     val: dict[str, Any]
@@ -153,7 +152,4 @@ def check(service: Service, torch_logits: np.ndarray, y: np.ndarray, val_mask: n
                           f"over {len(nodes)} nodes")
     parity = Parity(max_abs_diff=worst, nodes_checked=len(nodes), tolerance=tolerance)
     decision = choose_decision(scores, y, val_mask, test_mask, service.bundle.class_names)
-    test = metrics_on(scores, y, test_mask)
-    if decision is not None:
-        test["decision"] = decision.model_dump(mode="json")
-    return ServedCheck(parity, metrics_on(scores, y, val_mask), test, scores, decision)
+    return ServedCheck(parity, metrics_on(scores, y, val_mask), metrics_on(scores, y, test_mask), scores, decision)

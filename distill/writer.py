@@ -19,7 +19,6 @@ from bundle.errors import BundleInvalid
 from bundle.manifest import (
     SCHEMA_VERSION,
     DatasetInfo,
-    Decision,
     GraphFiles,
     Manifest,
     Parity,
@@ -118,15 +117,13 @@ def stage(root: Path, prep: Prepared, result: Distilled, extra_files: dict[str, 
 
 
 def finish(root: Path, staged: Manifest, rep: dict[str, Any], parity: Parity, extra: dict[str, Any]) -> Manifest:
-    """Add the report, re-hash every file, and write the final manifest (`extra`: parent, refresh,
-    selection). The report's decision threshold (binary tasks, chosen on validation by the served
-    check) becomes the manifest's `decision`, which the service applies and the version covers."""
+    """Add the report, re-hash every file, and write the final manifest (`extra`: decision, parent,
+    refresh, selection)."""
     files.write_json(root / "report.json", rep)
     (root / "report.md").write_text(report.markdown(rep))
     metrics = {k: rep[k] for k in report.ROLES}
-    decision = Decision.model_validate(rep["decision"]) if rep.get("decision") else None
     manifest = staged.model_copy(update={"metrics": metrics, "parity": parity, "files": files.file_hashes(root),
-                                         "decision": decision, **extra})
+                                         **extra})
     files.write_manifest(root, files.with_version(manifest))
     key = signing_key()
     if key is not None:

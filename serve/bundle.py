@@ -22,7 +22,7 @@ class Bundle:
     manifest: Manifest
     graph: GraphArrays
     model: bytes = field(repr=False)
-    raw_manifest: bytes = field(repr=False, default=b"")  # the verified manifest's bytes (lineage hashes)
+    raw_manifest: bytes = field(repr=False)  # the verified manifest's bytes (lineage hashes)
 
     @property
     def version(self) -> str:
