@@ -18,8 +18,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -81,80 +83,89 @@ async def connect(host: str, port: int, tally: Tally) -> tuple[asyncio.StreamRea
     return pair
 
 
+class Conn(NamedTuple):
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    started: float  # time.monotonic() when it opened
+
+
+@asynccontextmanager
+async def opened(host: str, port: int, tally: Tally) -> AsyncIterator[Conn | None]:
+    """One connection for the body of the `async with` (None when it could not be opened), closed
+    and taken off `tally.open_now` afterwards however the body ends."""
+    pair = await connect(host, port, tally)
+    if pair is None:
+        yield None
+        return
+    try:
+        yield Conn(*pair, time.monotonic())
+    finally:
+        tally.open_now -= 1
+        pair[1].close()
+
+
 async def idle_client(host: str, port: int, tally: Tally, delay: float, reconnect_s: float) -> None:
     await asyncio.sleep(delay)
     while not STOP.is_set():
-        pair = await connect(host, port, tally)
-        if pair:
-            reader, writer = pair
-            started = time.monotonic()
-            try:
-                writer.write(b"GET /livez HTTP/1.1\r\nHost: x\r\n")  # ... and never the blank line
-                await hold(reader, tally, started)
-            finally:
-                tally.open_now -= 1
-                writer.close()
+        async with opened(host, port, tally) as conn:
+            if conn:
+                conn.writer.write(b"GET /livez HTTP/1.1\r\nHost: x\r\n")  # ... and never the blank line
+                await hold(conn.reader, tally, conn.started)
         await asyncio.sleep(reconnect_s)
 
 
 async def slowloris_client(host: str, port: int, tally: Tally, delay: float, every: float) -> None:
     await asyncio.sleep(delay)
     while not STOP.is_set():
-        pair = await connect(host, port, tally)
-        if not pair:
-            await asyncio.sleep(1.0)
-            continue
-        reader, writer = pair
-        started = time.monotonic()
+        async with opened(host, port, tally) as conn:
+            if not conn:
+                await asyncio.sleep(1.0)
+                continue
+            conn.writer.write(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            await trickle(conn, tally, every)
+
+
+async def trickle(conn: Conn, tally: Tally, every: float) -> None:
+    """One more header line every `every` s (the head never ends) until the server answers or closes."""
+    while not STOP.is_set():
         try:
-            writer.write(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
-            while not STOP.is_set():
-                try:
-                    first = await asyncio.wait_for(reader.read(65536), timeout=every)
-                except asyncio.TimeoutError:
-                    writer.write(b"X-a: b\r\n")  # one more header line: the head never ends
-                    continue
-                except (ConnectionResetError, BrokenPipeError):
-                    tally.resets += 1
-                    tally.lifetimes.append(time.monotonic() - started)
-                    break
-                if not first:
-                    tally.closed += 1
-                    tally.statuses["none"] += 1
-                    tally.lifetimes.append(time.monotonic() - started)
-                else:
-                    await hold(reader, tally, started, first)
-                break
-        finally:
-            tally.open_now -= 1
-            writer.close()
+            first = await asyncio.wait_for(conn.reader.read(65536), timeout=every)
+        except asyncio.TimeoutError:
+            conn.writer.write(b"X-a: b\r\n")
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            tally.resets += 1
+            tally.lifetimes.append(time.monotonic() - conn.started)
+            return
+        if not first:
+            tally.closed += 1
+            tally.statuses["none"] += 1
+            tally.lifetimes.append(time.monotonic() - conn.started)
+        else:
+            await hold(conn.reader, tally, conn.started, first)
+        return
 
 
 async def big_header_client(host: str, port: int, tally: Tally, mib: int) -> None:
     block = b"a" * (1 << 20)
     while not STOP.is_set():
-        pair = await connect(host, port, tally)
-        if not pair:
-            await asyncio.sleep(0.5)
-            continue
-        reader, writer = pair
-        started = time.monotonic()
-        try:
-            writer.write(b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: ")
-            for _ in range(mib):
-                writer.write(block)
-                await writer.drain()
-            writer.write(b"\r\n\r\n")
-            await writer.drain()
-        except (ConnectionResetError, BrokenPipeError):
-            pass  # cut off mid-header; what the server sent first (a 431) may still be readable
-        try:
-            await asyncio.wait_for(hold(reader, tally, started), timeout=30)
-        except asyncio.TimeoutError:
-            tally.statuses["no answer in 30s"] += 1
-        finally:
-            tally.open_now -= 1
-            writer.close()
+        async with opened(host, port, tally) as conn:
+            if not conn:
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                conn.writer.write(b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: ")
+                for _ in range(mib):
+                    conn.writer.write(block)
+                    await conn.writer.drain()
+                conn.writer.write(b"\r\n\r\n")
+                await conn.writer.drain()
+            except (ConnectionResetError, BrokenPipeError):
+                pass  # cut off mid-header; what the server sent first (a 431) may still be readable
+            try:
+                await asyncio.wait_for(hold(conn.reader, tally, conn.started), timeout=30)
+            except asyncio.TimeoutError:
+                tally.statuses["no answer in 30s"] += 1
         await asyncio.sleep(0.2)
 
 
