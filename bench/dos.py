@@ -56,6 +56,7 @@ from load import (
     histogram_quantile,
     pinned,
     read_csv,
+    rss_mib,
     run_locust,
     scrape,
     start_server,
@@ -99,11 +100,9 @@ class Monitor(threading.Thread):
 
     def sample(self) -> None:
         try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    self.rss_mib.append(int(line.split()[1]) / 1024)
+            self.rss_mib.append(rss_mib(self.pid))
             self.fds.append(len(os.listdir(f"/proc/{self.pid}/fd")))
-        except OSError:
+        except (OSError, RuntimeError):  # the server is gone or exiting: no sample
             pass
 
     def run(self) -> None:

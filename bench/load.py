@@ -55,6 +55,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of process `pid` in MiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
 def pinned(cmd: list[str], cores: str | None) -> list[str]:
     """Prefix `cmd` with taskset when asked for and possible."""
     if not cores or shutil.which("taskset") is None:

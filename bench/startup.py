@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,25 +21,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from load import free_port, rss_mib
+
 
 @dataclass(frozen=True)
 class Sample:
     ready_s: float
     rss_ready_mib: float
     rss_scored_mib: float
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def _get(url: str) -> int:
