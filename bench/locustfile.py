@@ -4,8 +4,10 @@
 
 Mix (weights): single-node scores 60, batches of 2-8 nodes 15, new nodes 10, /livez 15 (the floor:
 what the HTTP stack alone costs). Node ids are drawn uniformly from graph/node_ids.npy, the worst case
-for the neighbourhood cache. Waits are exponential (a Poisson arrival process per user, mean
-BENCH_WAIT_MS, default 100 ms), so users never fire in synchronised bursts.
+for the neighbourhood cache; they go out in the bundle's kind (JSON integers, or strings for a bundle
+of string ids: its <U array loads without pickles and lists as str). Waits are exponential (a
+Poisson arrival process per user, mean BENCH_WAIT_MS, default 100 ms), so users never fire in
+synchronised bursts.
 
 BENCH_SAMPLES=FILE makes the run write every response time (float ms, by request name) to FILE at
 exit: locust's own percentiles are rounded to whole milliseconds, too coarse for a 10 ms budget.
@@ -35,7 +37,7 @@ SAMPLES = os.environ.get("BENCH_SAMPLES")
 VERSIONS = os.environ.get("BENCH_VERSIONS")
 
 _manifest = json.loads((BUNDLE / "manifest.json").read_text())
-NODE_IDS: list[int] = np.load(BUNDLE / _manifest["graph"]["node_ids"], allow_pickle=False).tolist()
+NODE_IDS: list[int | str] = np.load(BUNDLE / _manifest["graph"]["node_ids"], allow_pickle=False).tolist()
 _features = np.load(BUNDLE / _manifest["graph"]["features"], allow_pickle=False, mmap_mode="r")
 _samples: dict[str, list[float]] = defaultdict(list)
 _version_index: dict[str, int] = {}  # version -> its index in the dump (one short int per event)

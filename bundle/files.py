@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bundle import signing
+from bundle import ids, signing
 from bundle.errors import BundleInvalid
 from bundle.manifest import GRAPH_FILES, OPTIONAL_GRAPH_FILES, SCHEMA_VERSION, Manifest
 from bundle.policy import CSR
 
 ARRAYS: dict[str, tuple[type[np.generic], int]] = {  # name -> (dtype, ndim)
     "features": (np.float32, 2),
-    "node_ids": (np.int64, 1),
+    "node_ids": (np.int64, 1),  # or, in a bundle of string ids, <U{w} (bundle.ids)
     "indptr": (np.int64, 1),
     "indices": (np.int64, 1),
     "weights": (np.float32, 1),
@@ -40,14 +40,19 @@ assert tuple(ARRAYS) == GRAPH_FILES + OPTIONAL_GRAPH_FILES
 
 @dataclass(frozen=True)
 class GraphArrays:
-    """The graph store: features float32 [N, F], node_ids int64 [N] (external id of internal node i),
-    P as CSR, and for students with degree input in_degree int64 [N] (of the raw graph, before
-    pruning; bundle.policy.in_degree). Loaded arrays are read-only, in memory."""
+    """The graph store: features float32 [N, F], node_ids [N] (external id of internal node i: int64,
+    or strings as <U{w}, bundle.ids), P as CSR, and for students with degree input in_degree int64 [N]
+    (of the raw graph, before pruning; bundle.policy.in_degree). Loaded arrays are read-only, in memory."""
 
     features: npt.NDArray[np.float32]
-    node_ids: npt.NDArray[np.int64]
+    node_ids: npt.NDArray[Any]
     csr: CSR
     in_degree: npt.NDArray[np.int64] | None = None
+
+    @property
+    def id_type(self) -> ids.IdType:
+        """The kind of the node ids (what manifest.graph.id_type must say)."""
+        return "string" if self.node_ids.dtype.kind == "U" else "int64"
 
     def as_dict(self) -> dict[str, npt.NDArray[Any]]:
         arrays: dict[str, npt.NDArray[Any]] = {"features": self.features, "node_ids": self.node_ids,
@@ -61,8 +66,10 @@ class GraphArrays:
             raise BundleInvalid(f"features are [{n}, {f}]: a bundle needs at least one node and one feature")
         if self.node_ids.shape != (n,) or self.csr.indptr.shape != (n + 1,):
             raise BundleInvalid(f"node_ids {self.node_ids.shape} / indptr {self.csr.indptr.shape} do not fit {n} nodes")
-        if len(np.unique(self.node_ids)) != n:
-            raise BundleInvalid("graph/node_ids are not unique")
+        try:
+            ids.check(self.node_ids)
+        except ids.IdError as exc:
+            raise BundleInvalid(f"graph/node_ids.npy: {exc}", {"file": "graph/node_ids.npy"}) from None
         if self.in_degree is not None and (self.in_degree.shape != (n,) or (self.in_degree < 0).any()):
             raise BundleInvalid(f"in_degree {self.in_degree.shape} must hold a count >= 0 for each of {n} nodes")
         # NaN / Inf would be served as garbage probabilities with a 200: refuse them at load.
@@ -119,8 +126,9 @@ def save_graph(root: Path, arrays: GraphArrays) -> dict[str, str]:
     paths = {}
     for name, array in arrays.as_dict().items():
         dtype, ndim = ARRAYS[name]
-        if array.dtype != dtype or array.ndim != ndim:
-            raise BundleInvalid(f"{name}: the contract wants {np.dtype(dtype).name} with {ndim} dims, "
+        if not _fits(name, array.dtype, dtype, arrays.id_type) or array.ndim != ndim:
+            want = np.dtype(dtype).name if name != "node_ids" else f"int64 or {ids.expected('string')}"
+            raise BundleInvalid(f"{name}: the contract wants {want} with {ndim} dims, "
                                 f"got {array.dtype} {array.shape}")
         paths[name] = f"graph/{name}.npy"
         np.save(root / paths[name], array, allow_pickle=False)
@@ -208,7 +216,11 @@ def _read_all(path: Path, rel: str) -> bytearray:
     return buf
 
 
-def _array(buf: bytearray, name: str, rel: str) -> npt.NDArray[Any]:
+def _fits(name: str, found: np.dtype[Any], dtype: type[np.generic], id_type: ids.IdType) -> bool:
+    return ids.dtype_fits(found, id_type) if name == "node_ids" else found == dtype
+
+
+def _array(buf: bytearray, name: str, rel: str, id_type: ids.IdType) -> npt.NDArray[Any]:
     """Parse one .npy file held in `buf` without copying it -> a read-only array over `buf`."""
     dtype, ndim = ARRAYS[name]
     head = io.BytesIO(bytes(buf[: (1 << 16) + 16]))  # a v1 header is at most 64 KiB
@@ -220,9 +232,9 @@ def _array(buf: bytearray, name: str, rel: str) -> npt.NDArray[Any]:
         raise BundleInvalid(f"{rel} is not a plain .npy array: {exc}", {"file": rel}) from None
     if found.hasobject:
         raise BundleInvalid(f"{rel} is not a plain .npy array: it holds pickled objects", {"file": rel})
-    if found != dtype or len(shape) != ndim or fortran or any(d < 0 for d in shape):
-        raise BundleInvalid(f"{rel}: expected {np.dtype(dtype).name} with {ndim} dims (C order), got {found} "
-                            f"{shape}", {"file": rel})
+    if not _fits(name, found, dtype, id_type) or len(shape) != ndim or fortran or any(d < 0 for d in shape):
+        want = ids.expected(id_type) if name == "node_ids" else np.dtype(dtype).name
+        raise BundleInvalid(f"{rel}: expected {want} with {ndim} dims (C order), got {found} {shape}", {"file": rel})
     count = int(np.prod(shape))
     if len(buf) != head.tell() + count * found.itemsize:
         raise BundleInvalid(f"{rel}: {len(buf)} bytes do not hold a {shape} {found} array", {"file": rel})
@@ -233,7 +245,7 @@ def _array(buf: bytearray, name: str, rel: str) -> npt.NDArray[Any]:
 
 def load_graph(served: dict[str, bytearray], manifest: Manifest) -> GraphArrays:
     """The graph store parsed from the verified bytes of its files (read_verified)."""
-    a = {name: _array(served[rel], name, rel)
+    a = {name: _array(served[rel], name, rel, manifest.graph.id_type)
          for name, rel in zip(GRAPH_FILES + OPTIONAL_GRAPH_FILES, _graph_paths(manifest), strict=True) if rel}
     graph = GraphArrays(a["features"], a["node_ids"], CSR(a["indptr"], a["indices"], a["weights"]),
                         a.get("in_degree"))

@@ -5,9 +5,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from bundle.errors import BundleInvalid
+from bundle.ids import IdType
 from bundle.policy import Propagation, max_block_nodes
 
 SCHEMA_VERSION = 2
@@ -74,12 +83,23 @@ class Policy(_Strict):
 
 
 class GraphFiles(_Strict):
+    """Relative paths of the graph arrays, and the kind of node ids (bundle.ids): `int64`, the default,
+    is left out when dumped, so int bundles keep the manifest bytes and the digest of earlier releases."""
+
     features: str
     node_ids: str
     indptr: str
     indices: str
     weights: str
     in_degree: str | None = None
+    id_type: IdType = "int64"
+
+    @model_serializer(mode="wrap")
+    def _default_id_type_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        if dumped.get("id_type") == "int64":
+            del dumped["id_type"]
+        return dumped
 
     def paths(self) -> list[str]:
         """The relative paths of the arrays present, in contract order (GRAPH_FILES, then optional ones)."""

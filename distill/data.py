@@ -7,6 +7,10 @@ stratified 40 / 20 / 40 % train / validation / test split), `acm:PATH` (heteroge
 layout, served through its paper-author-paper meta-path graph; `--split 0 | 1 | 2` = 20 / 40 / 60
 labels per class; distill/hetero.py). Source files are only read, never written.
 
+An `npz:` file may also hold `node_ids` [N] (strings or integers, unique; bundle.ids): the graph's
+own external ids, written into the bundle and served. Without it, and for the other kinds, node i is
+id i (`synthetic:ids=str` names them `acct-000017` instead).
+
 `planetoid:` and `npz:` also take a name (`planetoid:Cora`, `npz:tolokers`): an existing path wins,
 else distill/sources.py finds the named graph in the cache or downloads it there first.
 """
@@ -26,6 +30,7 @@ import torch
 from torch_geometric.data import Data, HeteroData
 from torch_geometric.utils import coalesce
 
+from bundle import ids
 from distill import hetero, sources, synthetic
 from distill.errors import DatasetError
 from distill.safe_pickle import RestrictedPickle
@@ -34,22 +39,30 @@ KINDS = ("synthetic", "planetoid", "npz", "mat", "acm")
 MAT_KEYS = ("Network", "Attributes", "Label")
 SPLIT_SHARES = (0.4, 0.2)  # train, validation; the rest is test (as PC-GNN and others split these graphs)
 NPZ_KEYS = ("node_features", "node_labels", "edges", "train_masks", "val_masks", "test_masks")
+NPZ_IDS = "node_ids"  # optional: the graph's own external ids
 PLANETOID_PARTS = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A loaded graph. `data` has x [N, F], y [N], edge_index [2, E], train/val/test_mask [N]."""
+    """A loaded graph. `data` has x [N, F], y [N], edge_index [2, E], train/val/test_mask [N];
+    `node_ids` [N] the external id of each node (int64 or <U{w} strings, bundle.ids), None = 0..N-1."""
 
     data: Data
     name: str
     class_names: tuple[str, ...]
     source: dict[str, Any]
     hetero: HeteroData | None = None  # the typed graph `data` was projected from (acm:), for type-aware models
+    node_ids: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def external_ids(self) -> np.ndarray:
+        """The external id of each node [N]: `node_ids`, or 0..N-1 (int64)."""
+        return np.arange(self.data.num_nodes, dtype=np.int64) if self.node_ids is None else self.node_ids
 
 
 def load_dataset(spec: str, split: int = 0) -> Dataset:
@@ -86,8 +99,8 @@ def _synthetic(spec: str, arg: str) -> Dataset:
     cfg = synthetic.SyntheticConfig.parse(arg)
     arrays = synthetic.generate(cfg)
     data = _to_data(arrays["x"], arrays["y"], arrays["edge_index"], arrays)
-    source = {"kind": "synthetic", "spec": spec, "config": cfg.__dict__}
-    return Dataset(data, "synthetic", synthetic.CLASS_NAMES, source)
+    source = {"kind": "synthetic", "spec": spec, "config": cfg.record()}
+    return Dataset(data, "synthetic", synthetic.CLASS_NAMES, source, node_ids=synthetic.node_ids(cfg))
 
 
 def _planetoid(spec: str, path: Path, split: int) -> Dataset:
@@ -143,7 +156,7 @@ def _npz(spec: str, path: Path, split: int) -> Dataset:
             missing = [k for k in NPZ_KEYS if k not in z.files]
             if missing:
                 raise DatasetError(f"dataset spec {spec!r}: npz lacks keys {missing}; expected {list(NPZ_KEYS)}")
-            arrays = {k: z[k] for k in NPZ_KEYS}
+            arrays = {k: z[k] for k in (*NPZ_KEYS, NPZ_IDS) if k in z.files}
     except DatasetError:
         raise
     except Exception as exc:  # zipfile/pickle/OS errors all mean "not a readable npz"
@@ -168,7 +181,35 @@ def _npz(spec: str, path: Path, split: int) -> Dataset:
     num_classes = int(y.max()) + 1
     classes = ("not_banned", "banned") if path.stem == "tolokers" else tuple(f"class_{i}" for i in range(num_classes))
     source = {"kind": "npz", "spec": spec, "split": split, "files": _hashes([path])}
-    return Dataset(data, path.stem, classes, source)
+    node_ids = _npz_ids(spec, arrays[NPZ_IDS], n) if NPZ_IDS in arrays else None
+    return Dataset(data, path.stem, classes, source, node_ids=node_ids)
+
+
+def _npz_ids(spec: str, raw: np.ndarray, n: int) -> np.ndarray:
+    """An npz file's `node_ids` [N] -> int64 or <U{w} (bundle.ids), checked; DatasetError otherwise."""
+    if raw.ndim != 1 or len(raw) != n:
+        raise DatasetError(f"dataset spec {spec!r}: node_ids must be [N] = [{n}], got {list(raw.shape)}")
+    if raw.dtype.kind not in "iuUS":
+        raise DatasetError(f"dataset spec {spec!r}: node_ids must hold integers or strings, not {raw.dtype}")
+    converted = raw.astype(np.int64) if raw.dtype.kind in "iu" else _text_ids(spec, raw)
+    try:
+        ids.check(converted)
+    except ids.IdError as exc:
+        raise DatasetError(f"dataset spec {spec!r}: node_ids: {exc}") from None
+    return converted
+
+
+def _text_ids(spec: str, raw: np.ndarray) -> np.ndarray:
+    """Unicode or bytes (taken as UTF-8) ids -> <U{w}, the narrowest little-endian width: what the bundle stores."""
+    try:
+        text = np.char.decode(raw, "utf-8") if raw.dtype.kind == "S" else raw
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"dataset spec {spec!r}: node_ids are bytes that are not UTF-8 ({exc})") from None
+    width = int(np.char.str_len(text).max(initial=1))
+    if width > ids.MAX_CHARS:
+        raise DatasetError(f"dataset spec {spec!r}: node_ids: an id has {width} characters; at most "
+                           f"{ids.MAX_CHARS} are allowed")
+    return text.astype(f"<U{width}")
 
 
 def _mat(spec: str, path: Path, split: int) -> Dataset:

@@ -58,12 +58,12 @@ def time_service(service: Service, calls: int, seed: int) -> Timing:
     warm_up(scorer, WARMUP_CALLS)
     ids = scorer.store.node_ids
     rng = np.random.default_rng(seed)
-    single = [_timed(scorer.score, [int(i)]) for i in rng.choice(ids, size=calls)]
+    single = [_timed(scorer.score, [i.item()]) for i in rng.choice(ids, size=calls)]
     batch = [_timed(scorer.score, rng.choice(ids, size=BATCH).tolist()) for _ in range(max(calls // 4, 1))]
     return Timing(Percentiles.of(single), Percentiles.of(batch))
 
 
-def _timed(score: Any, ids: list[int]) -> float:
+def _timed(score: Any, ids: list[int] | list[str]) -> float:
     start = time.perf_counter()
     score(ids)
     return time.perf_counter() - start
@@ -80,7 +80,7 @@ def time_http(root: Path, ids: np.ndarray, calls: int, seed: int, timeout_s: flo
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         _wait_ready(conn, proc, timeout_s)
         rng = np.random.default_rng(seed)
-        bodies = [json.dumps({"node_ids": [int(i)]}) for i in rng.choice(ids, size=calls + WARMUP_CALLS)]
+        bodies = [json.dumps({"node_ids": [i.item()]}) for i in rng.choice(ids, size=calls + WARMUP_CALLS)]
         times = [_post(conn, body) for body in bodies][WARMUP_CALLS:]
         return Percentiles.of(times)
     finally:

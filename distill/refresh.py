@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bundle import files
+from bundle import files, ids
 from bundle.errors import BundleInvalid
 from bundle.manifest import Manifest, Parent, RefreshGate
 from distill import pipeline, served, writer
@@ -75,7 +75,11 @@ def parent_validation(parent: ParentBundle, prep: Prepared, child_nodes: np.ndar
     service = served.open_served(parent.root, writer.signing_key())
     if service.bundle.raw_manifest != parent.raw:
         raise DistillError(f"--bundle {parent.root} changed while the child was trained; refusing to compare")
-    internal, _ = service.scorer.store.lookup(child_nodes)  # child bundles use ids 0..N-1
+    store = service.scorer.store
+    external = prep.ds.external_ids[child_nodes]
+    if ids.id_type_of(external) != store.id_type:  # int ids now, strings then (or back): no node in common
+        return ParentScores(child_nodes[:0], np.zeros((0, len(service.bundle.class_names)), dtype=np.float32))
+    internal, _ = store.lookup(external)  # the same node by its external id, whatever index each gave it
     known = internal >= 0
     return ParentScores(child_nodes[known], served.score(service, internal[known]).probabilities)
 

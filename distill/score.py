@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bundle import ids as id_rules
 from bundle import signing
 from distill.errors import DistillError
 from serve.errors import BundleError
@@ -55,8 +56,9 @@ class ScoreError(DistillError):
 
 @dataclass(frozen=True)
 class Options:
-    """What `distill score` was asked: `nodes` is "all" or a file of external ids (.npy or text, one
-    per line); `fmt` None = from the suffix of `out`; `batch` 0 = the default for the student kind."""
+    """What `distill score` was asked: `nodes` is "all" or a file of external ids of the bundle's kind
+    (.npy or text, one per line; read_nodes); `fmt` None = from the suffix of `out`; `batch` 0 = the
+    default for the student kind."""
 
     bundle: Path
     out: Path
@@ -69,7 +71,8 @@ class Options:
 
 @dataclass(frozen=True)
 class Result:
-    """node_ids [n] (external), labels int64 [n], probabilities float32 [n, C], and timings."""
+    """node_ids [n] (external: int64, or <U{w} strings), labels int64 [n], probabilities float32 [n, C],
+    and timings."""
 
     node_ids: npt.NDArray[np.generic]
     labels: I64
@@ -116,12 +119,14 @@ def open_bundle(bundle: Path, threads: int) -> Service:
 
 
 def read_nodes(spec: str, scorer: Scorer) -> I64:
-    """"all" -> every internal index in bundle order; else a file of external ids (.npy: a 1-D
-    integer array; anything else: text, one id per line) -> their internal indices [n]."""
+    """"all" -> every internal index in bundle order; else a file of external ids of the bundle's kind
+    -> their internal indices [n]. .npy: a 1-D integer array, or for a bundle of string ids a unicode
+    one (`<U{w}`; object arrays are refused); anything else: text, one id per line (integers: surrounding
+    blanks ignored; strings: each line is one id as written, only a CRLF's CR dropped; empty lines skipped)."""
     store = scorer.store
     if spec == "all":
         return np.arange(store.num_nodes, dtype=np.int64)
-    ids = _read_ids(Path(spec))
+    ids = _read_ids(Path(spec)) if store.id_type == "int64" else _read_string_ids(Path(spec))
     internal, unknown = store.lookup(ids)
     if len(unknown):
         shown = ", ".join(str(i) for i in unknown[:5].tolist())
@@ -145,6 +150,25 @@ def _read_ids(path: Path) -> I64:
     if ids.size == 0:
         raise ScoreError(f"--nodes {path}: no node ids in the file")
     return ids
+
+
+def _read_string_ids(path: Path) -> npt.NDArray[np.str_]:
+    """A file of string ids (bundle.ids rules: 1 to 256 characters, no control characters)."""
+    try:
+        if path.suffix == ".npy":
+            raw = np.load(path, allow_pickle=False)
+            if raw.ndim != 1 or raw.dtype.kind != "U":
+                raise ScoreError(f"--nodes {path}: this bundle's node ids are strings: expected a 1-D unicode "
+                                 f"array (numpy <U), got {raw.dtype} {list(raw.shape)}")
+            keys: list[str] = raw.tolist()
+        else:
+            keys = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8").split("\n")]
+            keys = [key for key in keys if key]
+        if not keys:
+            raise ScoreError(f"--nodes {path}: no node ids in the file")
+        return id_rules.to_array(keys, "string")
+    except (OSError, ValueError) as exc:  # id_rules.IdError and UnicodeDecodeError are ValueErrors
+        raise ScoreError(f"--nodes {path}: not a readable list of string node ids ({exc})") from None
 
 
 def chunks(n: int, size: int) -> Iterator[slice]:
@@ -242,14 +266,20 @@ def _write_npy(path: Path, result: Result) -> None:
 
 
 def _write_csv(path: Path, result: Result) -> None:
-    """Header, then one row per node; probabilities as %.9g, which round-trips float32 exactly."""
+    """Header, then one row per node; probabilities as %.9g, which round-trips float32 exactly. String
+    ids go through csv quoting (one may hold a comma or a quote); integers need none."""
     probs = result.probabilities
-    with path.open("w", newline="") as fh:
-        csv.writer(fh).writerow(columns(result))  # quotes a class name holding a comma
+    quoted = result.node_ids.dtype.kind == "U"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(columns(result))  # quotes a class name holding a comma
         for part in chunks(len(result.labels), 65536):
             ids, labels = result.node_ids[part].tolist(), result.labels[part].tolist()
             cells = np.char.mod("%.9g", probs[part]).tolist()
-            fh.writelines(f"{i},{y},{','.join(row)}\n" for i, y, row in zip(ids, labels, cells, strict=True))
+            if quoted:
+                writer.writerows([i, y, *row] for i, y, row in zip(ids, labels, cells, strict=True))
+            else:
+                fh.writelines(f"{i},{y},{','.join(row)}\n" for i, y, row in zip(ids, labels, cells, strict=True))
 
 
 def _write_parquet(path: Path, result: Result) -> None:

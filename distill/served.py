@@ -45,7 +45,8 @@ class ServedScores:
 
 
 def score(service: Service, nodes: np.ndarray) -> ServedScores:
-    """Score internal node indices [b] by their external ids, in request-sized chunks."""
+    """Score internal node indices [b] by their external ids (int64 or strings, as a client sends
+    them), in request-sized chunks."""
     ids = service.scorer.store.node_ids[nodes]
     if not len(ids):
         empty = np.zeros((0, service.scorer.model.num_classes), dtype=np.float32)

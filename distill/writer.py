@@ -65,13 +65,14 @@ def check_target(out: Path, force: bool, cfg: RunConfig | None = None) -> None:
 def estimate_bytes(cfg: RunConfig) -> int:
     """Bytes the bundle of `cfg` will take, sized from the dataset (loaded once more here: 0.1 s for
     Tolokers or Amazon, against the minutes of training it protects): features N*F float32, node
-    ids, indptr and in-degree int64, at most min(E, N*fanout) pruned edges plus N self-loops at 12
-    bytes each, and SPACE_MARGIN. With --force the old bundle stays until the swap, so all of it is
-    new space."""
-    data = load_dataset(cfg.dataset, cfg.split).data
+    ids (int64, or 4 bytes per character of the longest string id), indptr and in-degree int64, at
+    most min(E, N*fanout) pruned edges plus N self-loops at 12 bytes each, and SPACE_MARGIN. With
+    --force the old bundle stays until the swap, so all of it is new space."""
+    ds = load_dataset(cfg.dataset, cfg.split)
+    data = ds.data
     n, f, e = int(data.num_nodes), int(data.num_features), int(data.num_edges)
     entries = min(e, n * cfg.fanout) + n
-    return 4 * n * f + 8 * (3 * n + 1) + 12 * entries + SPACE_MARGIN
+    return 4 * n * f + ds.external_ids.nbytes + 8 * (2 * n + 1) + 12 * entries + SPACE_MARGIN
 
 
 def check_space(out: Path, need: int) -> None:
@@ -102,9 +103,8 @@ def stage(root: Path, prep: Prepared, result: Distilled, extra_files: dict[str, 
     """Write what the service reads (graph store, student.onnx) and the teacher into `root`, with a
     provisional manifest (no metrics, no parity yet) so the staged bundle can be opened as served."""
     data, sg = prep.ds.data, result.trained.graph
-    arrays = files.GraphArrays(data.x.cpu().numpy().astype(np.float32),
-                               np.arange(data.num_nodes, dtype=np.int64), sg.csr, sg.in_degree)
-    graph = GraphFiles(**files.save_graph(root, arrays))
+    arrays = files.GraphArrays(data.x.cpu().numpy().astype(np.float32), prep.ds.external_ids, sg.csr, sg.in_degree)
+    graph = GraphFiles(**files.save_graph(root, arrays), id_type=arrays.id_type)
     (root / "student.onnx").write_bytes(result.onnx_bytes)
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in prep.teacher.state_dict().items()}, buf)

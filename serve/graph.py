@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from bundle import ids as id_rules
 from bundle import policy as kernels
 from bundle.files import GraphArrays
 from bundle.manifest import Policy
@@ -56,13 +57,10 @@ class GraphStore:
         self.features: F32 = g.features
         self.in_degree: I64 | None = g.in_degree if policy.degree_input else None
         self.csr = g.csr
-        self.node_ids: I64 = g.node_ids
+        self.node_ids: npt.NDArray[Any] = g.node_ids  # int64, or <U{w} strings (bundle.ids)
+        self.index = id_rules.IdIndex(g.node_ids)
         self.policy = policy
         self.graph_free = self.policy.graph_free
-        # Dense ids (0..N-1 in order) are the common case and need no search at all.
-        self._identity = bool(np.array_equal(self.node_ids, np.arange(len(self.node_ids))))
-        self._order: I64 = np.argsort(self.node_ids, kind="stable")
-        self._sorted: I64 = self.node_ids[self._order]
 
     @property
     def num_nodes(self) -> int:
@@ -73,17 +71,17 @@ class GraphStore:
         return int(self.features.shape[1])
 
     @property
+    def id_type(self) -> id_rules.IdType:
+        return self.index.id_type
+
+    @property
     def max_block_nodes(self) -> int:
         return self.policy.max_nodes
 
-    def lookup(self, ids: I64) -> tuple[I64, I64]:
-        """External ids [b] -> (internal indices [b], -1 where unknown; the unknown ids, unique)."""
-        if self._identity:
-            idx = np.where((ids >= 0) & (ids < self.num_nodes), ids, -1)
-        else:
-            pos = np.minimum(np.searchsorted(self._sorted, ids), self.num_nodes - 1)
-            idx = np.where(self._sorted[pos] == ids, self._order[pos], -1)
-        return idx.astype(np.int64), np.unique(ids[idx < 0])
+    def lookup(self, ids: npt.NDArray[Any]) -> tuple[I64, npt.NDArray[Any]]:
+        """External ids [b] of the bundle's kind (bundle.ids.to_array) -> (internal indices [b], -1
+        where unknown; the unknown ids, unique)."""
+        return self.index.lookup(ids)
 
     def block(self, node: int) -> Block:
         """The cached-neighbourhood block of existing internal node `node` (target at row 0)."""

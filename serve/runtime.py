@@ -132,6 +132,7 @@ CONTRACT: dict[str, Callable[[Manifest], Any]] = {
     "num_features": lambda m: m.dataset.num_features,
     "class_names": lambda m: list(m.dataset.class_names),
     "inputs": lambda m: list(m.model.inputs),
+    "id_type": lambda m: m.graph.id_type,  # requests carry ids of the served kind
     "selection_metric": lambda m: m.metrics.get("selection_metric"),  # compared only when both record it
 }
 

@@ -5,10 +5,26 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-# Strict: JSON true / 1.5 / "7" are not node ids. Bounded: ids must fit numpy int64.
-NodeId = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+from bundle import ids
+
+# A node id is the bundle's kind (bundle.ids): a JSON integer for int64 bundles, a string for string
+# bundles; the endpoint refuses the other kind (it depends on the bundle, so the schema admits both).
+# Strict: JSON true / 1.5 are never ids. Bounded: ids must fit numpy int64.
+IntId = Annotated[int, Field(strict=True, ge=-(2**63), le=2**63 - 1)]
+
+
+def _string_id(value: str) -> str:
+    problem = ids.key_problem(value, "string")
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+StringId = Annotated[str, Field(strict=True, min_length=1, max_length=ids.MAX_CHARS,
+                                pattern=r"^[^\x00-\x1f\x7f-\x9f]+$"), AfterValidator(_string_id)]
+NodeId = IntId | StringId
 # Strict like the ids: JSON true and "0.5" are not features (lax mode made them 1.0 and 0.5); JSON
 # integers still are. allow_inf_nan=False rejects the NaN / Infinity literals Python's json accepts.
 Feature = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -30,13 +46,15 @@ class ScoreRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"node_ids": [0, 7]}, {"new_nodes": [{"features": [0.1, 0.2], "neighbors": [0, 7]}]},
+                     {"node_ids": ["acct-000017", "acct-000042"]},
                      {"node_ids": [0, 7], "threshold": 0.3, "top_k": 2}],
         # Documents the empty_batch rule (checked by the endpoint), so the schema allows no empty batch.
         "anyOf": [{"required": ["node_ids"], "properties": {"node_ids": {"minItems": 1}}},
                   {"required": ["new_nodes"], "properties": {"new_nodes": {"minItems": 1}}}],
     })
 
-    node_ids: list[NodeId] = Field(default_factory=list, description="external ids of existing nodes")
+    node_ids: list[NodeId] = Field(default_factory=list, description="external ids of existing nodes: JSON "
+                                   "integers, or strings for a bundle of string ids (GET /v1/model: id_type)")
     new_nodes: list[NewNodeIn] = Field(default_factory=list)
     threshold: Probability | None = Field(
         None, description="binary models only: flag the positive class when its probability is >= this, for "
@@ -54,7 +72,7 @@ class ClassScore(BaseModel):
 
 class NodeScore(BaseModel):
     kind: Literal["existing", "new"]
-    node_id: int | None = Field(description="external id (existing nodes) or null")
+    node_id: int | str | None = Field(description="external id (existing nodes), of the bundle's kind, or null")
     new_node_index: int | None = Field(description="position in `new_nodes` (new nodes) or null")
     label: str = Field(description="the most probable class (argmax), whatever the threshold")
     label_index: int
@@ -118,6 +136,8 @@ class ModelInfo(BaseModel):
     version: str
     created_at: str | None
     dataset: dict[str, Any]
+    id_type: ids.IdType = Field("int64", description="the kind of node ids requests carry: JSON integers "
+                                                     "(int64) or strings (string)")
     student: dict[str, Any]
     policy: dict[str, Any]
     metrics: dict[str, Any]

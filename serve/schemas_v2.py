@@ -33,7 +33,7 @@ class MetadataTensor(BaseModel):
     """$metadata_tensor: variable-size dimensions are -1."""
 
     name: str
-    datatype: str = Field(description="protocol datatype: INT64, FP32, ...")
+    datatype: str = Field(description="protocol datatype: INT64, FP32, BYTES (string ids), ...")
     shape: list[int]
 
 
@@ -56,7 +56,7 @@ class RequestInput(BaseModel):
     shape: list[Dim]
     datatype: str
     parameters: Parameters | None = None
-    data: list[Any] = Field(description="$tensor_data: numbers, flat or nested row-major")
+    data: list[Any] = Field(description="$tensor_data: numbers (BYTES: strings), flat or nested row-major")
 
 
 class RequestOutput(BaseModel):

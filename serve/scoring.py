@@ -7,11 +7,12 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
 
+from bundle.ids import NodeKey, to_array
 from serve.errors import InvalidFeatures, ModelOutputInvalid, UnknownNeighbors, UnknownNodes
 from serve.graph import Block, BlockCache, GraphStore
 from serve.model import Model, softmax
@@ -23,10 +24,11 @@ log = logging.getLogger("serve")
 
 @dataclass(frozen=True)
 class NewNode:
-    """A node outside the graph: raw features [F] and external ids of existing neighbours."""
+    """A node outside the graph: raw features [F] and external ids of existing neighbours (of the
+    bundle's id kind: the routes check it)."""
 
     features: Sequence[float]
-    neighbors: Sequence[int]
+    neighbors: Sequence[NodeKey]
 
 
 @dataclass(frozen=True)
@@ -47,10 +49,11 @@ class Scorer:
     def __init__(self, store: GraphStore, cache: BlockCache, model: Model, pack_nodes: int) -> None:
         self.store, self.cache, self.model, self.pack_nodes = store, cache, model, pack_nodes
 
-    def score(self, node_ids: Sequence[int], new_nodes: Sequence[NewNode] = ()) -> Scores:
-        """Validate everything first (so a bad request costs no inference), then score."""
+    def score(self, node_ids: Sequence[NodeKey], new_nodes: Sequence[NewNode] = ()) -> Scores:
+        """Validate everything first (so a bad request costs no inference), then score. Ids are of the
+        bundle's kind (store.id_type; bundle.ids.IdError, a ValueError, otherwise)."""
         started = time.perf_counter()
-        internal = self._resolve(np.asarray(node_ids, dtype=np.int64))
+        internal = self._resolve(to_array(node_ids, self.store.id_type))
         new = [self._resolve_new(i, node) for i, node in enumerate(new_nodes)]
         blocks = [self.cache.get(int(i)) for i in internal]
         blocks += [self.store.new_node_block(x, nbrs) for x, nbrs in new]
@@ -62,7 +65,7 @@ class Scorer:
         done = time.perf_counter()
         return Scores(logits, probs, probs.argmax(axis=1).astype(np.int64), fetched - started, done - fetched)
 
-    def _resolve(self, ids: I64) -> I64:
+    def _resolve(self, ids: npt.NDArray[Any]) -> I64:
         internal, unknown = self.store.lookup(ids)
         if len(unknown):
             raise UnknownNodes(f"{len(unknown)} node id(s) are not in the graph",
@@ -79,7 +82,7 @@ class Scorer:
             x32 = x.astype(np.float32)
         if not np.isfinite(x32).all():
             raise InvalidFeatures(f"new_nodes[{index}].features must be finite float32 values", {"index": index})
-        internal, unknown = self.store.lookup(np.asarray(node.neighbors, dtype=np.int64))
+        internal, unknown = self.store.lookup(to_array(node.neighbors, self.store.id_type))
         if len(unknown):
             raise UnknownNeighbors(f"new_nodes[{index}] names {len(unknown)} neighbour id(s) not in the graph",
                                    {"index": index, "unknown_neighbor_ids": unknown[:100].tolist()})

@@ -8,9 +8,10 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 
+from bundle import ids
 from serve.body import JsonRoute
 from serve.dependencies import MetricsDep, ScoringDep, ServiceDep, SettingsDep
-from serve.errors import BatchTooLarge, EmptyBatch
+from serve.errors import MAX_DETAIL, BatchTooLarge, EmptyBatch
 from serve.runtime import Service
 from serve.schemas import (
     OVERLOADED,
@@ -32,6 +33,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
               "(a Content-Encoding such as gzip; send the body uncompressed)"),
         (422, "empty_batch, invalid_features (wrong length, not finite as float32), malformed_json (not "
               "UTF-8 JSON), invalid_request (schema violation: wrong types, NaN/Infinity literals, extra keys; "
+              "ids of the other kind than the bundle's: strings for an int64 bundle or integers for a string one; "
               "a threshold outside [0, 1] or on a multi-class model; top_k outside 1..classes)"),
         (503, "not_ready (the bundle is loading or was refused), model_output_invalid (the model produced "
               f"non-finite scores) or {OVERLOADED}"),
@@ -59,6 +61,7 @@ async def score(scoring: ScoringDep, settings: SettingsDep, metrics: MetricsDep)
     if size > settings.max_batch:
         raise BatchTooLarge(f"{size} nodes in one request; the limit is {settings.max_batch}",
                             {"max_batch": settings.max_batch})
+    check_id_kind(request, service.scorer.store.id_type)
     positive, threshold = decision_rule(service, request)
     new = [NewNode(n.features, n.neighbors) for n in request.new_nodes]
     scores = service.scorer.score(request.node_ids, new)
@@ -77,6 +80,19 @@ def _invalid(field: str, kind: str, message: str) -> RequestValidationError:
     """A 422 `invalid_request` naming `field`, shaped like the schema's own (its limit depends on the
     bundle, so the schema cannot state it)."""
     return RequestValidationError([{"type": kind, "loc": ("body", field), "msg": message}])
+
+
+def check_id_kind(request: ScoreRequest, id_type: ids.IdType) -> None:
+    """A 422 `invalid_request` (type `node_id_type`) naming each id of the other kind than the bundle's
+    (the schema admits both: which one is right depends on the served bundle)."""
+    sent: list[tuple[tuple[str | int, ...], ids.NodeKey]] = [(("node_ids", i), key)
+                                                             for i, key in enumerate(request.node_ids)]
+    sent += [(("new_nodes", j, "neighbors", i), key) for j, node in enumerate(request.new_nodes)
+             for i, key in enumerate(node.neighbors)]
+    wrong = [(loc, problem) for loc, key in sent if (problem := ids.key_problem(key, id_type)) is not None]
+    if wrong:
+        raise RequestValidationError([{"type": "node_id_type", "loc": ("body", *loc), "msg": problem}
+                                      for loc, problem in wrong[:MAX_DETAIL]])
 
 
 def decision_rule(service: Service, request: ScoreRequest) -> tuple[int | None, float | None]:
@@ -112,7 +128,7 @@ def results(service: Service, request: ScoreRequest, scores: Scores, positive: i
     chosen = labels if positive is None or threshold is None else decide(scores.probabilities, positive,
                                                                          threshold).tolist()
     tops = top_classes(scores.probabilities, request.top_k).tolist() if request.top_k else [None] * len(labels)
-    keys: list[tuple[Literal["existing", "new"], int | None, int | None]]
+    keys: list[tuple[Literal["existing", "new"], ids.NodeKey | None, int | None]]
     keys = [("existing", i, None) for i in request.node_ids]
     keys += [("new", None, j) for j in range(len(request.new_nodes))]
     return [NodeScore(kind=kind, node_id=node_id, new_node_index=index, label=names[label], label_index=label,
@@ -129,7 +145,7 @@ def model_info(service: Service) -> ModelInfo:
     m: dict[str, Any] = service.bundle.manifest.model_dump(mode="json", exclude_none=True)
     return ModelInfo(
         version=service.bundle.version, created_at=m.get("created_at"),
-        dataset={k: m["dataset"].get(k) for k in DATASET_KEYS},
+        dataset={k: m["dataset"].get(k) for k in DATASET_KEYS}, id_type=service.scorer.store.id_type,
         student=m["model"], policy=m["policy"], metrics=m.get("metrics", {}),
         parity=m.get("parity"), decision=m.get("decision"), cache=service.scorer.cache.stats(),
         lineage={k: m[k] for k in LINEAGE_KEYS if k in m},

@@ -10,6 +10,8 @@ Tensors (see `metadata`):
            new_features  FP32  [m, F]  raw features of nodes outside the graph (optional)
            new_neighbors INT64 [m, k]  their neighbours' external ids, rows padded with -1 (optional;
                                        the input parameter `pad_value` names another pad)
+  A bundle of string ids (bundle.ids) takes node_ids and new_neighbors as BYTES, the protocol's string
+  type (JSON strings in `data`), new_neighbors padded with "" (no id is empty).
   outputs  probabilities FP32  [n + m, C]  softmax, rows: node_ids in order, then new nodes
            labels        INT64 [n + m]     argmax class index (class names: GET /v1/model)
 """
@@ -30,6 +32,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from bundle import ids
 from serve.body import JSON, JsonRequest, require_json
 from serve.dependencies import MetricsDep, RuntimeDep, SettingsDep
 from serve.errors import BatchTooLarge, EmptyBatch, InvalidFeatures, UnsupportedMediaType
@@ -49,8 +52,9 @@ from serve.scoring import NewNode
 MODEL_NAME = "graph-distill"
 SERVER_NAME = "graph-distill"
 PLATFORM = "onnxruntime"
-PAD = -1
-INPUTS = {"node_ids": "INT64", "new_features": "FP32", "new_neighbors": "INT64"}
+PADS: dict[ids.IdType, int | str] = {"int64": -1, "string": ""}  # the default pad of new_neighbors rows
+ID_DATATYPES: dict[ids.IdType, str] = {"int64": "INT64", "string": "BYTES"}
+INPUTS = ("node_ids", "new_features", "new_neighbors")
 OUTPUTS = ("probabilities", "labels")
 
 
@@ -171,11 +175,11 @@ async def server_metadata() -> MetadataServerResponse:
 def metadata(service: Service) -> MetadataModelResponse:
     """The model's tensors: F = the bundle's raw feature width, C = its classes; -1 = any size."""
     f, c = service.scorer.store.num_features, len(service.bundle.class_names)
+    datatypes = input_datatypes(service.scorer.store.id_type)
     return MetadataModelResponse(
         name=MODEL_NAME, versions=[service.bundle.version], platform=PLATFORM,
-        inputs=[MetadataTensor(name="node_ids", datatype="INT64", shape=[-1]),
-                MetadataTensor(name="new_features", datatype="FP32", shape=[-1, f]),
-                MetadataTensor(name="new_neighbors", datatype="INT64", shape=[-1, -1])],
+        inputs=[MetadataTensor(name=name, datatype=datatypes[name], shape=shape) for name, shape in
+                (("node_ids", [-1]), ("new_features", [-1, f]), ("new_neighbors", [-1, -1]))],
         outputs=[MetadataTensor(name="probabilities", datatype="FP32", shape=[-1, c]),
                  MetadataTensor(name="labels", datatype="INT64", shape=[-1])])
 
@@ -234,7 +238,8 @@ def run(job: Infer, version: str | None, max_batch: int, metrics: Metrics) -> JS
     service, request = job.service, job.request
     _check_version(service, version)
     wanted = requested_outputs(request)
-    node_ids, new = parse_inputs(request.inputs, service.scorer.store.num_features, max_batch)
+    store = service.scorer.store
+    node_ids, new = parse_inputs(request.inputs, store.num_features, max_batch, store.id_type)
     scores = service.scorer.score(node_ids, new)
     tensors = {
         "probabilities": ("FP32", list(scores.probabilities.shape), scores.probabilities.ravel().tolist()),
@@ -268,15 +273,26 @@ def requested_outputs(request: InferenceRequest) -> list[str]:
     return names
 
 
-def parse_inputs(inputs: list[RequestInput], num_features: int, max_batch: int) -> tuple[list[int], list[NewNode]]:
+def input_datatypes(id_type: ids.IdType) -> dict[str, str]:
+    """Each input's datatype for a bundle of `id_type` ids."""
+    datatype = ID_DATATYPES[id_type]
+    return {"node_ids": datatype, "new_features": "FP32", "new_neighbors": datatype}
+
+
+def parse_inputs(inputs: list[RequestInput], num_features: int, max_batch: int,
+                 id_type: ids.IdType = "int64") -> tuple[list[ids.NodeKey], list[NewNode]]:
     """The input tensors -> (node ids [n], new nodes [m]), every check before any data is converted:
-    names, datatypes, ranks, batch size (413 / 422 as /v1), feature width, then the elements."""
+    names, datatypes (ids: INT64, or BYTES for a bundle of string ids), ranks, batch size (413 / 422 as
+    /v1), feature width, then the elements."""
+    datatypes = input_datatypes(id_type)
     by_name: dict[str, tuple[int, RequestInput]] = {}
     for i, tensor in enumerate(inputs):
         if tensor.name not in INPUTS or tensor.name in by_name:
             raise invalid(("inputs", i, "name"), f"unknown or repeated input {tensor.name!r}; inputs: {list(INPUTS)}")
-        if tensor.datatype != INPUTS[tensor.name]:
-            raise invalid(("inputs", i, "datatype"), f"{tensor.name} is {INPUTS[tensor.name]}, not {tensor.datatype}")
+        if tensor.datatype != datatypes[tensor.name]:
+            raise invalid(("inputs", i, "datatype"), f"{tensor.name} is {datatypes[tensor.name]} for this bundle's "
+                                                     f"{id_type} node ids, not {tensor.datatype}"
+                          if tensor.name != "new_features" else f"new_features is FP32, not {tensor.datatype}")
         rank = 1 if tensor.name == "node_ids" else 2
         if len(tensor.shape) != rank:
             raise invalid(("inputs", i, "shape"), f"{tensor.name} has rank {rank}, not {len(tensor.shape)}")
@@ -294,34 +310,43 @@ def parse_inputs(inputs: list[RequestInput], num_features: int, max_batch: int) 
     if m and by_name["new_features"][1].shape[1] != num_features:
         raise InvalidFeatures(f"new_features has shape {by_name['new_features'][1].shape}; the model takes "
                               f"[m, {num_features}]", {"num_features": num_features})
-    ids = elements(*by_name["node_ids"]) if n else []
+    keys = elements(*by_name["node_ids"]) if n else []
     if not m:
-        return ids, []
+        return keys, []
     features = elements(*by_name["new_features"])
     rows = [features[j * num_features:(j + 1) * num_features] for j in range(m)]
-    return ids, [NewNode(row, nbrs) for row, nbrs in zip(rows, neighbour_rows(by_name, m), strict=True)]
+    return keys, [NewNode(row, nbrs) for row, nbrs in zip(rows, neighbour_rows(by_name, m, id_type), strict=True)]
 
 
-def neighbour_rows(by_name: dict[str, tuple[int, RequestInput]], m: int) -> list[list[int]]:
-    """new_neighbors [m, k] -> m lists of ids, the pad value (-1, or the input's `pad_value`) dropped."""
+def neighbour_rows(by_name: dict[str, tuple[int, RequestInput]], m: int,
+                   id_type: ids.IdType = "int64") -> list[list[ids.NodeKey]]:
+    """new_neighbors [m, k] -> m lists of ids, the pad value (-1 for INT64, "" for BYTES, or the input's
+    `pad_value`) dropped."""
     if "new_neighbors" not in by_name:
         return [[] for _ in range(m)]
     i, tensor = by_name["new_neighbors"]
-    pad = (tensor.parameters or {}).get("pad_value", PAD)
-    if type(pad) is not int:
-        raise invalid(("inputs", i, "parameters", "pad_value"), "pad_value must be an integer")
-    flat, k = elements(i, tensor), tensor.shape[1]
+    pad = (tensor.parameters or {}).get("pad_value", PADS[id_type])
+    if type(pad) is not type(PADS[id_type]):
+        kind = "an integer" if id_type == "int64" else "a string"
+        raise invalid(("inputs", i, "parameters", "pad_value"), f"pad_value must be {kind}")
+    flat, k = elements(i, tensor, pad if type(pad) is str else None), tensor.shape[1]
     return [[v for v in flat[j * k:(j + 1) * k] if v != pad] for j in range(m)]
 
 
-def elements(i: int, tensor: RequestInput) -> list[Any]:
+def elements(i: int, tensor: RequestInput, pad: str | None = None) -> list[Any]:
     """`data`, flat in row-major order, checked: shape's product of elements, INT64 JSON integers that
-    fit int64, FP32 finite JSON numbers (true / "7" / 1.5-as-id are refused, as in /v1)."""
+    fit int64, BYTES string ids (bundle.ids; `pad` allowed too), FP32 finite JSON numbers (true / "7" /
+    1.5-as-id are refused, as in /v1)."""
     flat = flatten(tensor.data)
     count = int(np.prod(tensor.shape, dtype=object))
     if len(flat) != count:
         raise invalid(("inputs", i, "data"), f"{tensor.name} has {len(flat)} elements; shape {tensor.shape} "
                                              f"takes {count}")
+    if tensor.datatype == "BYTES":
+        if not all(v == pad or ids.key_problem(v, "string") is None for v in flat):
+            raise invalid(("inputs", i, "data"), f"{tensor.name} (BYTES) takes JSON strings of 1 to {ids.MAX_CHARS} "
+                                                 "characters, no control characters")
+        return flat
     integer = tensor.datatype == "INT64"
     ok = all(type(v) is int for v in flat) if integer else all(type(v) is int or type(v) is float for v in flat)
     try:  # ints beyond int64 (or float64) overflow

@@ -162,4 +162,6 @@ def test_differences_name_each_contract_field(gcn: TinyBundle) -> None:
     assert differences(both, other)[-1] == {"field": "selection_metric", "served": "accuracy", "new": "auroc"}
     assert differences(served, other)[0] == {"field": "class_names", "served": ["legit", "suspicious", "fraud"],
                                              "new": ["a", "b", "c"]}
+    strings = served.model_copy(update={"graph": served.graph.model_copy(update={"id_type": "string"})})
+    assert differences(served, strings) == [{"field": "id_type", "served": "int64", "new": "string"}]
 
