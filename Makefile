@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint lock venv clean
 
 $(BIN)/.installed: pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: venv
 lint: venv
 	$(BIN)/ruff check bundle distill serve bench tests
 	$(BIN)/mypy serve bundle
+	$(BIN)/hadolint Dockerfile
+
+# Regenerate the hash-locked requirements/*.txt the Dockerfile installs from (README "Container").
+# Keeps the current pins; `make lock LOCK_ARGS=--upgrade` moves every package to its newest allowed version.
+lock:
+	bash requirements/lock.sh $(LOCK_ARGS)
 
 clean:
 	rm -rf out .pytest_cache
