@@ -12,6 +12,9 @@ synchronised bursts.
 BENCH_SAMPLES=FILE makes the run write every response time (float ms, by request name) to FILE at
 exit: locust's own percentiles are rounded to whole milliseconds, too coarse for a 10 ms budget.
 
+BENCH_WRITE_TOKEN=TOKEN adds graph writes (POST /v1/edges, one undirected edge between two random
+nodes, timed now) at weight 11: 9.9 % of requests (bench/writes.py); without it there are none.
+
 BENCH_VERSIONS=FILE makes it write, at exit, the `model_version` of every successful score response
 with its arrival time (unix seconds) and response time (ms), from the first request on (not reset
 after the ramp-up): bench/load.py --reload-bundles uses it to prove that responses switched
@@ -35,6 +38,8 @@ BUNDLE = Path(os.environ.get("BENCH_BUNDLE", "out/demo"))
 MEAN_WAIT_S = float(os.environ.get("BENCH_WAIT_MS", "100")) / 1000.0
 SAMPLES = os.environ.get("BENCH_SAMPLES")
 VERSIONS = os.environ.get("BENCH_VERSIONS")
+WRITE_TOKEN = os.environ.get("BENCH_WRITE_TOKEN")
+WRITE_WEIGHT = 11 if WRITE_TOKEN else 0  # 11 of 111: ~10 % of requests
 
 _manifest = json.loads((BUNDLE / "manifest.json").read_text())
 NODE_IDS: list[int | str] = np.load(BUNDLE / _manifest["graph"]["node_ids"], allow_pickle=False).tolist()
@@ -107,6 +112,15 @@ class ScoringClient(FastHttpUser):
     @task(10)
     def score_new(self) -> None:
         self._score({"new_nodes": [_new_node()]}, "score:new", 1)
+
+    @task(WRITE_WEIGHT)
+    def write_edge(self) -> None:
+        src, dst = random.sample(NODE_IDS, 2)
+        body = {"edges": [{"src": src, "dst": dst, "time": time.time()}]}
+        with self.client.post("/v1/edges", json=body, name="write", catch_response=True,
+                              headers={"Authorization": f"Bearer {WRITE_TOKEN}"}) as response:
+            if response.status_code != 200:
+                response.failure(f"status {response.status_code}: {response.text[:200]}")
 
     @task(15)
     def livez(self) -> None:

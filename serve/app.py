@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve import errors, observability
 from serve.errors import BodyTooLarge
 from serve.metrics import Metrics, MetricsMiddleware
-from serve.routes import admin, docs, health, v1, v2
+from serve.routes import admin, docs, edges, health, v1, v2
 from serve.runtime import Runtime, Service, build
 from serve.schemas import ErrorResponse
 from serve.settings import Settings
@@ -82,6 +82,8 @@ def create_app(settings: Settings, builder: Callable[[Settings], Service] = buil
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         runtime.start(settings, builder)
         yield
+        if runtime.service is not None and runtime.service.writes is not None:
+            runtime.service.writes.log.close()  # releases the log's lock (an in-process restart may reopen it)
 
     app = FastAPI(title="graph-distill scoring service", version="1", lifespan=lifespan, responses=BUG,
                   description="Scores graph nodes with a distilled ONNX student on cached k-hop neighbourhoods.",
@@ -89,7 +91,7 @@ def create_app(settings: Settings, builder: Callable[[Settings], Service] = buil
     # What serve/dependencies.py hands to the routes.
     app.state.runtime, app.state.settings, app.state.metrics, app.state.builder = runtime, settings, metrics, builder
     errors.install(app)
-    routers = [health.router, v1.router, v2.router]
+    routers = [health.router, v1.router, v2.router, edges.router]
     if settings.admin_token is not None:  # without a token the route does not exist at all (404)
         routers.append(admin.router)
     for router in routers:

@@ -125,6 +125,37 @@ class ModelOutputInvalid(ServeError):
     code = "model_output_invalid"
 
 
+class EdgeLogError(BundleError):
+    """The edge log (SERVE_EDGE_LOG) cannot be used: another bundle's log, corrupt before its last
+    record, or a failed write / fsync (then no further write is acknowledged until a restart)."""
+
+    code = "edge_log_invalid"
+
+
+class WritesDisabled(ServeError):
+    """POST /v1/edges on a service without SERVE_EDGE_LOG: the graph is the bundle's, read-only."""
+
+    code = "writes_disabled"
+
+
+class NodeExists(ServeError):
+    """A write declares a node whose id is already in the graph (or twice in one request)."""
+
+    code = "node_exists"
+
+
+class TimeNotMonotonic(ServeError):
+    """An edge's time is before the last logged one while SERVE_EDGES_MONOTONIC is on."""
+
+    code = "time_not_monotonic"
+
+
+class WeightOutOfRange(ServeError):
+    """An edge's weight (rating) is outside [SERVE_EDGE_WEIGHT_MIN, SERVE_EDGE_WEIGHT_MAX]."""
+
+    code = "weight_out_of_range"
+
+
 # The one mapping from domain error to status code. An error not listed takes the entry of its nearest
 # listed base class (so a new subclass of BundleError is 503, not 500); only unlisted lines fall to 500.
 STATUS: dict[type[ServeError], int] = {
@@ -144,6 +175,10 @@ STATUS: dict[type[ServeError], int] = {
     ReloadInProgress: 409,
     UnsupportedMediaType: 415,
     ModelOutputInvalid: 503,
+    WritesDisabled: 404,
+    NodeExists: 409,
+    TimeNotMonotonic: 409,
+    WeightOutOfRange: 422,
 }
 # Headers a status requires (RFC 6750: a 401 names the scheme the client should use); resolved likewise.
 HEADERS: dict[type[ServeError], dict[str, str]] = {

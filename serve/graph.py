@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +48,14 @@ class Block:
         """Array bytes plus the Python objects around them (counted so that tiny blocks, e.g. of a
         graph-free student, cannot hold millions of entries inside a small budget)."""
         return int(BLOCK_OVERHEAD + self.nodes.nbytes + (self.adj.nbytes if self.adj is not None else 0))
+
+
+class PastGraph(Protocol):
+    """The graph as of a past time (serve/dynamic.py): blocks built per request, inputs included."""
+
+    def block(self, node: int) -> Block: ...
+
+    def new_node_block(self, features: F32, neighbors: I64) -> Block: ...
 
 
 class GraphStore:
@@ -107,6 +115,12 @@ class GraphStore:
         return Block(np.concatenate([[-1], existing]).astype(np.int64), adj, 0, x)
 
 
+    def past(self, as_of: float) -> PastGraph | None:
+        """The graph as of `as_of`, or None when it is the current one: a bundle's edges count at
+        every time; only a store that grows (serve/dynamic.py) has a past."""
+        return None
+
+
 class BlockCache:
     """Thread-safe LRU of existing nodes' blocks, bounded by bytes. `fill` precomputes blocks at
     start-up until the budget is used, so small graphs are served entirely from memory."""
@@ -119,6 +133,7 @@ class BlockCache:
         self.misses = 0
         self._lru: OrderedDict[int, Block] = OrderedDict()
         self._lock = threading.Lock()
+        self.generation = 0  # bumped by `invalidate`: a block built before a graph write is not cached
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -143,9 +158,23 @@ class BlockCache:
                 self.hits += 1
                 return block
             self.misses += 1
+            generation = self.generation
         block = self.store.block(node)  # built outside the lock: misses do not serialise hits
-        self._put(node, block, evict=True)
+        if generation == self.generation:
+            self._put(node, block, evict=True)
         return block
+
+    def invalidate(self, nodes: I64) -> int:
+        """Drop the blocks of `nodes` [n] (the graph changed under them) -> how many were cached."""
+        dropped = 0
+        with self._lock:
+            self.generation += 1
+            for node in nodes.tolist():
+                block = self._lru.pop(node, None)
+                if block is not None:
+                    self.bytes -= block.nbytes
+                    dropped += 1
+        return dropped
 
     def _put(self, node: int, block: Block, evict: bool) -> bool:
         with self._lock:

@@ -56,6 +56,11 @@ class Metrics:
         reloads = Counter("serve_reloads", "hot reloads that ran (409s and 401s are only in serve_requests_total)",
                           ["result"], registry=self.registry)
         self.reloads = {result: reloads.labels(result) for result in ("success", "failure")}
+        writes = Counter("serve_graph_writes", "acknowledged POST /v1/edges: requests, nodes added, directed edges "
+                         "logged", ["kind"], registry=self.registry)
+        self.writes = {kind: writes.labels(kind) for kind in ("requests", "nodes", "edges")}
+        self.fsync_seconds = Histogram("serve_edge_log_fsync_seconds", "one fsync of the edge log (shared by the "
+                                       "writes it covers)", buckets=LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("serve_requests_in_flight", "HTTP requests being handled (a scrape counts itself)",
                                registry=self.registry)
         # Children resolved once: labels() costs a lock and a dict lookup per call.

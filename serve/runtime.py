@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +30,8 @@ from bundle.errors import BundleInvalid
 from bundle.files import read_manifest
 from bundle.manifest import Manifest
 from serve.bundle import Bundle, load
+from serve.dynamic import DynamicStore
+from serve.edge_log import Header
 from serve.errors import (
     BundleError,
     BundleIncompatible,
@@ -43,6 +45,7 @@ from serve.graph import BlockCache, GraphStore
 from serve.model import Model
 from serve.scoring import NewNode, Scorer
 from serve.settings import Settings
+from serve.writes import Writer, WriteRules
 
 log = logging.getLogger("serve")
 
@@ -53,6 +56,7 @@ class Service:
 
     bundle: Bundle
     scorer: Scorer
+    writes: Writer | None = None  # the graph's writer when SERVE_EDGE_LOG is set (serve/writes.py)
 
 
 def _is_dir(path: Path) -> bool:
@@ -85,15 +89,16 @@ def _manifest_or_none(root: Path) -> Manifest | None:
 
 
 def open_service(root: Path, intra_op_threads: int = 1, cache_budget_bytes: int = 256 << 20,
-                 pack_nodes: int = 128, key: bytes | None = None) -> Service:
+                 pack_nodes: int = 128, key: bytes | None = None, growing: bool = False) -> Service:
     """Verify the bundle at `root` (signed under `key`, when given) and build its scorer (session,
     graph store, filled block cache). The job's own checks (distill/served.py) go through here too:
     what it evaluates is what is served."""
     bundle = load(root, key)
     model = Model(bundle, intra_op_threads)
-    store = GraphStore(bundle.graph, bundle.policy)
+    store = (DynamicStore if growing else GraphStore)(bundle.graph, bundle.policy)
     cache = BlockCache(store, cache_budget_bytes)
-    cache.fill()
+    if not growing:  # a growing graph is filled once its log is replayed (open_writer)
+        cache.fill()
     scorer = Scorer(store, cache, model, pack_nodes)
     _probe(scorer, bundle.manifest.model.file)
     return Service(bundle, scorer)
@@ -151,7 +156,9 @@ def build(settings: Settings) -> Service:
     """Verify the bundle, build everything, warm up. Raises BundleError on a bad bundle."""
     started = time.perf_counter()
     service = open_service(settings.bundle, settings.intra_op_threads, settings.cache_budget_bytes,
-                           settings.pack_nodes, settings.key)
+                           settings.pack_nodes, settings.key, growing=settings.edge_log is not None)
+    if settings.edge_log is not None:
+        service = replace(service, writes=open_writer(service, settings.edge_log, settings))
     scorer = service.scorer
     warm_up(scorer, settings.warmup_runs)
     log.info("bundle %s ready in %.2fs: %d nodes, %d/%d blocks cached (%.1f MiB)", service.bundle.version,
@@ -160,12 +167,26 @@ def build(settings: Settings) -> Service:
     return service
 
 
+def open_writer(service: Service, path: Path, settings: Settings) -> Writer:
+    """Open the edge log for `service` (its store grows: open_service(growing=True)) and replay it.
+    One writer per log (EdgeLog.open locks it): a reload cannot take over a log the served bundle appends to."""
+    store = service.scorer.store
+    assert isinstance(store, DynamicStore)
+    manifest = service.bundle.manifest
+    rules = WriteRules(settings.edges_monotonic, settings.edges_undirected, settings.edge_weight_min,
+                       settings.edge_weight_max, settings.max_write_items)
+    writer = Writer.open(path, Header(manifest.version, manifest.digest or manifest.version), store,
+                         service.scorer.cache, rules)
+    service.scorer.cache.fill()
+    return writer
+
+
 def warm_up(scorer: Scorer, runs: int) -> None:
     """Run single nodes, a batch and a new node through the full path, so the first real request
     does not pay for onnxruntime's lazy allocations; then zero the cache counters it touched."""
     store = scorer.store
     rng = np.random.default_rng(0)
-    ids = store.node_ids[rng.integers(0, store.num_nodes, size=max(runs, 1))].tolist()
+    ids = store.node_ids[rng.integers(0, len(store.node_ids), size=max(runs, 1))].tolist()  # the bundle's nodes
     for i in range(runs):
         scorer.score(ids[i : i + 1 + (i % 8)])
     if runs:

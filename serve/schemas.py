@@ -60,6 +60,9 @@ class ScoreRequest(BaseModel):
         None, description="binary models only: flag the positive class when its probability is >= this, for "
                           "this request (default: the bundle's threshold, chosen on validation; 422 "
                           "invalid_request on a multi-class model)")
+    as_of: float | None = Field(None, strict=True, allow_inf_nan=False, ge=0.0,
+                                description="unix seconds: score the graph as it was then, the bundle's edges plus "
+                                            "edges written (POST /v1/edges) with time <= as_of; default: all")
     top_k: int | None = Field(None, strict=True, ge=1, description="also return the k most probable classes "
                                                                    "per node, most probable first; k <= classes")
 

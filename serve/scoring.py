@@ -49,14 +49,21 @@ class Scorer:
     def __init__(self, store: GraphStore, cache: BlockCache, model: Model, pack_nodes: int) -> None:
         self.store, self.cache, self.model, self.pack_nodes = store, cache, model, pack_nodes
 
-    def score(self, node_ids: Sequence[NodeKey], new_nodes: Sequence[NewNode] = ()) -> Scores:
+    def score(self, node_ids: Sequence[NodeKey], new_nodes: Sequence[NewNode] = (), as_of: float | None = None,
+              ) -> Scores:
         """Validate everything first (so a bad request costs no inference), then score. Ids are of the
-        bundle's kind (store.id_type; bundle.ids.IdError, a ValueError, otherwise)."""
+        bundle's kind (store.id_type; bundle.ids.IdError, a ValueError, otherwise). `as_of` (unix
+        seconds): see only logged edges up to then (None: all)."""
         started = time.perf_counter()
         internal = self._resolve(to_array(node_ids, self.store.id_type))
         new = [self._resolve_new(i, node) for i, node in enumerate(new_nodes)]
-        blocks = [self.cache.get(int(i)) for i in internal]
-        blocks += [self.store.new_node_block(x, nbrs) for x, nbrs in new]
+        # `as_of`: the graph as it was then (serve/dynamic.py), built per request; the cache holds the current one.
+        past = None if as_of is None else self.store.past(as_of)
+        if past is None:
+            blocks = [self.cache.get(int(i)) for i in internal]
+            blocks += [self.store.new_node_block(x, nbrs) for x, nbrs in new]
+        else:
+            blocks = [past.block(int(i)) for i in internal] + [past.new_node_block(x, nbrs) for x, nbrs in new]
         fetched = time.perf_counter()
         logits = self.run_blocks(blocks)
         probs = _softmax(logits)

@@ -68,6 +68,14 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _check_entropy(secret: SecretStr, name: str) -> None:
+    token = secret.get_secret_value()
+    if any(c.isspace() for c in token) or len(set(token)) < MIN_TOKEN_DISTINCT:
+        raise ValueError(f"{name} must have no whitespace and at least {MIN_TOKEN_DISTINCT} distinct "
+                         "characters; generate one with `python -c 'import secrets; "
+                         "print(secrets.token_urlsafe(32))'`")
+
+
 class Settings(BaseSettings):
     """Validated configuration of one service process."""
 
@@ -149,6 +157,22 @@ class Settings(BaseSettings):
                           "and /metrics only when they fail",
     )
     log_format: Literal["json", "text"] = Field("json", description="every log line as a JSON object, or as text")
+    # Graph writes (POST /v1/edges, serve/writes.py): off unless a log path is given.
+    edge_log: Path | None = Field(
+        None, description="append-only log of graph writes (POST /v1/edges), fsynced before each answer and "
+                          "replayed at start; bound to the bundle's digest. Unset = writes disabled (404)",
+    )
+    write_token: SecretStr | None = Field(
+        None, min_length=16, description="bearer token for POST /v1/edges; unset = the admin token is the write token",
+    )
+    edges_monotonic: bool = Field(False, description="refuse (409) an edge whose time is before the last logged one")
+    edges_undirected: bool = Field(
+        True, description="default of a write's `undirected`: log each edge in both directions (how bundles of "
+                          "undirected graphs store them)",
+    )
+    edge_weight_min: float | None = Field(None, allow_inf_nan=False, description="smallest edge weight / rating")
+    edge_weight_max: float | None = Field(None, allow_inf_nan=False, description="largest edge weight / rating")
+    max_write_items: int = Field(1000, ge=1, le=100_000, description="nodes + edges in one POST /v1/edges")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -176,11 +200,18 @@ class Settings(BaseSettings):
     def _token_has_entropy(self) -> Settings:
         # min_length alone let 16 spaces (or "aaaa...") guard the admin endpoint.
         if self.admin_token is not None:
-            token = self.admin_token.get_secret_value()
-            if any(c.isspace() for c in token) or len(set(token)) < MIN_TOKEN_DISTINCT:
-                raise ValueError(f"admin_token must have no whitespace and at least {MIN_TOKEN_DISTINCT} distinct "
-                                 "characters; generate one with `python -c 'import secrets; "
-                                 "print(secrets.token_urlsafe(32))'`")
+            _check_entropy(self.admin_token, "admin_token")
+        return self
+
+    @model_validator(mode="after")
+    def _writes_need_a_token(self) -> Settings:
+        if self.write_token is not None:
+            _check_entropy(self.write_token, "write_token")
+        if self.edge_log is not None and self.write_token is None and self.admin_token is None:
+            raise ValueError("edge_log needs write_token (or admin_token): graph writes are never open to anyone")
+        if None not in (self.edge_weight_min, self.edge_weight_max) \
+                and self.edge_weight_min > self.edge_weight_max:  # type: ignore[operator]
+            raise ValueError("edge_weight_min must not exceed edge_weight_max")
         return self
 
     @model_validator(mode="after")

@@ -64,7 +64,7 @@ async def score(scoring: ScoringDep, settings: SettingsDep, metrics: MetricsDep)
     check_id_kind(request, service.scorer.store.id_type)
     positive, threshold = decision_rule(service, request)
     new = [NewNode(n.features, n.neighbors) for n in request.new_nodes]
-    scores = service.scorer.score(request.node_ids, new)
+    scores = service.scorer.score(request.node_ids, new, request.as_of)
     names = service.bundle.class_names
     response = ScoreResponse(model_version=service.bundle.version, threshold=threshold,
                              positive_class=None if positive is None else names[positive],

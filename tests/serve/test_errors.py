@@ -153,6 +153,8 @@ STATUSES = {  # what each operation can answer besides 200 and 500
     ("get", "/v1/model"): {503},
     ("post", "/v1/score"): {404, 413, 415, 422, 503},
     ("post", "/admin/reload"): {401, 403, 409, 413, 415, 422, 503},
+    ("post", "/v1/edges"): {401, 404, 409, 413, 415, 422, 503},
+    ("get", "/v1/graph"): {503},
 }
 
 

@@ -1,0 +1,352 @@
+"""A graph that grows: the bundle's store plus the edges and nodes written through POST /v1/edges.
+
+Same policy as the job (bundle.policy), applied to one target row at a time (docs/bundle.md,
+"A graph that grows"):
+- an edge src -> dst makes src a candidate in-neighbour of dst; dst's kept set is re-pruned. With
+  `score == "hash"` this is exact: the `fanout` lowest edge_rank of (kept U new), the same set a job
+  pruning the grown raw graph keeps. The teacher never scored a logged edge, so with teacher-scored
+  pruning logged edges rank after every scored one (kept only while the row has room), lowest
+  edge_rank first;
+- P rows are recomputed with the policy's formulas: gcn also recomputes every row that keeps dst
+  (d_dst changed); attention gives a logged edge the mean weight of the row's bundle entries, then
+  renormalises (a new node's row is uniform, like `new_node_row`);
+- the degree column counts a logged source as a new distinct in-neighbour unless it is already kept
+  or logged (the bundle has no raw edge list: a duplicate of a pruned-away bundle edge counts again);
+- new nodes take internal indices N, N+1, ... in log order; self-loops change nothing.
+
+Scoring `as_of` a time sees the bundle's edges plus logged edges with time <= as_of (`past`): those
+blocks are built per request, never cached. The current graph (every logged edge) is what the block
+cache serves; `apply` names the rows it changed so the cache can drop every block that holds one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from bundle import policy as kernels
+from bundle.files import GraphArrays
+from bundle.ids import NodeKey, to_array
+from bundle.manifest import Policy
+from serve.edge_log import Entry, NodeRecord
+from serve.errors import EdgeLogError
+from serve.graph import F32, I64, Block, GraphStore
+
+EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one entry changed: P rows recomputed, and the targets whose cached blocks are stale."""
+
+    rows: I64
+    stale_targets: I64
+
+
+class DynamicStore(GraphStore):
+    """GraphStore with a mutable overlay of changed rows (rows = targets) and appended nodes.
+    Mutated only by `apply`, from one thread (the event loop), between requests."""
+
+    def __init__(self, g: GraphArrays, policy: Policy) -> None:
+        super().__init__(g, policy)
+        self.n_base = len(self.node_ids)
+        self._features_buf = self.features
+        self.base_degree = self.in_degree
+        self._degree_buf = None if self.in_degree is None else self.in_degree.copy()
+        self.in_degree = self._degree_buf
+        self._new_ids: dict[NodeKey, int] = {}
+        self.logged: dict[int, dict[int, tuple[float, bool]]] = {}  # dst -> {src: (earliest time, counted)}
+        self.kept: dict[int, I64] = {}  # current kept in-neighbours of changed rows (no self-loop)
+        self.rows: dict[int, tuple[I64, F32]] = {}  # current P rows of changed rows
+        self.changed = np.zeros(self.n_base, dtype=bool)
+        self.max_time = -math.inf
+        self.edges_logged = 0
+        # Who reads a node: P transposed (rows = sources), to find the blocks a changed row sits in.
+        order = np.argsort(self.csr.indices, kind="stable")
+        rev_indptr = np.zeros(self.n_base + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.csr.indices, minlength=self.n_base), out=rev_indptr[1:])
+        readers = np.repeat(np.arange(self.n_base, dtype=np.int64), self.csr.degree)[order]
+        self._reverse = kernels.CSR(rev_indptr, readers, np.zeros(len(readers), dtype=np.float32))
+        self._rev_extra: dict[int, set[int]] = {}
+
+    @property
+    def num_nodes(self) -> int:
+        return self.n_base + len(self._new_ids)
+
+    def lookup(self, ids: npt.NDArray[Any]) -> tuple[I64, npt.NDArray[Any]]:
+        """GraphStore.lookup, then the nodes added since the bundle (a dict: they are few)."""
+        idx, unknown = super().lookup(ids)
+        if len(unknown) and self._new_ids:
+            for pos in np.flatnonzero(idx < 0).tolist():
+                idx[pos] = self._new_ids.get(ids[pos].item(), -1)
+            unknown = np.unique(ids[idx < 0])
+        return idx, unknown
+
+    def block(self, node: int) -> Block:
+        return GraphView(self, None).block(node)
+
+    def new_node_block(self, features: F32, neighbors: I64) -> Block:
+        return GraphView(self, None).new_node_block(features, neighbors)
+
+    def past(self, as_of: float) -> GraphView | None:
+        """The graph as of `as_of` (bundle edges + logged edges with time <= as_of), or None when
+        that is the current graph (served from the cache)."""
+        return None if as_of >= self.max_time else GraphView(self, as_of)
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def apply(self, entry: Entry, stale: bool = True) -> Applied:
+        """Add the entry's nodes, then its edges (external ids, resolved here; the writer has
+        checked that every id exists) -> the rows changed and (`stale`) the stale block targets."""
+        for node in entry.nodes:
+            self._add_node(node)
+        touched: set[int] = set()
+        keys = [k for e in entry.edges for k in (e.src, e.dst)]
+        internal = self.lookup(to_array(keys, self.id_type))[0].reshape(-1, 2)
+        if (internal < 0).any():  # the writer checked every id; only a log edited by hand gets here
+            raise EdgeLogError(f"write {entry.seq} names node ids that are not in the graph",
+                               {"seq": entry.seq})
+        for (src, dst), edge in zip(internal.tolist(), entry.edges, strict=True):
+            self.max_time = max(self.max_time, edge.time)
+            self.edges_logged += 1
+            if src != dst and self._log_edge(src, dst, edge.time):
+                touched.add(dst)
+        return self._recompute(touched, stale)
+
+    def _add_node(self, node: NodeRecord) -> None:
+        index = self.num_nodes
+        if index == len(self._features_buf):  # amortised growth: old views stay valid for readers
+            grown = max(16, index)
+            self._features_buf = np.concatenate([self._features_buf, np.zeros((grown, self.num_features), np.float32)])
+            self.changed = np.concatenate([self.changed, np.zeros(grown, dtype=bool)])
+            if self._degree_buf is not None:
+                self._degree_buf = np.concatenate([self._degree_buf, np.zeros(grown, dtype=np.int64)])
+        self._features_buf[index] = np.asarray(node.features, dtype=np.float32)
+        self._new_ids[node.id] = index
+        self.features = self._features_buf[: index + 1]
+        if self._degree_buf is not None:
+            self.in_degree = self._degree_buf[: index + 1]
+        self.kept[index] = EMPTY
+        self.rows[index] = GraphView(self, None).compute_row(index)
+        self.changed[index] = True
+
+    def _log_edge(self, src: int, dst: int, when: float) -> bool:
+        """Record src -> dst -> whether it is a new candidate for dst's row."""
+        logged = self.logged.setdefault(dst, {})
+        previous = logged.get(src)
+        if previous is not None:
+            logged[src] = (min(previous[0], when), previous[1])
+            return False
+        counted = src not in set(self.base_kept(dst).tolist())
+        logged[src] = (when, counted)
+        if counted and self.in_degree is not None:
+            self.in_degree[dst] += 1
+        return True
+
+    def _recompute(self, touched: Iterable[int], stale: bool) -> Applied:
+        view = GraphView(self, None)
+        dirty: set[int] = set()
+        for dst in touched:
+            new = view.prune(dst)
+            if not np.array_equal(new, self.current_kept(dst)):
+                self.kept[dst] = new
+                dirty.add(dst)
+                for src in new.tolist():
+                    self._rev_extra.setdefault(src, set()).add(dst)
+        if self.policy.propagation == "gcn":  # rows that keep a node whose degree changed
+            dirty |= set(self.readers(np.fromiter(dirty, dtype=np.int64, count=len(dirty))).tolist())
+        for row in dirty:
+            self.rows[row] = view.compute_row(row)
+            self.changed[row] = True
+        rows = np.array(sorted(dirty), dtype=np.int64)
+        return Applied(rows, self._downstream(rows) if stale else EMPTY)
+
+    def readers(self, nodes: I64) -> I64:
+        """Rows that hold (or held) any of `nodes` as a source, unique: a superset of their readers
+        in any version of the graph."""
+        pos, _ = self._reverse.segments(nodes[nodes < self.n_base])
+        found = [self._reverse.indices[pos]]
+        found += [np.fromiter(extra, dtype=np.int64) for n in nodes.tolist() if (extra := self._rev_extra.get(n))]
+        return np.unique(np.concatenate(found))
+
+    def _downstream(self, rows: I64) -> I64:
+        """Targets within k_hops downstream of `rows`: every block that contains one of them."""
+        reached = frontier = rows
+        for _ in range(self.policy.k_hops):
+            frontier = np.setdiff1d(self.readers(frontier), reached, assume_unique=True)
+            if not len(frontier):
+                break
+            reached = np.union1d(reached, frontier)
+        return reached
+
+    # -- the bundle's rows ----------------------------------------------------------------------
+
+    def base_kept(self, node: int) -> I64:
+        """The bundle's kept in-neighbours of `node` (its P row without the self-loop)."""
+        if node >= self.n_base or self.graph_free:
+            return EMPTY
+        cols = self.csr.indices[self.csr.indptr[node]: self.csr.indptr[node + 1]]
+        return cols[cols != node] if self.policy.propagation in ("gcn", "attention") else cols
+
+    def current_kept(self, node: int) -> I64:
+        kept = self.kept.get(node)
+        return self.base_kept(node) if kept is None else kept
+
+
+class GraphView:
+    """The graph at one time: `as_of` None = every logged edge (the cached, current graph)."""
+
+    def __init__(self, store: DynamicStore, as_of: float | None) -> None:
+        self.g, self.as_of = store, as_of
+        self._kept: dict[int, I64] = {}
+        self._rows: dict[int, tuple[I64, F32]] = {}
+
+    def logged(self, node: int) -> list[tuple[int, bool]]:
+        """Logged in-neighbours of `node` visible in this view, with their `counted` flag."""
+        entries = self.g.logged.get(node, {})
+        return [(s, c) for s, (t, c) in entries.items() if self.as_of is None or t <= self.as_of]
+
+    def prune(self, node: int) -> I64:
+        """Kept in-neighbours of `node` in this view (sorted): bundle kept + visible logged, re-pruned."""
+        base = self.g.base_kept(node)
+        known = set(base.tolist())
+        new = np.array(sorted(s for s, _ in self.logged(node) if s not in known), dtype=np.int64)
+        if not len(new):
+            return base
+        p = self.g.policy
+        if p.score == "hash":
+            candidates = np.concatenate([base, new])
+        else:  # teacher-scored: the bundle's kept edges first; logged ones fill the remaining room
+            candidates, room = new, p.fanout - len(base)
+            if room <= 0:
+                return base
+        rank = kernels.edge_rank(candidates, np.full(len(candidates), node, dtype=np.int64), p.seed)
+        chosen = candidates[np.lexsort((candidates, rank))[: p.fanout if p.score == "hash" else room]]
+        return np.sort(chosen if p.score == "hash" else np.concatenate([base, chosen]))
+
+    def kept(self, node: int) -> I64:
+        if node not in self._kept:
+            if self.as_of is None:
+                self._kept[node] = self.g.current_kept(node)
+            else:
+                self._kept[node] = self.prune(node) if self.g.changed[node] else self.g.base_kept(node)
+        return self._kept[node]
+
+    def degree(self, node: int) -> int:
+        """Entries of `node`'s P row (gcn's d: kept + the self-loop)."""
+        return len(self.kept(node)) + (0 if self.g.policy.propagation == "mean" else 1)
+
+    def compute_row(self, node: int) -> tuple[I64, F32]:
+        """P's row of `node` in this view: (sources sorted, weights) by the policy's formulas."""
+        kept, kind = self.kept(node), self.g.policy.propagation
+        if kind == "none":  # graph-free: no P; only the degree column and new nodes' features matter
+            return EMPTY, np.zeros(0, dtype=np.float32)
+        if kind == "mean":
+            return kept, np.full(len(kept), 1.0 / max(len(kept), 1), dtype=np.float64).astype(np.float32)
+        if kind == "attention" and node < self.g.n_base and not self.logged(node):  # the bundle's row as stored
+            lo, hi = self.g.csr.indptr[node], self.g.csr.indptr[node + 1]
+            return self.g.csr.indices[lo:hi], self.g.csr.weights[lo:hi]
+        cols = np.sort(np.concatenate([kept, [node]])).astype(np.int64)
+        if kind == "gcn":
+            d_src = np.array([self.degree(c) for c in cols.tolist()], dtype=np.float64)
+            inv_dst = 1.0 / np.sqrt(np.float64(len(cols)))
+            return cols, ((1.0 / np.sqrt(d_src)) * inv_dst).astype(np.float32)
+        return cols, self._attention(node, cols)
+
+    def _attention(self, node: int, cols: I64) -> F32:
+        """Bundle entries keep their teacher weight, a logged one gets the mean weight of the row's
+        bundle entries; renormalised. A node without bundle entries: uniform."""
+        g = self.g
+        if node >= g.n_base:
+            return np.full(len(cols), 1.0 / len(cols), dtype=np.float64).astype(np.float32)
+        lo, hi = g.csr.indptr[node], g.csr.indptr[node + 1]
+        base_cols, base_w = g.csr.indices[lo:hi], g.csr.weights[lo:hi].astype(np.float64)
+        at = np.minimum(np.searchsorted(base_cols, cols), len(base_cols) - 1)
+        score = np.where(base_cols[at] == cols, base_w[at], base_w.mean())
+        score = np.maximum(score, kernels.ATTENTION_FLOOR)
+        weights: F32 = (score / score.sum()).astype(np.float32)
+        return weights
+
+    def row(self, node: int) -> tuple[I64, F32]:
+        if self.as_of is None:
+            return self.g.rows[node]
+        if node not in self._rows:
+            self._rows[node] = self.compute_row(node)
+        return self._rows[node]
+
+    def gather(self, rows: I64) -> tuple[I64, I64, F32]:
+        """Entries of P's `rows` [r] -> (local row of each entry [e], sources [e], weights [e])."""
+        csr = self.g.csr
+        changed = self.g.changed[rows]
+        plain = np.flatnonzero(~changed)
+        pos, lens = csr.segments(rows[plain])
+        local, cols, weights = [np.repeat(plain, lens)], [csr.indices[pos]], [csr.weights[pos]]
+        for i in np.flatnonzero(changed).tolist():
+            c, w = self.row(int(rows[i]))
+            local.append(np.full(len(c), i, dtype=np.int64))
+            cols.append(c)
+            weights.append(w)
+        return np.concatenate(local).astype(np.int64), np.concatenate(cols), np.concatenate(weights)
+
+    def k_hop(self, seeds: I64, hops: int) -> I64:
+        """bundle.policy.CSR.k_hop over this view's rows."""
+        nodes, frontier = seeds, seeds
+        for _ in range(hops):
+            reached = np.unique(self.gather(frontier)[1])
+            frontier = np.setdiff1d(reached, nodes, assume_unique=True)
+            if not len(frontier):
+                break
+            nodes = np.concatenate([nodes, frontier])
+        return nodes
+
+    def dense_block(self, nodes: I64) -> F32:
+        """bundle.policy.CSR.dense_block over this view's rows."""
+        n = len(nodes)
+        local, cols, weights = self.gather(nodes)
+        order = np.argsort(nodes)
+        at = np.minimum(np.searchsorted(nodes[order], cols), n - 1)
+        inside = nodes[order][at] == cols
+        adj = np.zeros((n, n), dtype=np.float32)
+        adj[local[inside], order[at[inside]]] = weights[inside]
+        return adj
+
+    def inputs(self, nodes: I64) -> F32:
+        """Student input rows of `nodes` [n] with this view's degree column -> float32 [n, F (+1)]."""
+        g = self.g
+        if g.in_degree is None or g.base_degree is None or self.as_of is None:
+            return g.inputs(nodes)
+        base = g.base_degree
+        degree = np.array([(int(base[n]) if n < g.n_base else 0) + sum(c for _, c in self.logged(n))
+                           for n in nodes.tolist()], dtype=np.int64)
+        return kernels.node_inputs(g.features[nodes], degree)
+
+    def block(self, node: int) -> Block:
+        """The block of internal node `node` (target at row 0); inputs included for a past view."""
+        nodes = np.array([node], dtype=np.int64)
+        adj = None
+        if not self.g.graph_free:
+            nodes = self.k_hop(nodes, self.g.policy.k_hops)
+            adj = self.dense_block(nodes)
+        return Block(nodes, adj, 0, None if self.as_of is None else self.inputs(nodes))
+
+    def new_node_block(self, features: F32, neighbors: I64) -> Block:
+        """GraphStore.new_node_block over this view (the new node takes index `num_nodes`)."""
+        g, p = self.g, self.g.policy
+        degree = None if g.in_degree is None else kernels.new_node_degree(neighbors)
+        x_new = kernels.node_inputs(features.reshape(1, -1), degree)
+        if g.graph_free:
+            return Block(np.array([-1], dtype=np.int64), None, 0, x_new)
+        kept = kernels.kept_neighbours(neighbors, g.num_nodes, p.fanout, p.seed)
+        existing = self.k_hop(kept, p.k_hops - 1)
+        adj = np.zeros((len(existing) + 1,) * 2, dtype=np.float32)
+        adj[1:, 1:] = self.dense_block(existing)
+        entries = np.zeros(int(kept.max()) + 1 if len(kept) else 0, dtype=np.int64)
+        entries[kept] = [self.degree(int(k)) for k in kept.tolist()]
+        adj[0, : len(kept) + 1] = kernels.new_node_row(kept, p.propagation, entries)
+        x = np.concatenate([x_new, self.inputs(existing)])
+        return Block(np.concatenate([[-1], existing]).astype(np.int64), adj, 0, x)
