@@ -6,6 +6,8 @@ training stack, and the job writes through it, so there is no second copy of any
 - `bundle.manifest`: the typed, versioned `Manifest` (unknown keys rejected).
 - `bundle.files`: array specs, sha256, the version digest, reading and verifying (into memory).
 - `bundle.ids`: what a node id is (int64 or string) and the external id -> internal index lookup.
+- `bundle.edge_log`: the service's graph write log, read side (the service replays it, `distill
+  refresh --edge-log` folds it into the next bundle).
 - `bundle.signing`: optional HMAC signatures of the manifest.
 - `bundle.publish`: atomic publication (`staging`: one RENAME_EXCHANGE swap), stale-folder cleanup.
 - `bundle.policy`: the neighbourhood policy kernels: neighbour ranking and pruning, propagation

@@ -89,6 +89,9 @@ def parser() -> argparse.ArgumentParser:
                      help="refuse a bundle whose served validation metric is this much below the parent's, "
                           "both scored on the same validation nodes")
     ref.add_argument("--allow-worse", action="store_true", help="write the bundle even past --max-drop")
+    ref.add_argument("--edge-log", type=Path, default=None,
+                     help="the service's edge log (SERVE_EDGE_LOG) of --bundle: its new nodes and edges are added to "
+                          "--dataset before training (times dropped; docs/bundle.md, \"The edge log\")")
     # No --config: a refresh trains with the parent's recorded config; only --dataset is new.
     _job_flags(ref, config_file=False)
     _score_parser(sub)
@@ -242,9 +245,14 @@ def _select(args: argparse.Namespace) -> int:
 def _refresh(args: argparse.Namespace) -> int:
     from distill import refresh, report
 
-    req = refresh.Request(args.bundle, args.out, args.dataset, args.reuse_teacher, args.max_drop, args.allow_worse)
+    req = refresh.Request(args.bundle, args.out, args.dataset, args.reuse_teacher, args.max_drop, args.allow_worse,
+                          args.edge_log)
     done = refresh.refresh(req, args.force, not args.quiet)
     print(report.markdown(done.report))
+    if done.folded is not None:
+        f = done.folded
+        print(f"folded {args.edge_log}: {f.records} writes (through sequence {f.last_seq}), {f.nodes_added} nodes and "
+              f"{f.edges_added} new edges added ({f.edges_logged} logged)")
     print(f"refreshed bundle written to {args.out} (parent {done.parent.version})")
     return 0
 

@@ -17,7 +17,7 @@ from bundle.publish import staging
 from distill import report, served, tail, writer
 from distill.artefacts import Distilled, Prepared, Trained
 from distill.config import RunConfig
-from distill.data import load_dataset
+from distill.data import Dataset, load_dataset
 from distill.export import export_onnx
 from distill.policy import neighbourhood
 from distill.students import train_candidates
@@ -32,10 +32,12 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def prepare(cfg: RunConfig, progress: bool, teacher_state: dict[str, Tensor] | None = None) -> Prepared:
-    """Load the data and train the teacher, or restore it from `teacher_state` (a state_dict)."""
+def prepare(cfg: RunConfig, progress: bool, teacher_state: dict[str, Tensor] | None = None,
+            ds: Dataset | None = None) -> Prepared:
+    """Load the data (or take `ds`, already loaded from `cfg.dataset`) and train the teacher, or
+    restore it from `teacher_state` (a state_dict)."""
     device = resolve_device(cfg.device)
-    ds = load_dataset(cfg.dataset, cfg.split)
+    ds = load_dataset(cfg.dataset, cfg.split) if ds is None else ds
     log(f"[data] {ds.name}: {ds.data.num_nodes} nodes, {ds.data.num_edges} edges, "
         f"{ds.data.num_features} features, {ds.num_classes} classes; device {device}")
     norm = feature_norm(cfg, ds)
@@ -94,14 +96,16 @@ def publish(out: Path, force: bool, prep: Prepared, scratch: Trained, result: Di
 
 
 def run(cfg: RunConfig, out: Path, force: bool = False, progress: bool = True,
-        teacher_state: dict[str, Tensor] | None = None, gate: Gate | None = None) -> dict[str, Any]:
+        teacher_state: dict[str, Tensor] | None = None, gate: Gate | None = None,
+        ds: Dataset | None = None) -> dict[str, Any]:
     """Run the whole job and write the bundle at `out`. Returns the report dict.
 
-    `teacher_state` reuses a trained teacher; `gate` (from `distill refresh`) may veto the bundle.
+    `teacher_state` reuses a trained teacher; `gate` (from `distill refresh`) may veto the bundle;
+    `ds` is the data when the caller loaded it (`distill refresh --edge-log` folds a log into it).
     """
     writer.check_target(out, force, cfg)
     started = time.perf_counter()
-    prep = prepare(cfg, progress, teacher_state)
+    prep = prepare(cfg, progress, teacher_state, ds)
     scratch = train_candidates(cfg, prep, (), progress)
     log(f"[scratch] test {report.headline(scratch.test)}")
     result = distill_student(cfg, prep, progress, tail.rare_recall(scratch.logits, prep.ds.data.cpu()))

@@ -4,7 +4,10 @@ on the same validation nodes with the same labels, and a child worse than `max_d
 
 The dataset is never taken from the parent's manifest: a bundle is data from elsewhere, and a
 dataset spec names files the job reads (Planetoid's are pickles). The rest of the recorded config
-is numbers and names, validated by RunConfig like the command line's."""
+is numbers and names, validated by RunConfig like the command line's.
+
+`--edge-log` folds the service's graph writes (a log bound to the parent) into that dataset first:
+distill/fold.py; the child's manifest records what it folded (dataset.source["edge_log"])."""
 
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ from bundle.manifest import Manifest, Parent, RefreshGate
 from distill import pipeline, served, writer
 from distill.artefacts import Prepared
 from distill.config import RunConfig
+from distill.data import load_dataset
 from distill.errors import DistillError
+from distill.fold import FoldRecord, fold
 from distill.metrics import evaluate
 from distill.teacher_models import TEACHERS
 from distill.train import selection_metric
@@ -38,6 +43,7 @@ class Request:
     reuse_teacher: bool = False
     max_drop: float = 0.01
     allow_worse: bool = False
+    edge_log: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -149,18 +155,24 @@ def reused_family(cfg: RunConfig, parent: Manifest, root: Path) -> RunConfig:
 class Refreshed:
     report: dict[str, Any]
     parent: Manifest
+    folded: FoldRecord | None = None
 
 
 def refresh(req: Request, force: bool, progress: bool) -> Refreshed:
-    """Run the job with the parent's config and write the child at `req.out`."""
+    """Run the job with the parent's config (on the dataset grown by `req.edge_log`, if any) and
+    write the child at `req.out`."""
     parent_bundle = read_parent(req.bundle)
     parent = parent_bundle.manifest
     cfg = RunConfig.from_dict({**parent.config, "dataset": req.dataset})
+    folded = None
+    if req.edge_log is not None:  # before any training: a log that cannot be folded costs nothing
+        folded = fold(load_dataset(cfg.dataset, cfg.split), req.edge_log, parent, req.bundle)
     state = None
     if req.reuse_teacher:
         import torch
 
         state = torch.load(io.BytesIO(verified_teacher(parent_bundle)), map_location="cpu", weights_only=True)
         cfg = reused_family(cfg, parent, req.bundle)
-    rep = pipeline.run(cfg, req.out, force=force, progress=progress, teacher_state=state, gate=gate(req, parent_bundle))
-    return Refreshed(rep, parent)
+    rep = pipeline.run(cfg, req.out, force=force, progress=progress, teacher_state=state, gate=gate(req, parent_bundle),
+                       ds=None if folded is None else folded.ds)
+    return Refreshed(rep, parent, None if folded is None else folded.record)
