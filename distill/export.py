@@ -47,7 +47,9 @@ def export_onnx(student: LayerStack, example_x: Tensor, example_adj: Tensor, gra
     """Serialise the eval-mode student (CPU) to ONNX bytes with dynamic node count.
     example_x [n, F], example_adj [n, n] (ignored for graph-free students)."""
     student = student.cpu().eval()
-    module: nn.Module = _FeaturesOnly(student) if graph_free else _Dense(student)
+    # The exporter restores the wrapper's mode afterwards, recursively: a fresh wrapper (training mode)
+    # would hand the student back in training mode, dropout on, to whoever predicts with it next.
+    module: nn.Module = (_FeaturesOnly(student) if graph_free else _Dense(student)).eval()
     args: tuple[Tensor, ...] = (example_x,) if graph_free else (example_x, example_adj)
     names = input_names(graph_free)
     axes = {"x": {0: "nodes"}, "adj": {0: "nodes", 1: "nodes"}, "logits": {0: "nodes"}}

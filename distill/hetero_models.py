@@ -6,6 +6,8 @@ every node and edge type, the student only the meta-path graph it is served on."
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.data import HeteroData
@@ -15,6 +17,15 @@ from distill.errors import ConfigError
 from distill.models import FeatureNorm, NodeOutputs, input_dropout
 
 TARGET = "paper"
+
+
+@dataclass
+class TypedOutputs(NodeOutputs):
+    """`NodeOutputs` of a type-aware model (logits [N, C] and `hidden` [N, H] per layer of the
+    target type), plus `typed`: per layer, every node type's hidden state {type: [N_type, H]}, what
+    per-type feature and per-relation structure distillation read (distill/hetero_kd.py)."""
+
+    typed: list[dict[str, Tensor]] = field(default_factory=list)
 
 
 class HeteroSAGE(nn.Module):
@@ -64,18 +75,19 @@ class HeteroSAGE(nn.Module):
             h[t] = self.lin_in[t](input_dropout(raw, self.dropout, self.training))
         return h
 
-    def run(self, x: Tensor, edge_index: Tensor | None = None, edge_weight: Tensor | None = None) -> NodeOutputs:
-        """x [N, F] (the target type's features) -> logits [N, C] and the target type's hidden state
-        [N, H] after each block; `edge_index` (the homogeneous view) is not used, no attention."""
+    def run(self, x: Tensor, edge_index: Tensor | None = None, edge_weight: Tensor | None = None) -> TypedOutputs:
+        """x [N, F] (the target type's features) -> logits [N, C], the target type's hidden state
+        [N, H] after each block (`hidden`) and every type's (`typed`: {type: [N_type, H]} per block);
+        `edge_index` (the homogeneous view) is not used, no attention."""
         edges = {e: getattr(self, k) for e, k in zip(self.edge_types, self._edge_keys, strict=True)}
         h = self._inputs(x)
-        hidden = []
+        typed = []
         for conv, norms in zip(self.convs, self.norms, strict=True):
             z = conv(h, edges)
             h = {t: h[t] + F.dropout(F.elu(norms[t](z[t])), self.dropout, self.training) if t in z else h[t]
                  for t in self.node_types}
-            hidden.append(h[self.target])
-        return NodeOutputs(self.lin_out(h[self.target]), hidden, [])
+            typed.append(h)
+        return TypedOutputs(self.lin_out(h[self.target]), [layer[self.target] for layer in typed], [], typed)
 
     def forward(self, x: Tensor, edge_index: Tensor | None = None, edge_weight: Tensor | None = None) -> Tensor:
         return self.run(x, edge_index, edge_weight).logits

@@ -29,6 +29,7 @@ def test_export_is_dense_matmul_with_a_dynamic_node_axis(name):
     assert dims[0] == "nodes"  # dynamic node count
     ops = {n.op_type for n in model.graph.node}
     assert not ops & {"ScatterElements", "ScatterND"}  # MatMul only: fast in onnxruntime
+    assert not student.training  # handed back in eval mode: whoever predicts next gets no dropout
 
 
 def test_served_check_detects_a_student_that_differs_from_torch(tmp_path):
