@@ -10,6 +10,7 @@ caches, so what is evaluated is what is served.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -97,6 +98,20 @@ def propagation(src: I64, dst: I64, num_nodes: int, kind: Propagation,
     return Entries(src, dst, (score / row_sum[dst]).astype(np.float32))
 
 
+
+def k_hop(sources: Callable[[I64], I64], seeds: I64, hops: int) -> I64:
+    """Seeds (unique, kept first, in order) plus every node within `hops` steps backwards, each
+    later hop sorted -> int64 [n]. `sources(rows)` gives the column of every entry of those rows of
+    P (any order, repeats allowed): the bundle's CSR, or the service's grown view of it."""
+    nodes, frontier = seeds, seeds
+    for _ in range(hops):
+        reached = np.unique(sources(frontier))
+        frontier = np.setdiff1d(reached, nodes, assume_unique=True)
+        if not len(frontier):
+            break
+        nodes = np.concatenate([nodes, frontier])
+    return nodes
+
 @dataclass(frozen=True)
 class CSR:
     """P by target row: indptr int64 [N+1], indices int64 [nnz] (sources), weights float32 [nnz]."""
@@ -145,15 +160,7 @@ class CSR:
     def k_hop(self, seeds: I64, hops: int) -> I64:
         """Seeds (unique, kept first, in order) plus every node within `hops` steps backwards
         along P (row -> its indices), each later hop sorted -> int64 [n]."""
-        nodes, frontier = seeds, seeds
-        for _ in range(hops):
-            pos, _ = self.segments(frontier)
-            reached = np.unique(self.indices[pos])
-            frontier = np.setdiff1d(reached, nodes, assume_unique=True)
-            if not len(frontier):
-                break
-            nodes = np.concatenate([nodes, frontier])
-        return nodes
+        return k_hop(lambda rows: self.indices[self.segments(rows)[0]], seeds, hops)
 
     def dense_block(self, nodes: I64) -> F32:
         """adj float32 [n, n] with adj[i, j] = P[nodes[i], nodes[j]] (0 where P has no entry)."""

@@ -295,14 +295,7 @@ class GraphView:
 
     def k_hop(self, seeds: I64, hops: int) -> I64:
         """bundle.policy.CSR.k_hop over this view's rows."""
-        nodes, frontier = seeds, seeds
-        for _ in range(hops):
-            reached = np.unique(self.gather(frontier)[1])
-            frontier = np.setdiff1d(reached, nodes, assume_unique=True)
-            if not len(frontier):
-                break
-            nodes = np.concatenate([nodes, frontier])
-        return nodes
+        return kernels.k_hop(lambda rows: self.gather(rows)[1], seeds, hops)
 
     def dense_block(self, nodes: I64) -> F32:
         """bundle.policy.CSR.dense_block over this view's rows."""
