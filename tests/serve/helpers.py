@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,3 +35,11 @@ def csr_store(indptr: list[int], indices: list[int], weights: list[float], node_
                             np.asarray(weights, dtype=np.float32)))
     policy = Policy(fanout=fanout, k_hops=k_hops, propagation=propagation, seed=seed)  # type: ignore[arg-type]
     return GraphStore(graph, policy)
+
+
+def wait_ready(client: Any, timeout: float = 30.0) -> None:
+    """Poll /readyz until 200 (the bundle loads in the lifespan's thread); fail with its body after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/readyz").text
+        time.sleep(0.02)

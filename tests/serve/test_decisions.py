@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,16 +18,14 @@ from serve.app import create_app
 from serve.settings import Settings
 from tests.distill.test_decision import build_binary
 from tests.serve.conftest import TinyBundle
+from tests.serve.helpers import wait_ready
 
 NODES = list(range(240))  # the binary graph's node ids
 
 
 def client_for(bundle: Path) -> Iterator[TestClient]:
     with TestClient(create_app(Settings(bundle=bundle, warmup_runs=0, max_batch=len(NODES)))) as client:
-        deadline = time.monotonic() + 30
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").text
-            time.sleep(0.02)
+        wait_ready(client)
         yield client
 
 

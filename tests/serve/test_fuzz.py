@@ -4,7 +4,6 @@ match what the document promises for that operation (status, content type, heade
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from schemathesis.python import asgi
 from serve.app import create_app
 from serve.settings import Settings
 from tests.serve.conftest import ROOT, TinyBundle
+from tests.serve.helpers import wait_ready
 from tests.serve.test_reload import AUTH, TOKEN
 
 # No 5xx; status, content type, headers and body as documented; schema-violating input rejected (4xx).
@@ -36,10 +36,7 @@ def app(gcn: TinyBundle) -> Iterator[FastAPI]:
     served = service(gcn.path)
     assert served.openapi() == DOC
     with asgi.get_client(served) as client:  # starts the lifespan, which schemathesis then reuses
-        deadline = time.monotonic() + 30
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").text
-            time.sleep(0.02)
+        wait_ready(client)
         yield served
     asgi.shutdown_lifespans()
 

@@ -5,7 +5,6 @@ computes, and refuse ids of the other kind with 422; an int bundle refuses strin
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ from serve.routes.v2 import MODEL_NAME
 from serve.settings import Settings
 from tests.serve import conftest
 from tests.serve.conftest import TinyBundle, build_tiny
+from tests.serve.helpers import wait_ready
 from tests.serve.reference import new_node_logits, softmax
 from tests.serve.servers import serving
 
@@ -41,10 +41,7 @@ def strings(tmp_path_factory: pytest.TempPathFactory) -> TinyBundle:
 
 def ready_client(bundle: Any) -> Iterator[TestClient]:
     with TestClient(create_app(Settings(bundle=bundle, warmup_runs=1, max_batch=16))) as client:
-        deadline = time.monotonic() + 30
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, client.get("/readyz").text
-            time.sleep(0.02)
+        wait_ready(client)
         yield client
 
 
