@@ -160,10 +160,10 @@ def buggy(settings: Settings) -> Service:
     service = build(settings)
     score = service.scorer.score
 
-    def failing(ids: list[int], new: list[Any]) -> Any:
+    def failing(ids: list[int], new: list[Any], as_of: float | None = None) -> Any:
         if 13 in ids:
             raise RuntimeError("bug")
-        return score(ids, new)
+        return score(ids, new, as_of)
 
     service.scorer.score = failing  # type: ignore[method-assign]
     return service
