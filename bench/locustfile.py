@@ -15,6 +15,10 @@ exit: locust's own percentiles are rounded to whole milliseconds, too coarse for
 BENCH_WRITE_TOKEN=TOKEN adds graph writes (POST /v1/edges, one undirected edge between two random
 nodes, timed now) at weight 11: 9.9 % of requests (bench/writes.py); without it there are none.
 
+A temporal bundle (policy `temporal_recent`) takes no new nodes: its mix drops them (weights 60 /
+15 / 0 / 15, writes 11 of 101), and its writes are directed ratings, a random integer within the
+manifest's rating range.
+
 BENCH_VERSIONS=FILE makes it write, at exit, the `model_version` of every successful score response
 with its arrival time (unix seconds) and response time (ms), from the first request on (not reset
 after the ramp-up): bench/load.py --reload-bundles uses it to prove that responses switched
@@ -42,8 +46,10 @@ WRITE_TOKEN = os.environ.get("BENCH_WRITE_TOKEN")
 WRITE_WEIGHT = 11 if WRITE_TOKEN else 0  # 11 of 111: ~10 % of requests
 
 _manifest = json.loads((BUNDLE / "manifest.json").read_text())
+TEMPORAL = _manifest["policy"].get("name") == "temporal_recent"
 NODE_IDS: list[int | str] = np.load(BUNDLE / _manifest["graph"]["node_ids"], allow_pickle=False).tolist()
-_features = np.load(BUNDLE / _manifest["graph"]["features"], allow_pickle=False, mmap_mode="r")
+_features = None if TEMPORAL else np.load(BUNDLE / _manifest["graph"]["features"], allow_pickle=False, mmap_mode="r")
+NEW_WEIGHT = 0 if TEMPORAL else 10
 _samples: dict[str, list[float]] = defaultdict(list)
 _version_index: dict[str, int] = {}  # version -> its index in the dump (one short int per event)
 _version_events: list[tuple[float, int, float]] = []  # (unix time received, version index, ms)
@@ -75,6 +81,7 @@ def _seen(version: str, response_ms: float) -> None:
 
 def _new_node() -> dict[str, Any]:
     """A plausible unseen node: a random node's features, jittered, linked to 1-5 existing nodes."""
+    assert _features is not None  # never called for a temporal bundle (NEW_WEIGHT 0)
     donor = np.asarray(_features[random.randrange(len(NODE_IDS))], dtype=np.float64)
     jitter = np.random.default_rng().normal(0.0, 0.05, donor.shape) * (np.abs(donor) + 1e-3)
     return {"features": (donor + jitter).tolist(), "neighbors": random.sample(NODE_IDS, random.randint(1, 5))}
@@ -109,14 +116,17 @@ class ScoringClient(FastHttpUser):
         size = random.randint(2, 8)
         self._score({"node_ids": random.choices(NODE_IDS, k=size)}, "score:batch", size)
 
-    @task(10)
+    @task(NEW_WEIGHT)
     def score_new(self) -> None:
         self._score({"new_nodes": [_new_node()]}, "score:new", 1)
 
     @task(WRITE_WEIGHT)
     def write_edge(self) -> None:
         src, dst = random.sample(NODE_IDS, 2)
-        body = {"edges": [{"src": src, "dst": dst, "time": time.time()}]}
+        body: dict[str, Any] = {"edges": [{"src": src, "dst": dst, "time": time.time()}]}
+        if TEMPORAL:
+            policy = _manifest["policy"]
+            body["edges"][0]["weight"] = float(random.randint(int(policy["rating_min"]), int(policy["rating_max"])))
         with self.client.post("/v1/edges", json=body, name="write", catch_response=True,
                               headers={"Authorization": f"Bearer {WRITE_TOKEN}"}) as response:
             if response.status_code != 200:

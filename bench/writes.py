@@ -134,9 +134,10 @@ def write_side(metrics: dict[str, float]) -> dict[str, float]:
             for name, name_, labels in series for q in (0.5, 0.99)}
 
 
-def writer(url: str, token: str, ids: list[Any], features: np.ndarray, stop: threading.Event, me: int,
+def writer(url: str, token: str, ids: list[Any], features: np.ndarray | None, stop: threading.Event, me: int,
            acked: dict[int, dict[str, Any]]) -> None:
-    """Write until the server dies; record each acknowledged write by its sequence number."""
+    """Write until the server dies; record each acknowledged write by its sequence number. `features`
+    None: a temporal bundle (new users without features, every edge with its rating)."""
     rng = random.Random(me)
     with httpx.Client(base_url=url, timeout=10.0, headers={"Authorization": f"Bearer {token}"}) as client:
         for k in range(10**9):
@@ -146,8 +147,10 @@ def writer(url: str, token: str, ids: list[Any], features: np.ndarray, stop: thr
                                                "weight": rng.uniform(-1, 1)}]}
             if k % 10 == 0:  # a new node linked to an existing one
                 new_id = (10**12 + me * 10**6 + k) if isinstance(ids[0], int) else f"bench-{me}-{k}"
-                body["nodes"] = [{"id": new_id, "features": features[rng.randrange(len(features))].tolist()}]
-                body["edges"].append({"src": new_id, "dst": rng.choice(ids), "time": time.time()})
+                row = [] if features is None else features[rng.randrange(len(features))].tolist()
+                body["nodes"] = [{"id": new_id, "features": row}]
+                body["edges"].append({"src": new_id, "dst": rng.choice(ids), "time": time.time(),
+                                      **({"weight": rng.uniform(-1, 1)} if features is None else {})})
             try:
                 response = client.post("/v1/edges", json=body)
             except httpx.TransportError:
@@ -188,13 +191,13 @@ def replay_into(url: str, token: str, entries: list[Entry]) -> None:
                 raise SystemExit(f"reference replay of write {entry.seq} failed: {response.text}")
 
 
-def found(entry: Entry, body: dict[str, Any]) -> bool:
+def found(entry: Entry, body: dict[str, Any], directed: bool = False) -> bool:
     """An acknowledged request is the logged entry: its nodes, and its edges in both directions
-    (the service's default; a self-loop once)."""
+    (the service's default; a self-loop once), or as sent when `directed` (a temporal bundle)."""
     sent: Counter[tuple[Any, Any, float]] = Counter()
     for e in body["edges"]:
         sent[(e["src"], e["dst"], e["time"])] += 1
-        if e["src"] != e["dst"]:
+        if e["src"] != e["dst"] and not directed:
             sent[(e["dst"], e["src"], e["time"])] += 1
     logged = Counter((e.src, e.dst, e.time) for e in entry.edges)
     return logged == sent and [n.id for n in entry.nodes] == [n["id"] for n in body.get("nodes", [])]
@@ -203,7 +206,8 @@ def found(entry: Entry, body: dict[str, Any]) -> bool:
 def crash_phase(args: argparse.Namespace, work: Path, token: str) -> dict[str, Any]:
     manifest = json.loads((args.bundle / "manifest.json").read_text())
     ids = np.load(args.bundle / manifest["graph"]["node_ids"]).tolist()
-    features = np.load(args.bundle / manifest["graph"]["features"])
+    temporal = manifest["policy"].get("name") == "temporal_recent"
+    features = None if temporal else np.load(args.bundle / manifest["graph"]["features"])
     log = work / "crash.log"
     server = Server(args, log, token, work / "server-crash.out")
     stop, acked = threading.Event(), {}  # type: ignore[var-annotated]
@@ -222,7 +226,7 @@ def crash_phase(args: argparse.Namespace, work: Path, token: str) -> dict[str, A
     restarted = Server(args, log, token, work / "server-crash.out")
     try:
         entries = {e.seq: e for e in map(decode, scan(log.read_bytes(), log).payloads)}
-        kept = sum(seq in entries and found(entries[seq], body) for seq, body in acknowledged.items())
+        kept = sum(seq in entries and found(entries[seq], body, temporal) for seq, body in acknowledged.items())
         reference = Server(args, work / "reference.log", token, work / "server-reference.out")
         try:
             replay_into(reference.url, token, [entries[s] for s in sorted(entries)])

@@ -24,8 +24,17 @@ import numpy.typing as npt
 
 from bundle import ids, signing
 from bundle.errors import BundleInvalid
-from bundle.manifest import GRAPH_FILES, OPTIONAL_GRAPH_FILES, SCHEMA_VERSION, Manifest
+from bundle.manifest import (
+    GRAPH_FILES,
+    OPTIONAL_GRAPH_FILES,
+    SCHEMA_VERSION,
+    TEMPORAL_GRAPH_FILES,
+    Manifest,
+    TemporalGraphFiles,
+    TemporalRecent,
+)
 from bundle.policy import CSR
+from bundle.temporal import TemporalStore
 
 ARRAYS: dict[str, tuple[type[np.generic], int]] = {  # name -> (dtype, ndim)
     "features": (np.float32, 2),
@@ -36,6 +45,11 @@ ARRAYS: dict[str, tuple[type[np.generic], int]] = {  # name -> (dtype, ndim)
     "in_degree": (np.int64, 1),
 }
 assert tuple(ARRAYS) == GRAPH_FILES + OPTIONAL_GRAPH_FILES
+TEMPORAL_ARRAYS: dict[str, tuple[type[np.generic], int]] = {
+    "node_ids": (np.int64, 1), "src": (np.int64, 1), "dst": (np.int64, 1), "time": (np.float64, 1),
+    "rating": (np.float32, 1),
+}
+assert tuple(TEMPORAL_ARRAYS) == TEMPORAL_GRAPH_FILES
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,57 @@ class GraphArrays:
         self.csr.check()
 
 
+@dataclass(frozen=True)
+class TemporalArrays:
+    """A temporal bundle's edge store: node_ids [N] (int64 or <U{w}, bundle.ids), edges src -> dst
+    int64 [E] (internal indices), time float64 [E] (unix seconds, non-decreasing: the job writes them
+    in time order, and the check makes a hand-edited file fail loudly rather than serve), rating
+    float32 [E]. Loaded arrays are read-only, in memory."""
+
+    node_ids: npt.NDArray[Any]
+    src: npt.NDArray[np.int64]
+    dst: npt.NDArray[np.int64]
+    time: npt.NDArray[np.float64]
+    rating: npt.NDArray[np.float32]
+
+    @property
+    def id_type(self) -> ids.IdType:
+        return "string" if self.node_ids.dtype.kind == "U" else "int64"
+
+    def as_dict(self) -> dict[str, npt.NDArray[Any]]:
+        return {"node_ids": self.node_ids, "src": self.src, "dst": self.dst, "time": self.time, "rating": self.rating}
+
+    def store(self) -> TemporalStore:
+        """The kernel's store over these edges (bundle.temporal)."""
+        return TemporalStore.from_arrays(self.src, self.dst, self.time, self.rating, len(self.node_ids))
+
+    def check(self, rating_range: tuple[float, float] | None = None) -> None:
+        """Lengths, id ranges, finite values, time order and (given) the policy's rating range."""
+        n, e = len(self.node_ids), len(self.src)
+        if n < 1:
+            raise BundleInvalid("graph/node_ids.npy is empty: a bundle needs at least one node")
+        try:
+            ids.check(self.node_ids)
+        except ids.IdError as exc:
+            raise BundleInvalid(f"graph/node_ids.npy: {exc}", {"file": "graph/node_ids.npy"}) from None
+        if not len(self.dst) == len(self.time) == len(self.rating) == e:
+            raise BundleInvalid(f"edge arrays differ in length: src {e}, dst {len(self.dst)}, time {len(self.time)}, "
+                                f"rating {len(self.rating)}")
+        for name, end in (("src", self.src), ("dst", self.dst)):
+            if e and (end.min() < 0 or end.max() >= n):
+                raise BundleInvalid(f"graph/{name}.npy holds indices outside 0..{n - 1}", {"file": f"graph/{name}.npy"})
+        for name, values in (("time", self.time), ("rating", self.rating)):
+            if not np.isfinite(values).all():
+                raise BundleInvalid(f"graph/{name} holds NaN or Inf values", {"file": f"graph/{name}.npy"})
+        if e and (np.diff(self.time) < 0).any():
+            raise BundleInvalid("graph/time.npy is not sorted by time (non-decreasing)", {"file": "graph/time.npy"})
+        if rating_range is not None and e:
+            lo, hi = rating_range
+            if self.rating.min() < lo or self.rating.max() > hi:
+                raise BundleInvalid(f"graph/rating.npy holds ratings outside the policy's [{lo}, {hi}]",
+                                    {"file": "graph/rating.npy"})
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -120,12 +185,13 @@ def with_version(manifest: Manifest) -> Manifest:
     return manifest.model_copy(update={"version": version_of(manifest), "digest": served_digest(manifest)})
 
 
-def save_graph(root: Path, arrays: GraphArrays) -> dict[str, str]:
+def save_graph(root: Path, arrays: GraphArrays | TemporalArrays) -> dict[str, str]:
     """Save the graph store as plain .npy files under root/graph -> {name: relative path}."""
     (root / "graph").mkdir()
     paths = {}
+    specs = TEMPORAL_ARRAYS if isinstance(arrays, TemporalArrays) else ARRAYS
     for name, array in arrays.as_dict().items():
-        dtype, ndim = ARRAYS[name]
+        dtype, ndim = specs[name]
         if not _fits(name, array.dtype, dtype, arrays.id_type) or array.ndim != ndim:
             want = np.dtype(dtype).name if name != "node_ids" else f"int64 or {ids.expected('string')}"
             raise BundleInvalid(f"{name}: the contract wants {want} with {ndim} dims, "
@@ -220,9 +286,10 @@ def _fits(name: str, found: np.dtype[Any], dtype: type[np.generic], id_type: ids
     return ids.dtype_fits(found, id_type) if name == "node_ids" else found == dtype
 
 
-def _array(buf: bytearray, name: str, rel: str, id_type: ids.IdType) -> npt.NDArray[Any]:
+def _array(buf: bytearray, name: str, rel: str, id_type: ids.IdType,
+           specs: dict[str, tuple[type[np.generic], int]] = ARRAYS) -> npt.NDArray[Any]:
     """Parse one .npy file held in `buf` without copying it -> a read-only array over `buf`."""
-    dtype, ndim = ARRAYS[name]
+    dtype, ndim = specs[name]
     head = io.BytesIO(bytes(buf[: (1 << 16) + 16]))  # a v1 header is at most 64 KiB
     try:
         major, _ = np.lib.format.read_magic(head)
@@ -243,8 +310,23 @@ def _array(buf: bytearray, name: str, rel: str, id_type: ids.IdType) -> npt.NDAr
     return array
 
 
+def load_temporal(served: dict[str, bytearray], manifest: Manifest) -> TemporalArrays:
+    """A temporal bundle's edge store parsed from the verified bytes of its files (read_verified)."""
+    graph, policy = manifest.graph, manifest.policy
+    assert isinstance(graph, TemporalGraphFiles) and isinstance(policy, TemporalRecent)  # Manifest checks the pair
+    a = {name: _array(served[rel], name, rel, graph.id_type, TEMPORAL_ARRAYS)
+         for name, rel in zip(TEMPORAL_GRAPH_FILES, graph.paths(), strict=True)}
+    arrays = TemporalArrays(a["node_ids"], a["src"], a["dst"], a["time"], a["rating"])
+    arrays.check((policy.rating_min, policy.rating_max))
+    if len(arrays.node_ids) != manifest.dataset.num_nodes:
+        raise BundleInvalid(f"node_ids holds {len(arrays.node_ids)} nodes but the manifest says "
+                            f"{manifest.dataset.num_nodes}", {"file": graph.node_ids})
+    return arrays
+
+
 def load_graph(served: dict[str, bytearray], manifest: Manifest) -> GraphArrays:
     """The graph store parsed from the verified bytes of its files (read_verified)."""
+    assert not isinstance(manifest.graph, TemporalGraphFiles)  # load_temporal reads those
     a = {name: _array(served[rel], name, rel, manifest.graph.id_type)
          for name, rel in zip(GRAPH_FILES + OPTIONAL_GRAPH_FILES, _graph_paths(manifest), strict=True) if rel}
     graph = GraphArrays(a["features"], a["node_ids"], CSR(a["indptr"], a["indices"], a["weights"]),
@@ -268,7 +350,7 @@ class Opened:
 
     manifest: Manifest
     raw_manifest: bytes
-    graph: GraphArrays
+    graph: GraphArrays | TemporalArrays  # TemporalArrays exactly when manifest.temporal
     model: bytes
 
 
@@ -281,4 +363,5 @@ def open_bundle(root: Path, key: bytes | None = None) -> Opened:
     if key is not None:
         signing.verify(root, raw, key)
     served = read_verified(root, manifest)
-    return Opened(manifest, raw, load_graph(served, manifest), bytes(served.pop(manifest.model.file)))
+    graph = load_temporal(served, manifest) if manifest.temporal else load_graph(served, manifest)
+    return Opened(manifest, raw, graph, bytes(served.pop(manifest.model.file)))

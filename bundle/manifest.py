@@ -3,13 +3,15 @@ has a fixed shape; `metrics`, `config`, `selection` and `dataset.source` are fre
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SerializerFunctionWrapHandler,
+    Tag,
     ValidationError,
     model_serializer,
     model_validator,
@@ -18,10 +20,12 @@ from pydantic import (
 from bundle.errors import BundleInvalid
 from bundle.ids import IdType
 from bundle.policy import Propagation, max_block_nodes
+from bundle.temporal import FEATURES, RELATIONS, TemporalPolicy
 
 SCHEMA_VERSION = 2
 GRAPH_FILES = ("features", "node_ids", "indptr", "indices", "weights")
 OPTIONAL_GRAPH_FILES = ("in_degree",)  # present exactly when policy.degree_input
+TEMPORAL_GRAPH_FILES = ("node_ids", "src", "dst", "time", "rating")  # a temporal bundle's edge store
 
 
 class _Strict(BaseModel):
@@ -82,6 +86,59 @@ class Policy(_Strict):
         return self
 
 
+class TemporalRecent(_Strict):
+    """The temporal policy (bundle.temporal): a node's block as of t holds up to `fanout` most recent
+    edges with time <= t per node and direction, `k_hops` deep. `features` and `relations` are the
+    kernel's FEATURES / RELATIONS as the job wrote them: the model was trained on exactly those
+    columns, so a reader whose kernel names others refuses the bundle. Ratings lie in
+    [rating_min, rating_max] (the data's range; writes are checked against it)."""
+
+    name: Literal["temporal_recent"]
+    fanout: int = Field(ge=1)
+    k_hops: int = Field(ge=1)
+    both_directions: bool
+    features: list[str]
+    relations: list[str]
+    rating_min: float = Field(allow_inf_nan=False)
+    rating_max: float = Field(allow_inf_nan=False)
+
+    @property
+    def graph_free(self) -> bool:
+        return False
+
+    @property
+    def degree_input(self) -> bool:
+        return False
+
+    @property
+    def kernel(self) -> TemporalPolicy:
+        return TemporalPolicy(self.fanout, self.k_hops, self.both_directions)
+
+    @property
+    def max_nodes(self) -> int:
+        return self.kernel.max_nodes()
+
+    @model_validator(mode="after")
+    def _names_are_the_kernels(self) -> TemporalRecent:
+        if tuple(self.features) != FEATURES or tuple(self.relations) != RELATIONS:
+            raise ValueError(f"features / relations differ from this release's kernel (bundle.temporal: "
+                             f"FEATURES {list(FEATURES)}, RELATIONS {list(RELATIONS)}); the model was trained on "
+                             "other columns: rebuild the bundle with this release's `distill run`")
+        if not self.rating_min <= self.rating_max:
+            raise ValueError("rating_min must be <= rating_max")
+        return self
+
+
+def _policy_name(value: Any) -> str:
+    """The discriminator: bundles of earlier releases may leave `name` out (topk_in_neighbours)."""
+    name = value.get("name", "topk_in_neighbours") if isinstance(value, dict) else getattr(value, "name", None)
+    return str(name)
+
+
+AnyPolicy = Annotated[Annotated[Policy, Tag("topk_in_neighbours")] | Annotated[TemporalRecent, Tag("temporal_recent")],
+                      Discriminator(_policy_name)]
+
+
 class GraphFiles(_Strict):
     """Relative paths of the graph arrays, and the kind of node ids (bundle.ids): `int64`, the default,
     is left out when dumped, so int bundles keep the manifest bytes and the digest of earlier releases."""
@@ -104,6 +161,31 @@ class GraphFiles(_Strict):
     def paths(self) -> list[str]:
         """The relative paths of the arrays present, in contract order (GRAPH_FILES, then optional ones)."""
         return [rel for rel in (getattr(self, name) for name in GRAPH_FILES + OPTIONAL_GRAPH_FILES) if rel is not None]
+
+
+class TemporalGraphFiles(_Strict):
+    """A temporal bundle's edge store: node_ids [N] (int64 or strings, bundle.ids) and the edges
+    src, dst int64 [E] (internal indices), time float64 [E] (unix seconds, non-decreasing),
+    rating float32 [E]. No features and no P: both are computed as of t (bundle.temporal)."""
+
+    node_ids: str
+    src: str
+    dst: str
+    time: str
+    rating: str
+    id_type: IdType = "int64"
+
+    def paths(self) -> list[str]:
+        return [getattr(self, name) for name in TEMPORAL_GRAPH_FILES]
+
+
+def _graph_kind(value: Any) -> str:
+    keys = value.keys() if isinstance(value, dict) else type(value).model_fields
+    return "temporal" if "src" in keys else "propagation"
+
+
+AnyGraphFiles = Annotated[Annotated[GraphFiles, Tag("propagation")] | Annotated[TemporalGraphFiles, Tag("temporal")],
+                          Discriminator(_graph_kind)]
 
 
 class Parity(_Strict):
@@ -163,8 +245,8 @@ class Manifest(_Strict):
     created_at: str
     dataset: DatasetInfo
     model: StudentModel
-    policy: Policy
-    graph: GraphFiles
+    policy: AnyPolicy
+    graph: AnyGraphFiles
     metrics: dict[str, Any]
     parity: Parity | None = None  # None only inside the job's staging directory, before the check
     config: dict[str, Any]
@@ -178,14 +260,23 @@ class Manifest(_Strict):
 
     @model_validator(mode="after")
     def _inputs_fit_policy(self) -> Manifest:
+        if isinstance(self.policy, TemporalRecent) != isinstance(self.graph, TemporalGraphFiles):
+            raise ValueError("a temporal_recent policy needs the temporal graph files (src, dst, time, rating) "
+                             "and they need it")
+        if isinstance(self.graph, TemporalGraphFiles) and self.dataset.num_features != len(FEATURES):
+            raise ValueError(f"a temporal bundle's num_features is {len(FEATURES)} (bundle.temporal.FEATURES)")
         if self.policy.graph_free != (self.model.inputs == ["x"]):
             raise ValueError("model.inputs, policy.propagation and policy.k_hops disagree")
-        if self.policy.degree_input != (self.graph.in_degree is not None):
+        if isinstance(self.graph, GraphFiles) and self.policy.degree_input != (self.graph.in_degree is not None):
             raise ValueError("graph.in_degree must be present exactly when policy.degree_input is true")
         if self.decision is not None and (self.dataset.num_classes != 2
                                           or self.decision.positive_class not in self.dataset.class_names):
             raise ValueError("decision needs a binary dataset and one of its class_names as positive_class")
         return self
+
+    @property
+    def temporal(self) -> bool:
+        return isinstance(self.policy, TemporalRecent)
 
     @property
     def served_files(self) -> list[str]:

@@ -99,12 +99,20 @@ def _build_side(owner: I64, other: I64, time: F64, rating: F32, num_nodes: int) 
 
 
 def _segment_running(values: F32, starts: I64, op: np.ufunc) -> F32:
-    """Running op (min / max) of `values` restarting at each group start; groups are contiguous."""
+    """Running op (min / max) of `values` restarting at each group start; groups are contiguous.
+    A Hillis-Steele scan: log2(longest group) vectorised passes, each combining a position with the
+    one `shift` back in its group. min / max are exact, so this equals the one-by-one loop; the
+    service rebuilds a store on every batch of graph writes, and the loop took ~100 ms at 35k edges."""
     out = values.copy()
-    for i in range(1, len(values)):  # one pass, once per store build
-        if starts[i] != i:
-            out[i] = op(out[i - 1], values[i])
-    return out
+    position = np.arange(len(values), dtype=np.int64)
+    shift = 1
+    while True:
+        back = position - shift
+        inside = np.flatnonzero(back >= starts)
+        if not len(inside):
+            return out
+        out[inside] = op(out[inside], out[back[inside]])
+        shift *= 2
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,64 @@ class TemporalStore:
             np.r_[self.time, np.asarray(time, dtype=np.float64)],
             np.r_[self.rating, np.asarray(rating, dtype=np.float32)],
             self.num_nodes if num_nodes is None else num_nodes)
+
+    def appended(self, src: npt.ArrayLike, dst: npt.ArrayLike, time: npt.ArrayLike, rating: npt.ArrayLike,
+                 num_nodes: int | None = None) -> TemporalStore:
+        """`extended`, equal array for array, without re-sorting the store: the new edges are
+        inserted into each sorted CSR view (a few milliseconds for a handful of edges at 10^5 edges,
+        where `extended` re-sorts everything). For the service's small groups of written edges."""
+        n = self.num_nodes if num_nodes is None else num_nodes
+        grown = TemporalStore(
+            np.r_[self.src, np.asarray(src, dtype=np.int64)], np.r_[self.dst, np.asarray(dst, dtype=np.int64)],
+            np.r_[self.time, np.asarray(time, dtype=np.float64)],
+            np.r_[self.rating, np.asarray(rating, dtype=np.float32)], n, self.received, self.given)
+        e = len(self.src)
+        new = slice(e, len(grown.src))
+        if len(grown.src) != len(grown.dst) or not (len(grown.src) == len(grown.time) == len(grown.rating)):
+            raise ValueError("edge arrays differ in length")
+        ends = np.r_[grown.src[new], grown.dst[new]]
+        if n < self.num_nodes or (len(ends) and (ends.min() < 0 or ends.max() >= n)):
+            raise ValueError(f"edge endpoints must lie in 0..{n - 1}")
+        if not (np.isfinite(grown.time[new]).all() and np.isfinite(grown.rating[new]).all()):
+            raise ValueError("edge times and ratings must be finite")
+        ids = np.arange(e, len(grown.src), dtype=np.int64)
+        return TemporalStore(grown.src, grown.dst, grown.time, grown.rating, n,
+                             _insert_side(self.received, grown.dst[new], grown.src[new], grown.time[new],
+                                          grown.rating[new], ids, n),
+                             _insert_side(self.given, grown.src[new], grown.dst[new], grown.time[new],
+                                          grown.rating[new], ids, n))
+
+
+def _insert_side(side: _Side, owner: I64, other: I64, time: F64, rating: F32, ids: I64, num_nodes: int) -> _Side:
+    """`side` with edges inserted where `_build_side` would sort them: after every existing edge
+    with the same (owner, time, other), in `ids` order among themselves (lexsort is stable)."""
+    indptr = np.r_[side.indptr, np.full(num_nodes + 1 - len(side.indptr), side.indptr[-1], dtype=np.int64)]
+    order = np.lexsort((ids, other, time, owner))
+    owner, other, time, rating, ids = owner[order], other[order], time[order], rating[order], ids[order]
+    at = np.empty(len(owner), dtype=np.int64)
+    for i, (o, t, x) in enumerate(zip(owner.tolist(), time.tolist(), other.tolist(), strict=True)):
+        lo, hi = int(indptr[o]), int(indptr[o + 1])
+        first = lo + int(np.searchsorted(side.time[lo:hi], t, side="left"))
+        last = lo + int(np.searchsorted(side.time[lo:hi], t, side="right"))
+        at[i] = first + int(np.searchsorted(side.other[first:last], x, side="right"))
+    oth, tim = np.insert(side.other, at, other), np.insert(side.time, at, time)
+    rat, edge = np.insert(side.rating, at, rating), np.insert(side.edge, at, ids)
+    indptr = indptr + np.r_[0, np.cumsum(np.bincount(owner, minlength=num_nodes))]
+    first_seen = np.insert(np.diff(side.cum_first_seen), at, 0.0)
+    run_min, run_max = np.insert(side.run_min, at, rating), np.insert(side.run_max, at, rating)
+    for o in np.unique(owner).tolist():  # only the touched groups change their running statistics
+        lo, hi = int(indptr[o]), int(indptr[o + 1])
+        first_seen[lo:hi] = 0.0
+        first_seen[lo + np.unique(oth[lo:hi], return_index=True)[1]] = 1.0
+        run_min[lo:hi] = np.minimum.accumulate(rat[lo:hi])
+        run_max[lo:hi] = np.maximum.accumulate(rat[lo:hi])
+    r64 = rat.astype(np.float64)
+    return _Side(
+        indptr=indptr, other=oth, time=tim, rating=rat, edge=edge,
+        cum_rating=np.r_[0.0, np.cumsum(r64)], cum_square=np.r_[0.0, np.cumsum(r64 * r64)],
+        cum_negative=np.r_[0.0, np.cumsum(r64 < 0)], cum_first_seen=np.r_[0.0, np.cumsum(first_seen)],
+        run_min=run_min, run_max=run_max,
+    )
 
 
 def _prefix_ends(side: _Side, nodes: I64, t: F64) -> I64:

@@ -217,11 +217,32 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from distill.temporal.data import LAYOUTS  # torch-free: the spec decides which job runs
+
+    if getattr(args, "dataset", "").partition(":")[0] in LAYOUTS:
+        return _run_temporal(args)
     cfg = run_config(args)
     from distill import pipeline, report  # torch/PyG import only once the arguments are valid
 
     rep = pipeline.run(cfg, args.out, force=args.force, progress=not args.quiet)
     print(report.markdown(rep))
+    print(f"bundle written to {args.out} in {rep['seconds']:.1f}s")
+    return 0
+
+
+def _run_temporal(args: argparse.Namespace) -> int:
+    """A temporal dataset (bitcoin-otc:PATH, temporal:PATH): the temporal job (distill/temporal/job.py),
+    which takes --seed (the split and initialisation) and no other training option."""
+    names = {f.name for f in cli_fields()}
+    other = sorted(k for k in vars(args) if k in names and k not in ("dataset", "seed"))
+    if other or args.config:
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in other) or "--config"
+        raise ConfigError(f"{flags} does not apply to the temporal dataset {args.dataset!r}: its job takes "
+                          "--dataset, --seed, --out, --force, --threads and --quiet (distill/temporal/job.py)")
+    from distill.temporal import job
+
+    rep = job.run(args.dataset, args.out, force=args.force, seed=getattr(args, "seed", 0), progress=not args.quiet)
+    print(job.markdown(rep))
     print(f"bundle written to {args.out} in {rep['seconds']:.1f}s")
     return 0
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bundle.errors import BundleInvalid
-from bundle.files import GraphArrays, open_bundle
-from bundle.manifest import Manifest, Policy
+from bundle.files import GraphArrays, TemporalArrays, open_bundle
+from bundle.manifest import Manifest, Policy, TemporalRecent
 from serve.errors import BundleError
 
 
@@ -20,7 +20,7 @@ class Bundle:
 
     root: Path
     manifest: Manifest
-    graph: GraphArrays
+    graph: GraphArrays | TemporalArrays  # TemporalArrays for a temporal bundle (serve/temporal_store.py)
     model: bytes = field(repr=False)
     raw_manifest: bytes = field(repr=False)  # the verified manifest's bytes (lineage hashes)
 
@@ -37,7 +37,7 @@ class Bundle:
         return list(self.manifest.dataset.class_names)
 
     @property
-    def policy(self) -> Policy:
+    def policy(self) -> Policy | TemporalRecent:
         return self.manifest.policy
 
     @property

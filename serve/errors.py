@@ -156,6 +156,25 @@ class WeightOutOfRange(ServeError):
     code = "weight_out_of_range"
 
 
+class RatingRequired(ServeError):
+    """A write to a temporal bundle gives an edge without its rating (`weight`): the model reads them."""
+
+    code = "rating_required"
+
+
+class NewNodesUnsupported(ServeError):
+    """`new_nodes` in a score request to a temporal bundle: its users have no features of their own
+    (they are computed from the rating history); new users come in through POST /v1/edges."""
+
+    code = "new_nodes_unsupported"
+
+
+class DirectedOnly(ServeError):
+    """`undirected: true` in a write to a temporal bundle: a rating goes from its rater to its ratee."""
+
+    code = "directed_only"
+
+
 # The one mapping from domain error to status code. An error not listed takes the entry of its nearest
 # listed base class (so a new subclass of BundleError is 503, not 500); only unlisted lines fall to 500.
 STATUS: dict[type[ServeError], int] = {
@@ -179,6 +198,9 @@ STATUS: dict[type[ServeError], int] = {
     NodeExists: 409,
     TimeNotMonotonic: 409,
     WeightOutOfRange: 422,
+    RatingRequired: 422,
+    NewNodesUnsupported: 422,
+    DirectedOnly: 422,
 }
 # Headers a status requires (RFC 6750: a 401 names the scheme the client should use); resolved likewise.
 HEADERS: dict[type[ServeError], dict[str, str]] = {

@@ -27,8 +27,8 @@ from typing import Any, Literal
 import numpy as np
 
 from bundle.errors import BundleInvalid
-from bundle.files import read_manifest
-from bundle.manifest import Manifest
+from bundle.files import TemporalArrays, read_manifest
+from bundle.manifest import Manifest, Policy, TemporalRecent
 from serve.bundle import Bundle, load
 from serve.dynamic import DynamicStore
 from serve.edge_log import Header
@@ -45,6 +45,7 @@ from serve.graph import BlockCache, GraphStore
 from serve.model import Model
 from serve.scoring import NewNode, Scorer
 from serve.settings import Settings
+from serve.temporal_store import TemporalGraph
 from serve.writes import Writer, WriteRules
 
 log = logging.getLogger("serve")
@@ -95,13 +96,24 @@ def open_service(root: Path, intra_op_threads: int = 1, cache_budget_bytes: int 
     what it evaluates is what is served."""
     bundle = load(root, key)
     model = Model(bundle, intra_op_threads)
-    store = (DynamicStore if growing else GraphStore)(bundle.graph, bundle.policy)
+    store = _store(bundle, growing)
     cache = BlockCache(store, cache_budget_bytes)
     if not growing:  # a growing graph is filled once its log is replayed (open_writer)
         cache.fill()
     scorer = Scorer(store, cache, model, pack_nodes)
     _probe(scorer, bundle.manifest.model.file)
     return Service(bundle, scorer)
+
+
+def _store(bundle: Bundle, growing: bool) -> GraphStore:
+    """The graph store of `bundle`: a temporal edge store (it always can grow), or the bundle's P,
+    growing with the edge log when `growing`."""
+    graph, policy = bundle.graph, bundle.policy
+    if isinstance(graph, TemporalArrays):
+        assert isinstance(policy, TemporalRecent)  # the manifest pairs them
+        return TemporalGraph(graph, policy)
+    assert isinstance(policy, Policy)
+    return (DynamicStore if growing else GraphStore)(graph, policy)
 
 
 def _probe(scorer: Scorer, model_file: str) -> None:
@@ -138,6 +150,7 @@ CONTRACT: dict[str, Callable[[Manifest], Any]] = {
     "class_names": lambda m: list(m.dataset.class_names),
     "inputs": lambda m: list(m.model.inputs),
     "id_type": lambda m: m.graph.id_type,  # requests carry ids of the served kind
+    "policy": lambda m: m.policy.name,  # a temporal bundle scores as of t and takes no new_nodes
     "selection_metric": lambda m: m.metrics.get("selection_metric"),  # compared only when both record it
 }
 
@@ -171,10 +184,13 @@ def open_writer(service: Service, path: Path, settings: Settings) -> Writer:
     """Open the edge log for `service` (its store grows: open_service(growing=True)) and replay it.
     One writer per log (EdgeLog.open locks it): a reload cannot take over a log the served bundle appends to."""
     store = service.scorer.store
-    assert isinstance(store, DynamicStore)
+    assert isinstance(store, DynamicStore | TemporalGraph)
     manifest = service.bundle.manifest
     rules = WriteRules(settings.edges_monotonic, settings.edges_undirected, settings.edge_weight_min,
                        settings.edge_weight_max, settings.max_write_items)
+    if isinstance(manifest.policy, TemporalRecent):  # ratings, directed, within the data's range, always given
+        rules = replace(rules, undirected=False, weight_min=manifest.policy.rating_min,
+                        weight_max=manifest.policy.rating_max, weight_required=True)
     writer = Writer.open(path, Header(manifest.version, manifest.digest or manifest.version), store,
                          service.scorer.cache, rules)
     service.scorer.cache.fill()
@@ -189,7 +205,7 @@ def warm_up(scorer: Scorer, runs: int) -> None:
     ids = store.node_ids[rng.integers(0, len(store.node_ids), size=max(runs, 1))].tolist()  # the bundle's nodes
     for i in range(runs):
         scorer.score(ids[i : i + 1 + (i % 8)])
-    if runs:
+    if runs and not isinstance(store, TemporalGraph):  # a temporal bundle takes no new nodes
         features = np.asarray(store.features[0], dtype=np.float32).tolist()
         scorer.score([], [NewNode(features, ids[:3])])
     scorer.cache.hits = scorer.cache.misses = 0

@@ -19,7 +19,8 @@ class NodeWrite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: NodeId
-    features: list[Feature] = Field(min_length=1, description="raw features, length = dataset.num_features")
+    features: list[Feature] = Field(description="raw features, length = dataset.num_features (a temporal bundle's "
+                                                "users have none: [])")
 
 
 class EdgeWrite(BaseModel):
@@ -31,7 +32,8 @@ class EdgeWrite(BaseModel):
     dst: NodeId
     time: Seconds | None = Field(None, description="unix seconds; default: the server's clock at the write")
     weight: Feature | None = Field(None, description="weight / rating, within [SERVE_EDGE_WEIGHT_MIN, "
-                                                     "SERVE_EDGE_WEIGHT_MAX] when set")
+                                                     "SERVE_EDGE_WEIGHT_MAX] when set; a temporal bundle needs it, "
+                                                     "within the manifest's policy.rating_min..rating_max")
 
 
 class EdgesRequest(BaseModel):
@@ -67,4 +69,6 @@ class GraphInfo(BaseModel):
     sequence: int = Field(description="last acknowledged write's sequence number (0: none)")
     log_bytes: int
     fsyncs: int = Field(description="fsyncs since start (group commit: fewer than writes under load)")
-    latest_edge_time: float | None = Field(description="the latest logged edge time (unix seconds); null: none")
+    latest_edge_time: float | None = Field(description="the latest logged edge time (unix seconds); null: none. A "
+                                                       "temporal bundle: the latest edge time of bundle and log, "
+                                                       "the default `as_of` of its scores")

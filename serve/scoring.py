@@ -13,9 +13,10 @@ import numpy as np
 import numpy.typing as npt
 
 from bundle.ids import NodeKey, to_array
-from serve.errors import InvalidFeatures, ModelOutputInvalid, UnknownNeighbors, UnknownNodes
+from serve.errors import InvalidFeatures, ModelOutputInvalid, NewNodesUnsupported, UnknownNeighbors, UnknownNodes
 from serve.graph import Block, BlockCache, GraphStore
 from serve.model import Model, softmax
+from serve.temporal_store import NO_NEW_NODES, CompactBlock, TemporalGraph
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -53,8 +54,11 @@ class Scorer:
               ) -> Scores:
         """Validate everything first (so a bad request costs no inference), then score. Ids are of the
         bundle's kind (store.id_type; bundle.ids.IdError, a ValueError, otherwise). `as_of` (unix
-        seconds): see only logged edges up to then (None: all)."""
+        seconds): see only logged edges up to then (None: all; a temporal bundle: as of its latest
+        edge time, serve/temporal_store.py)."""
         started = time.perf_counter()
+        if new_nodes and isinstance(self.store, TemporalGraph):
+            raise NewNodesUnsupported(NO_NEW_NODES, {"new_nodes": len(new_nodes)})
         internal = self._resolve(to_array(node_ids, self.store.id_type))
         new = [self._resolve_new(i, node) for i, node in enumerate(new_nodes)]
         # `as_of`: the graph as it was then (serve/dynamic.py), built per request; the cache holds the current one.
@@ -139,10 +143,11 @@ class Scorer:
         return block.x if block.x is not None else self.store.inputs(block.nodes)
 
     def _pack(self, blocks: Sequence[Block]) -> tuple[F32, F32 | None, I64]:
-        """Blocks -> x [n, F], block-diagonal adj [n, n] (None for graph-free), target rows [b]."""
+        """Blocks -> x [n, F], block-diagonal adj [n, n] (None for graph-free; [R, n, n] for a
+        temporal student, block-diagonal per relation), target rows [b]."""
         if len(blocks) == 1:
             b = blocks[0]
-            return self._features(b), b.adj, np.array([b.target], dtype=np.int64)
+            return self._features(b), _adjacency(b), np.array([b.target], dtype=np.int64)
         sizes = np.array([b.size for b in blocks], dtype=np.int64)
         starts = np.cumsum(sizes) - sizes
         x = np.concatenate([self._features(b) for b in blocks])
@@ -150,10 +155,18 @@ class Scorer:
         if self.model.graph_free:
             return x, None, rows
         n = int(sizes.sum())
-        adj = np.zeros((n, n), dtype=np.float32)
-        for start, b in zip(starts.tolist(), blocks, strict=True):
-            adj[start:start + b.size, start:start + b.size] = b.adj
+        dense = [_adjacency(b) for b in blocks]
+        first = dense[0]
+        assert first is not None  # graph students: every block has one
+        adj = np.zeros((*first.shape[:-2], n, n), dtype=np.float32)
+        for start, b, a in zip(starts.tolist(), blocks, dense, strict=True):
+            adj[..., start:start + b.size, start:start + b.size] = a
         return x, adj, rows
+
+
+def _adjacency(block: Block) -> F32 | None:
+    """A block's dense adj: as stored, or densified from a temporal block's cached edges."""
+    return block.dense() if isinstance(block, CompactBlock) else block.adj
 
 
 def _softmax(logits: F32) -> F32:

@@ -22,6 +22,7 @@ from serve.dynamic import DynamicStore
 from serve.errors import Unauthorized, WritesDisabled
 from serve.schemas import OVERLOADED, ErrorResponse
 from serve.schemas_edges import EdgesRequest, EdgesResponse, GraphInfo
+from serve.temporal_store import TemporalGraph
 
 router = APIRouter(tags=["graph"], route_class=JsonRoute)
 RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -34,8 +35,9 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         (413, "batch_too_large (nodes + edges over SERVE_MAX_WRITE_ITEMS) or body_too_large"),
         (415, "unsupported_media_type or unsupported_encoding"),
         (422, "empty_batch, invalid_features (wrong width, not finite as float32), weight_out_of_range (outside "
-              "SERVE_EDGE_WEIGHT_MIN..MAX), malformed_json or invalid_request (schema: NaN, negative time, ids of "
-              "the other kind, extra keys)"),
+              "SERVE_EDGE_WEIGHT_MIN..MAX; a temporal bundle: its rating range), rating_required / directed_only "
+              "(a temporal bundle's edges are directed ratings), malformed_json or invalid_request (schema: NaN, "
+              "negative time, ids of the other kind, extra keys)"),
         (503, f"not_ready, edge_log_invalid (a log write or fsync failed: writes are off until a restart) or "
               f"{OVERLOADED}"),
     )
@@ -95,7 +97,7 @@ async def edges(_enabled: Annotated[None, Depends(require_writes)], _auth: Annot
             summary="the served graph: bundle nodes, what the edge log added, the log's sequence and size")
 async def graph(service: ServiceDep) -> GraphInfo:
     store, writer = service.scorer.store, service.writes
-    grown = store if isinstance(store, DynamicStore) else None
+    grown = store if isinstance(store, DynamicStore | TemporalGraph) else None
     latest = None if grown is None or not math.isfinite(grown.max_time) else grown.max_time
     return GraphInfo(
         writes_enabled=writer is not None, bundle_nodes=grown.n_base if grown else store.num_nodes,

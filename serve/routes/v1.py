@@ -34,7 +34,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (422, "empty_batch, invalid_features (wrong length, not finite as float32), malformed_json (not "
               "UTF-8 JSON), invalid_request (schema violation: wrong types, NaN/Infinity literals, extra keys; "
               "ids of the other kind than the bundle's: strings for an int64 bundle or integers for a string one; "
-              "a threshold outside [0, 1] or on a multi-class model; top_k outside 1..classes)"),
+              "a threshold outside [0, 1] or on a multi-class model; top_k outside 1..classes), "
+              "new_nodes_unsupported (new_nodes sent to a temporal bundle)"),
         (503, "not_ready (the bundle is loading or was refused), model_output_invalid (the model produced "
               f"non-finite scores) or {OVERLOADED}"),
     )
