@@ -98,16 +98,23 @@ def run_split(spec: str, split: int, seeds: range, variants: list[str], hidden: 
         assert isinstance(teacher_out, TypedOutputs)
         t_cka = {t: 1.0 for t in teacher_out.typed[0]}
         rows.append({**_row("teacher", seed, trained.metrics, t_cka, trained.metrics.get("best_val"),
-                            trained.metrics.get("seconds", 0.0)), "split": split})
+                            trained.metrics.get("seconds", 0.0)), "split": split, "dataset": ds.name})
         bar.update()
         for variant in variants:
             row = student_row(ds, variant, seed, norm, teacher_out, hidden, cfg.train_config, device)
-            rows.append({**row, "split": split})
+            rows.append({**row, "split": split, "dataset": ds.name})
             bar.update()
             bar.write(f"  split {split} seed {seed} {variant:<9} macro-F1 {row['macro_f1']:.4f} "
                       f"cka {' '.join(f'{t} {v:.3f}' for t, v in row['cka'].items())} ({row['seconds']:.0f}s)")
             save()
     bar.close()
+
+
+def _setting(rows: list[dict[str, Any]], split: int) -> str:
+    """How a split is named: ACM's by its labels per class (HeCo's 20 / 40 / 60), others by dataset and
+    split (rows of earlier ACM runs carry no dataset name)."""
+    name = next((r.get("dataset", "acm") for r in rows if r["split"] == split), "acm")
+    return f"{(20, 40, 60)[split]} labels per class" if name == "acm" and split < 3 else f"{name}, split {split}"
 
 
 def _ms(values: list[float]) -> str:
@@ -118,7 +125,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: per split, one line per model: metrics mean ± std, paired Macro-F1 gain over
     scratch (seeds up), gap to the teacher, per-type CKA to the teacher."""
     types = list(rows[0]["cka"])
-    head = ("| labels/class | model | " + " | ".join(METRICS.values()) + " | gain vs scratch (macro-F1, seeds up) "
+    head = ("| setting | model | " + " | ".join(METRICS.values()) + " | gain vs scratch (macro-F1, seeds up) "
             "| gap to teacher | " + " | ".join(f"CKA {t}" for t in types) + " |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for split in sorted({r["split"] for r in rows}):
@@ -132,7 +139,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"{100 * np.mean(gains):+.2f} ± {100 * np.std(gains):.2f} ({sum(g > 0 for g in gains)}/{len(gains)})"
             gap = "" if model == "teacher" else f"{100 * (np.mean([r['macro_f1'] for r in sel]) - teacher):+.2f}"
             cka = " | ".join("" if model == "teacher" else _ms([r["cka"][t] for r in sel]) for t in types)
-            lines.append(f"| {(20, 40, 60)[split] if split < 3 else split} ({len(sel)} seeds) | {LABELS[model]} | "
+            lines.append(f"| {_setting(rows, split)} ({len(sel)} seeds) | {LABELS[model]} | "
                          + " | ".join(_ms([r[k] for r in sel]) for k in METRICS) + f" | {gain} | {gap} | {cka} |")
     return "\n".join(lines)
 
@@ -175,14 +182,14 @@ def figure(rows: list[dict[str, Any]]) -> Any:
                   for m in models}
         _bars(axes[0, col], [METRICS["macro_f1"], METRICS["auroc"]], models, metric)
         axes[0, col].set_ylabel("test score")
-        axes[0, col].set_title(f"{(20, 40, 60)[split]} labels per class: test metrics\n(mean ± std, {seeds} seeds)",
+        axes[0, col].set_title(f"{_setting(rows, split)}: test metrics\n(mean ± std, {seeds} seeds)",
                                fontsize=10)
         types = list(srows[0]["cka"])
         cka = {(t, m): [r["cka"][t] for r in srows if r["model"] == m] for t in types for m in students}
         _bars(axes[1, col], types, students, cka)
         axes[1, col].set_ylabel("debiased linear CKA to the teacher (layer 1)")
         axes[1, col].set_xlabel("node type")
-        axes[1, col].set_title(f"{(20, 40, 60)[split]} labels per class: per-type embedding alignment", fontsize=10)
+        axes[1, col].set_title(f"{_setting(rows, split)}: per-type embedding alignment", fontsize=10)
     fig.legend(handles=[Patch(color=COLOURS[m], label=LABELS[m]) for m in models], loc="upper center",
                ncol=len(models), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
@@ -191,9 +198,9 @@ def figure(rows: list[dict[str, Any]]) -> Any:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", help="a heterogeneous dataset spec, e.g. acm:PATH")
-    ap.add_argument("--split", type=int, action="append", default=[], help="0 | 1 | 2 = 20 / 40 / 60 labels per "
-                    "class (repeatable; default 0)")
+    ap.add_argument("--dataset", help="a heterogeneous dataset spec, e.g. acm:PATH or synthetic-hetero")
+    ap.add_argument("--split", type=int, action="append", default=[], help="ACM: 0 | 1 | 2 = 20 / 40 / 60 labels "
+                    "per class (repeatable; default 0)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--variants", default="scratch,per-type,pooled", help=f"comma-separated, of {list(VARIANTS)}")

@@ -5,7 +5,10 @@ Specs: `synthetic[:key=value,...]`, `planetoid:PATH` (folder holding `raw/ind.<n
 `Network`, `Attributes`, `Label`, e.g. Amazon review fraud; no fixed split, so `--split K` seeds a
 stratified 40 / 20 / 40 % train / validation / test split), `acm:PATH` (heterogeneous ACM in HeCo's
 layout, served through its paper-author-paper meta-path graph; `--split 0 | 1 | 2` = 20 / 40 / 60
-labels per class; distill/hetero.py). Source files are only read, never written.
+labels per class; distill/hetero.py), `synthetic-hetero[:key=value,...]` (the built-in heterogeneous
+fraud graph of users, transactions and devices, fraud on transactions, served through its
+transaction-user-transaction and transaction-device-transaction meta-path graph;
+distill/hetero_synthetic.py). Source files are only read, never written.
 
 An `npz:` file may also hold `node_ids` [N] (strings or integers, unique; bundle.ids): the graph's
 own external ids, written into the bundle and served. Without it, and for the other kinds, node i is
@@ -31,11 +34,11 @@ from torch_geometric.data import Data, HeteroData
 from torch_geometric.utils import coalesce
 
 from bundle import ids
-from distill import hetero, sources, synthetic
+from distill import hetero, hetero_synthetic, sources, synthetic
 from distill.errors import DatasetError
 from distill.safe_pickle import RestrictedPickle
 
-KINDS = ("synthetic", "planetoid", "npz", "mat", "acm")
+KINDS = ("synthetic", "synthetic-hetero", "planetoid", "npz", "mat", "acm")
 MAT_KEYS = ("Network", "Attributes", "Label")
 SPLIT_SHARES = (0.4, 0.2)  # train, validation; the rest is test (as PC-GNN and others split these graphs)
 NPZ_KEYS = ("node_features", "node_labels", "edges", "train_masks", "val_masks", "test_masks")
@@ -70,9 +73,11 @@ def load_dataset(spec: str, split: int = 0) -> Dataset:
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
         return _synthetic(spec, arg)
+    if kind == "synthetic-hetero":
+        return _synthetic_hetero(spec, arg)
     if kind not in KINDS or not arg:
         raise DatasetError(
-            f"dataset spec {spec!r}: expected one of 'synthetic[:key=value,...]', "
+            f"dataset spec {spec!r}: expected one of 'synthetic[:key=value,...]', 'synthetic-hetero[:key=value,...]', "
             "'planetoid:PATH|NAME', 'npz:PATH|NAME', 'mat:PATH' or 'acm:PATH'"
         )
     path = sources.resolve(kind, arg, spec)
@@ -101,6 +106,19 @@ def _synthetic(spec: str, arg: str) -> Dataset:
     data = _to_data(arrays["x"], arrays["y"], arrays["edge_index"], arrays)
     source = {"kind": "synthetic", "spec": spec, "config": cfg.record()}
     return Dataset(data, "synthetic", synthetic.CLASS_NAMES, source, node_ids=synthetic.node_ids(cfg))
+
+
+def _synthetic_hetero(spec: str, arg: str) -> Dataset:
+    """Transactions over the transaction-user-transaction and transaction-device-transaction meta-paths."""
+    cfg = hetero_synthetic.HeteroSyntheticConfig.parse(arg)
+    graph = hetero_synthetic.generate(cfg)
+    tx = graph[hetero_synthetic.TARGET]
+    edges = torch.cat([hetero.metapath_edges(graph, via, hetero_synthetic.TARGET) for via in ("user", "device")], 1)
+    masks = {name: tx[f"{name}_mask"].numpy() for name in ("train", "val", "test")}
+    data = _to_data(tx.x.numpy(), tx.y.numpy(), edges.numpy(), masks)
+    source = {"kind": "synthetic-hetero", "spec": spec, "config": cfg.record(),
+              "view": "transaction-user-transaction + transaction-device-transaction"}
+    return Dataset(data, "synthetic-hetero", hetero_synthetic.CLASS_NAMES, source, graph)
 
 
 def _planetoid(spec: str, path: Path, split: int) -> Dataset:

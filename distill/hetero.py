@@ -8,7 +8,8 @@ validation and 1,000 test papers each.
 The homogeneous view, what a homogeneous teacher or student trains on, is the paper-author-paper
 meta-path graph (two papers are linked when they share an author): the "meta-path" route the
 design names for distilling a heterogeneous graph into a homogeneous student. The typed graph is
-kept beside it (`Dataset.hetero`) for type-aware models.
+kept beside it (`Dataset.hetero`) for type-aware models. `metapath_edges` and `target_type` take
+any HeteroData (distill/hetero_synthetic.py's fraud graph goes through them too).
 """
 
 from __future__ import annotations
@@ -81,15 +82,27 @@ def _check_links(spec: str, links: np.ndarray, papers: int, others: int | None, 
                            "node counts")
 
 
-def metapath_edges(data: HeteroData, via: str = "author") -> torch.Tensor:
-    """The paper-`via`-paper meta-path graph: an edge between every two distinct papers sharing a
-    `via` node -> edge_index int64 [2, E] over papers, both directions, coalesced."""
+def metapath_edges(data: HeteroData, via: str = "author", target: str = "paper") -> torch.Tensor:
+    """The `target`-`via`-`target` meta-path graph (ACM: paper-author-paper): an edge between every
+    two distinct `target` nodes sharing a `via` node -> edge_index int64 [2, E] over `target` nodes,
+    both directions, coalesced. Raises DatasetError when no relation links `target` to `via`."""
     import scipy.sparse as sp
 
-    rel = next(r for (src, r, dst) in data.edge_types if src == "paper" and dst == via)
-    src, dst = data["paper", rel, via].edge_index.numpy()
+    rel = next((r for (src, r, dst) in data.edge_types if src == target and dst == via), None)
+    if rel is None:
+        raise DatasetError(f"no relation from {target!r} to {via!r}; the graph has {data.edge_types}")
+    src, dst = data[target, rel, via].edge_index.numpy()
     incidence = sp.csr_matrix((np.ones(len(src), dtype=np.float32), (src, dst)),
-                              shape=(data["paper"].num_nodes, data[via].num_nodes))
+                              shape=(data[target].num_nodes, data[via].num_nodes))
     both = (incidence @ incidence.T).tocoo()
     keep = both.row != both.col
     return torch.from_numpy(np.stack([both.row[keep], both.col[keep]]).astype(np.int64))
+
+
+def target_type(data: HeteroData) -> str:
+    """The labelled node type (the one holding `y`); raises DatasetError unless exactly one has labels."""
+    labelled = [t for t in data.node_types if "y" in data[t]]
+    if len(labelled) != 1:
+        raise DatasetError(f"a heterogeneous graph needs exactly one labelled node type; {labelled or 'none'} "
+                           f"of {data.node_types} hold labels")
+    return labelled[0]

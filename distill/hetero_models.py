@@ -14,9 +14,8 @@ from torch_geometric.data import HeteroData
 from torch_geometric.nn import HeteroConv, SAGEConv
 
 from distill.errors import ConfigError
+from distill.hetero import target_type
 from distill.models import FeatureNorm, NodeOutputs, input_dropout
-
-TARGET = "paper"
 
 
 @dataclass
@@ -35,10 +34,12 @@ class HeteroSAGE(nn.Module):
     residual, a classifier on the target type."""
 
     def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
-                 dropout: float = 0.5, graph: HeteroData | None = None, target: str = TARGET) -> None:
+                 dropout: float = 0.5, graph: HeteroData | None = None, target: str | None = None) -> None:
         super().__init__()
         if graph is None:
             raise ConfigError("a heterogeneous teacher needs a heterogeneous dataset (e.g. acm:PATH)")
+        # The labelled type by default: the one holding `y` (ACM's papers, synthetic-hetero's transactions).
+        target = target or target_type(graph)
         self.dropout, self.target = dropout, target
         self.node_types, self.edge_types = graph.metadata()
         self._edge_keys = [f"edges_{i}" for i in range(len(self.edge_types))]

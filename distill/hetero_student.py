@@ -33,7 +33,8 @@ from torch_geometric.data import HeteroData
 
 from distill.errors import ConfigError
 from distill.export import OPSET
-from distill.hetero_models import TARGET, TypedOutputs
+from distill.hetero import target_type
+from distill.hetero_models import TypedOutputs
 from distill.models import FeatureNorm, input_dropout
 
 Relation = tuple[str, str, str]
@@ -56,8 +57,10 @@ class TypedSchema:
     num_nodes: tuple[int, ...]  # per node type, in node_types order
 
     @classmethod
-    def of(cls, graph: HeteroData, target: str = TARGET) -> TypedSchema:
+    def of(cls, graph: HeteroData, target: str | None = None) -> TypedSchema:
+        """The schema of `graph`; `target` defaults to its labelled type (the one holding `y`)."""
         node_types, edge_types = graph.metadata()
+        target = target or target_type(graph)
         if target not in node_types:
             raise ConfigError(f"target type {target!r} is not a node type of the graph; it has {node_types}")
         widths = tuple(int(graph[t].x.size(1)) if "x" in graph[t] else 0 for t in node_types)
@@ -80,13 +83,14 @@ class TypedSAGE(nn.Module):
     layers (hidden width between, classes at the end, target type only in the last)."""
 
     def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
-                 dropout: float = 0.5, graph: HeteroData | None = None, target: str = TARGET) -> None:
+                 dropout: float = 0.5, graph: HeteroData | None = None, target: str | None = None) -> None:
         super().__init__()
         if graph is None:
             raise ConfigError("a type-aware student needs a heterogeneous dataset (e.g. acm:PATH)")
         if num_layers < 1:
             raise ConfigError(f"num_layers={num_layers} must be >= 1")
         self.schema = TypedSchema.of(graph, target)
+        target = self.schema.target
         if self.schema.width(target) != in_channels:
             raise ConfigError(f"in_channels={in_channels} but the graph's {target} features have "
                               f"{self.schema.width(target)} columns")
