@@ -7,15 +7,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 
-from serve.body import JsonRoute, malformed, parse, require_json
+from serve.body import JsonRoute, read_model
 from serve.dependencies import AdminAuth, BuilderDep, MetricsDep, RuntimeDep, SettingsDep
 from serve.errors import BundleIncompatible, BundleNotAllowed, BundleNotFound, BundleRejected
 from serve.schemas import OVERLOADED, ErrorResponse, ReloadRequest, ReloadResponse
@@ -44,13 +41,7 @@ BODY_SCHEMA = {"required": True, "content": {"application/json": {"schema": Relo
 async def read_body(request: Request) -> ReloadRequest:
     """Parse the body only after authorisation (FastAPI would parse a declared body before any
     dependency runs, answering unauthenticated callers with schema errors). Same 415s and 422s as elsewhere."""
-    require_json(request.headers)
-    try:
-        return ReloadRequest.model_validate(parse(await request.body()))
-    except json.JSONDecodeError as exc:
-        raise malformed(exc) from None
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from None
+    return await read_model(request, ReloadRequest)
 
 
 @router.post("/admin/reload", response_model=ReloadResponse, responses=RESPONSES,

@@ -7,16 +7,13 @@ own rules (404 / 409 / 413 / 422)."""
 from __future__ import annotations
 
 import hmac
-import json
 import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import ValidationError
 
-from serve.body import JsonRoute, malformed, parse, require_json
+from serve.body import JsonRoute, read_model
 from serve.dependencies import BEARER, MetricsDep, RuntimeDep, ServiceDep, SettingsDep
 from serve.dynamic import DynamicStore
 from serve.errors import Unauthorized, WritesDisabled
@@ -65,13 +62,7 @@ async def require_writer(settings: SettingsDep,
 
 async def read_body(request: Request) -> EdgesRequest:
     """Parsed only after the token is checked (as /admin/reload does)."""
-    require_json(request.headers)
-    try:
-        return EdgesRequest.model_validate(parse(await request.body()))
-    except json.JSONDecodeError as exc:
-        raise malformed(exc) from None
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors()) from None
+    return await read_model(request, EdgesRequest)
 
 
 @router.post("/v1/edges", response_model=EdgesResponse, responses=RESPONSES, openapi_extra={"requestBody": BODY_SCHEMA},
