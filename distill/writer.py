@@ -124,12 +124,17 @@ def finish(root: Path, staged: Manifest, rep: dict[str, Any], parity: Parity, ex
     metrics = {k: rep[k] for k in report.ROLES}
     manifest = staged.model_copy(update={"metrics": metrics, "parity": parity, "files": files.file_hashes(root),
                                          **extra})
+    return seal(root, manifest)
+
+
+def seal(root: Path, manifest: Manifest) -> Manifest:
+    """Write the final, versioned `manifest` into the staged bundle at `root`, sign it when
+    DISTILL_BUNDLE_KEY is set, and read the bundle back as a reader will (model_copy does not
+    validate): a bundle this job cannot open itself must never be renamed into place."""
     files.write_manifest(root, files.with_version(manifest))
     key = signing_key()
     if key is not None:
         signing.sign(root, key)
-    # Read back exactly what a reader will see (model_copy does not validate): a bundle this job
-    # cannot open itself must never be renamed into place.
     try:
         return files.open_bundle(root, key).manifest
     except BundleInvalid as exc:

@@ -35,7 +35,7 @@ from bundle.ids import NodeKey, to_array
 from bundle.manifest import Policy
 from serve.edge_log import Entry, NodeRecord
 from serve.errors import EdgeLogError
-from serve.graph import F32, I64, Block, GraphStore
+from serve.graph import F32, I64, Block, GraphStore, with_added
 
 EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -80,12 +80,7 @@ class DynamicStore(GraphStore):
 
     def lookup(self, ids: npt.NDArray[Any]) -> tuple[I64, npt.NDArray[Any]]:
         """GraphStore.lookup, then the nodes added since the bundle (a dict: they are few)."""
-        idx, unknown = super().lookup(ids)
-        if len(unknown) and self._new_ids:
-            for pos in np.flatnonzero(idx < 0).tolist():
-                idx[pos] = self._new_ids.get(ids[pos].item(), -1)
-            unknown = np.unique(ids[idx < 0])
-        return idx, unknown
+        return with_added(super().lookup(ids), ids, self._new_ids)
 
     def block(self, node: int) -> Block:
         return GraphView(self, None).block(node)

@@ -58,6 +58,17 @@ class PastGraph(Protocol):
     def new_node_block(self, features: F32, neighbors: I64) -> Block: ...
 
 
+def with_added(found: tuple[I64, npt.NDArray[Any]], ids: npt.NDArray[Any],
+               added: dict[Any, int]) -> tuple[I64, npt.NDArray[Any]]:
+    """A bundle lookup's (internal indices [b], unknown ids) completed with the nodes added by graph
+    writes since the bundle (`added`: external id -> internal index; a dict, since they are few)."""
+    idx, unknown = found
+    if len(unknown) and added:
+        for pos in np.flatnonzero(idx < 0).tolist():
+            idx[pos] = added.get(ids[pos].item(), -1)
+        unknown = np.unique(ids[idx < 0])
+    return idx, unknown
+
 class GraphStore:
     """The bundle's CSR propagation matrix P (rows = targets), features and external-id index."""
 

@@ -36,7 +36,7 @@ from bundle.temporal import FEATURES, TemporalBlock, TemporalStore, block, node_
 from serve.dynamic import Applied
 from serve.edge_log import Entry
 from serve.errors import EdgeLogError, NewNodesUnsupported
-from serve.graph import BLOCK_OVERHEAD, F32, I64, Block, GraphStore
+from serve.graph import BLOCK_OVERHEAD, F32, I64, Block, GraphStore, with_added
 
 EMPTY = np.zeros(0, dtype=np.int64)
 APPEND_MAX = 2000  # edges per flush inserted one by one; more (a replayed log) are re-sorted at once
@@ -146,12 +146,7 @@ class TemporalGraph(GraphStore):
 
     def lookup(self, ids: npt.NDArray[Any]) -> tuple[I64, npt.NDArray[Any]]:
         """GraphStore.lookup, then the users added by writes (a dict: they are few)."""
-        idx, unknown = self.index.lookup(ids)
-        if len(unknown) and self._new_ids:
-            for pos in np.flatnonzero(idx < 0).tolist():
-                idx[pos] = self._new_ids.get(ids[pos].item(), -1)
-            unknown = np.unique(ids[idx < 0])
-        return idx, unknown
+        return with_added(self.index.lookup(ids), ids, self._new_ids)
 
     def block(self, node: int) -> Block:
         """The block of `node` as of now (structure only: `inputs` adds the features per request)."""

@@ -19,13 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from bundle import files, signing
-from bundle.errors import BundleInvalid
+from bundle import files
 from bundle.manifest import SCHEMA_VERSION, DatasetInfo, Manifest, StudentModel, TemporalGraphFiles, TemporalRecent
 from bundle.publish import staging
 from bundle.temporal import FEATURES, RELATIONS
 from distill import served, writer
-from distill.errors import DistillError
 from distill.export import OPSET
 from distill.temporal import served as temporal_served
 from distill.temporal.data import TemporalDataset, load_temporal
@@ -123,14 +121,7 @@ def _finish(root: Path, staged: Manifest, rep: dict[str, Any], check: temporal_s
                "served_test": rep["served"]["test"], "test": rep["test"], "users_per_k": rep["users_per_k"]}
     manifest = staged.model_copy(update={"metrics": metrics, "parity": check.parity, "decision": check.decision,
                                          "files": files.file_hashes(root)})
-    files.write_manifest(root, files.with_version(manifest))
-    key = writer.signing_key()
-    if key is not None:
-        signing.sign(root, key)
-    try:
-        return files.open_bundle(root, key).manifest
-    except BundleInvalid as exc:
-        raise DistillError(f"the bundle just written does not read back: {exc.message}") from None
+    return writer.seal(root, manifest)
 
 
 def run(spec: str, out: Path, force: bool = False, seed: int = 0, progress: bool = True,
