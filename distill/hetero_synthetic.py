@@ -26,7 +26,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from distill.errors import DatasetError
-from distill.synthetic import _stratified_split
+from distill.synthetic import stratified_masks
 
 CLASS_NAMES = ("legit", "fraud")
 TARGET = "transaction"
@@ -125,7 +125,7 @@ def generate(cfg: HeteroSyntheticConfig) -> HeteroData:
     tx = data[TARGET]
     tx.x = torch.from_numpy(_transaction_features(links.y, cfg, rng))
     tx.y = torch.from_numpy(links.y)
-    for name, mask in _stratified_split(links.y, rng, cfg.train_share).items():
+    for name, mask in stratified_masks(links.y, rng, cfg.train_share).items():
         tx[f"{name}_mask"] = torch.from_numpy(mask)
     data["user"].x = torch.from_numpy(_user_features(links.ring_user, cfg, rng))
     data["device"].x = torch.from_numpy(_device_features(links.ring_device, cfg, rng))

@@ -133,11 +133,13 @@ def generate(cfg: SyntheticConfig) -> dict[str, np.ndarray]:
     # Informative but noisy: class centroids sit `signal` apart in a random direction, noise is unit.
     centroids = rng.normal(size=(3, cfg.features)) * cfg.signal
     x = (centroids[y] + rng.normal(size=(n, cfg.features))).astype(np.float32)
-    masks = _stratified_split(y, rng, cfg.train_share)
+    masks = stratified_masks(y, rng, cfg.train_share)
     return {"x": x, "y": y.astype(np.int64), "edge_index": edge_index, **masks}
 
 
-def _stratified_split(y: np.ndarray, rng: np.random.Generator, share: float) -> dict[str, np.ndarray]:
+def stratified_masks(y: np.ndarray, rng: np.random.Generator, share: float) -> dict[str, np.ndarray]:
+    """Seeded per-class split: `share` of each class for training (at least one), the next VAL_SHARE
+    for validation, the rest test -> bool masks [N] by name. Shared by the homogeneous and heterogeneous generators."""
     masks = {name: np.zeros(len(y), dtype=bool) for name in ("train", "val", "test")}
     for c in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == c))
