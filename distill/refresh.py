@@ -63,6 +63,9 @@ def read_parent(root: Path) -> ParentBundle:
         bundle = open_service(root, key=writer.signing_key()).bundle
     except (BundleInvalid, BundleError) as exc:
         raise DistillError(f"--bundle {root}: {exc.message}; refusing to refresh") from None
+    if bundle.manifest.policy.name != "topk_in_neighbours":
+        raise DistillError(f"--bundle {root} is a {bundle.manifest.policy.name} (temporal) bundle, which refresh does "
+                           "not re-distil yet; write the next one with `distill run --dataset <its temporal spec>`")
     return ParentBundle(root, bundle.manifest, bundle.raw_manifest)
 
 

@@ -82,3 +82,13 @@ def test_a_missing_temporal_folder_exits_2(tmp_path: Path, capsys: pytest.Captur
     args: list[Any] = ["run", "--dataset", f"bitcoin-otc:{tmp_path / 'none'}", "--out", str(tmp_path / "b")]
     assert cli.main(args) == 2
     assert "otc_network.csv not found" in capsys.readouterr().err
+
+
+def test_refresh_of_a_temporal_bundle_exits_2_naming_the_way(bundle: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    data = bundle.parent / "data"
+    code = cli.main(["refresh", "--bundle", str(bundle), "--dataset", f"bitcoin-otc:{data}", "--out",
+                     str(tmp_path / "child"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "temporal_recent" in err and "distill run --dataset" in err
+    assert not (tmp_path / "child").exists()
