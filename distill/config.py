@@ -61,8 +61,9 @@ def _opt(group: str, default: object, help: str, choices: tuple[str, ...] | None
 class RunConfig:
     """Everything `distill run` needs. Field order is the order of `distill run --help`."""
 
-    dataset: str = _opt("data", "synthetic", "dataset spec: synthetic[:key=value,...] | planetoid:PATH | npz:PATH | "
-                                             "mat:PATH | acm:PATH; or by name, downloaded once into "
+    dataset: str = _opt("data", "synthetic", "dataset spec: synthetic[:key=value,...] | "
+                                             "synthetic-hetero[:key=value,...] | planetoid:PATH | npz:PATH | "
+                                             "mat:PATH | acm:PATH | bitcoin-otc:PATH; or by name, downloaded once into "
                                              "$GRAPH_DISTILL_CACHE (default ~/.cache/graph-distill): "
                                              "planetoid:Cora|CiteSeer|PubMed, "
                                              "npz:tolokers|roman_empire|amazon_ratings|minesweeper|questions")

@@ -78,7 +78,7 @@ def load_dataset(spec: str, split: int = 0) -> Dataset:
     if kind not in KINDS or not arg:
         raise DatasetError(
             f"dataset spec {spec!r}: expected one of 'synthetic[:key=value,...]', 'synthetic-hetero[:key=value,...]', "
-            "'planetoid:PATH|NAME', 'npz:PATH|NAME', 'mat:PATH' or 'acm:PATH'"
+            "'planetoid:PATH|NAME', 'npz:PATH|NAME', 'mat:PATH', 'acm:PATH' or (distill run only) 'bitcoin-otc:PATH'"
         )
     path = sources.resolve(kind, arg, spec)
     loader = {"planetoid": _planetoid, "npz": _npz, "mat": _mat, "acm": _acm}[kind]

@@ -37,7 +37,7 @@ class HeteroSAGE(nn.Module):
                  dropout: float = 0.5, graph: HeteroData | None = None, target: str | None = None) -> None:
         super().__init__()
         if graph is None:
-            raise ConfigError("a heterogeneous teacher needs a heterogeneous dataset (e.g. acm:PATH)")
+            raise ConfigError("a heterogeneous teacher needs a heterogeneous dataset (synthetic-hetero, acm:PATH)")
         # The labelled type by default: the one holding `y` (ACM's papers, synthetic-hetero's transactions).
         target = target or target_type(graph)
         self.dropout, self.target = dropout, target

@@ -86,7 +86,7 @@ class TypedSAGE(nn.Module):
                  dropout: float = 0.5, graph: HeteroData | None = None, target: str | None = None) -> None:
         super().__init__()
         if graph is None:
-            raise ConfigError("a type-aware student needs a heterogeneous dataset (e.g. acm:PATH)")
+            raise ConfigError("a type-aware student needs a heterogeneous dataset (synthetic-hetero, acm:PATH)")
         if num_layers < 1:
             raise ConfigError(f"num_layers={num_layers} must be >= 1")
         self.schema = TypedSchema.of(graph, target)

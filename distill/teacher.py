@@ -88,8 +88,8 @@ def teacher_families(cfg: RunConfig, ds: Dataset) -> tuple[str, ...]:
         return (*cfg.families, *HETERO_TEACHERS)
     if set(cfg.families) & set(HETERO_TEACHERS):
         if ds.hetero is None:
-            raise ConfigError(f"--teacher {cfg.teacher} needs a heterogeneous dataset (acm:PATH); {ds.name} has "
-                              "one node type")
+            raise ConfigError(f"--teacher {cfg.teacher} needs a heterogeneous dataset (synthetic-hetero, acm:PATH); "
+                              f"{ds.name} has one node type")
         if structure:
             raise ConfigError(f"--teacher {cfg.teacher} has no importance for the meta-path edges structure KD "
                               "weighs; drop structure from --kd or pick a homogeneous teacher")
