@@ -18,7 +18,7 @@ students are served on) only which transactions share them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from distill.errors import DatasetError
-from distill.synthetic import stratified_masks
+from distill.synthetic import parse_options, stratified_masks
 
 CLASS_NAMES = ("legit", "fraud")
 TARGET = "transaction"
@@ -84,18 +84,7 @@ class HeteroSyntheticConfig:
     @classmethod
     def parse(cls, text: str) -> HeteroSyntheticConfig:
         """Parse `key=value,key=value`; unknown keys are rejected with the list of known ones."""
-        known = {f.name: f.type for f in fields(cls)}
-        kwargs: dict[str, object] = {}
-        for item in filter(None, text.split(",")):
-            key, sep, value = item.partition("=")
-            if not sep or key not in known:
-                raise DatasetError(f"synthetic-hetero: bad option {item!r}; expected key=value with key one of "
-                                   f"{sorted(known)}")
-            try:
-                kwargs[key] = {"int": int, "float": float}[str(known[key])](value)
-            except ValueError:
-                raise DatasetError(f"synthetic-hetero: {key}={value!r} is not a {known[key]}") from None
-        return cls(**kwargs)  # type: ignore[arg-type]
+        return parse_options(cls, text, "synthetic-hetero")
 
     def record(self) -> dict[str, Any]:
         """The options as the dataset's source records them."""

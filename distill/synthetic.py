@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -68,19 +68,7 @@ class SyntheticConfig:
     @classmethod
     def parse(cls, text: str) -> SyntheticConfig:
         """Parse `key=value,key=value`; unknown keys are rejected with the list of known ones."""
-        known = {f.name: f.type for f in fields(cls)}
-        kwargs: dict[str, object] = {}
-        for item in filter(None, text.split(",")):
-            key, sep, value = item.partition("=")
-            if not sep or key not in known:
-                raise DatasetError(
-                    f"synthetic: bad option {item!r}; expected key=value with key one of {sorted(known)}"
-                )
-            try:
-                kwargs[key] = {"int": int, "float": float, "str": str}[str(known[key])](value)
-            except ValueError:
-                raise DatasetError(f"synthetic: {key}={value!r} is not a {known[key]}") from None
-        return cls(**kwargs)  # type: ignore[arg-type]
+        return parse_options(cls, text, "synthetic")
 
     def record(self) -> dict[str, Any]:
         """The options as the dataset's source records them. `ids` only when not the default: the record
@@ -90,6 +78,24 @@ class SyntheticConfig:
             del options["ids"]
         return options
 
+
+Options = TypeVar("Options")
+
+
+def parse_options(cls: type[Options], text: str, kind: str) -> Options:
+    """A generator's options dataclass `cls` from `key=value,key=value` (int, float and str fields);
+    DatasetError, prefixed `kind`, naming a bad item with the known keys, or a value of the wrong type."""
+    known = {f.name: f.type for f in fields(cls)}  # type: ignore[arg-type]  # cls is a dataclass
+    kwargs: dict[str, object] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise DatasetError(f"{kind}: bad option {item!r}; expected key=value with key one of {sorted(known)}")
+        try:
+            kwargs[key] = {"int": int, "float": float, "str": str}[str(known[key])](value)
+        except ValueError:
+            raise DatasetError(f"{kind}: {key}={value!r} is not a {known[key]}") from None
+    return cls(**kwargs)
 
 CLASS_NAMES = ("legit", "suspicious", "fraud")
 ID_KINDS = ("int", "str")
