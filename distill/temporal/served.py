@@ -15,6 +15,7 @@ from distill.errors import ParityError
 from distill.served import POSITIVE, TOLERANCE, max_f1_threshold, rates_at
 from distill.temporal.loop import per_k_scores
 from distill.temporal.protocol import Examples
+from serve.model import softmax
 from serve.runtime import Service
 
 
@@ -37,11 +38,6 @@ def served_logits(service: Service, examples: Examples) -> np.ndarray:
     return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 2), np.float32)
 
 
-def _probabilities(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def _per_k(prob: np.ndarray, ex: Examples) -> dict[int, dict[str, float]]:
     return {k: {"auroc": round(s.auroc, 6), "pr_auc": round(s.pr_auc, 6)}
             for k, s in per_k_scores(prob[:, POSITIVE].astype(np.float64), ex.label, ex.k).items()}
@@ -58,7 +54,7 @@ def check(service: Service, val: Examples, test: Examples, torch_val: np.ndarray
     if not worst <= tolerance:
         raise ParityError(f"the served temporal student differs from torch by {worst:.3g} (> {tolerance}) "
                           f"over {checked} (user, t) examples")
-    probs = {name: _probabilities(v) for name, v in logits.items()}
+    probs = {name: softmax(v) for name, v in logits.items()}  # the service's own rule
     threshold = max_f1_threshold(probs["val"][:, POSITIVE], val.label == POSITIVE)
     decision = None
     if threshold is not None:
