@@ -51,7 +51,7 @@ from load import (
 )
 
 sys.path.insert(0, str(ROOT))
-from serve.edge_log import Entry, decode, scan  # noqa: E402  (the repository root, after bench/)
+from bundle.edge_log import Entry, decode, scan  # noqa: E402  (the repository root, after bench/)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -68,6 +68,18 @@ class Entry:
     edges: tuple[EdgeRecord, ...]
 
 
+def encode(entry: Entry) -> bytes:
+    """Entry -> payload bytes (JSON: floats written as Python's shortest round-trip repr); `decode`'s inverse."""
+    body = {"seq": entry.seq, "nodes": [[n.id, list(n.features)] for n in entry.nodes],
+            "edges": [[e.src, e.dst, e.time, e.weight] for e in entry.edges]}
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+def frame(payload: bytes) -> bytes:
+    """One frame: length and CRC32 of `payload` (FRAME), then the payload."""
+    return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
+
+
 def decode(payload: bytes) -> Entry:
     """Payload bytes -> Entry. ValueError / KeyError / TypeError on a payload that is not one."""
     body = json.loads(payload)

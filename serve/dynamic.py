@@ -30,10 +30,10 @@ import numpy as np
 import numpy.typing as npt
 
 from bundle import policy as kernels
+from bundle.edge_log import Entry, NodeRecord
 from bundle.files import GraphArrays
 from bundle.ids import NodeKey, to_array
 from bundle.manifest import Policy
-from serve.edge_log import Entry, NodeRecord
 from serve.errors import EdgeLogError
 from serve.graph import F32, I64, Block, GraphStore, with_added
 

@@ -1,6 +1,6 @@
 """The durable append-only log of graph writes (POST /v1/edges), replayed at start before ready.
 
-The format and its tolerant read live in bundle/edge_log.py (the job folds a log with the same
+The format (encode, frame) and its tolerant read live in bundle/edge_log.py (the job folds a log with the same
 code: `distill refresh --edge-log`); this module is the writing side. A write is acknowledged only
 after `os.fsync` has covered its frame; concurrent writers share fsyncs (group commit: whoever syncs
 first covers everything written before it).
@@ -18,28 +18,15 @@ import logging
 import os
 import threading
 import time
-import zlib
 from pathlib import Path
 
-from bundle.edge_log import FRAME, MAGIC, Contents, EdgeRecord, Entry, Header, NodeRecord, decode, read, scan
+from bundle.edge_log import MAGIC, Contents, Entry, Header, frame, read
 from bundle.errors import BundleInvalid
 from serve.errors import EdgeLogError
 
-__all__ = ["MAGIC", "EdgeLog", "EdgeRecord", "Entry", "Header", "NodeRecord", "decode", "encode", "frame", "scan"]
 log = logging.getLogger("serve")
 # What the service adds to the format's own message: the fix is a setting of this service.
 HINTS = {"magic": "; point SERVE_EDGE_LOG at another path"}
-
-
-def encode(entry: Entry) -> bytes:
-    """Entry -> payload bytes (JSON: floats written as Python's shortest round-trip repr)."""
-    body = {"seq": entry.seq, "nodes": [[n.id, list(n.features)] for n in entry.nodes],
-            "edges": [[e.src, e.dst, e.time, e.weight] for e in entry.edges]}
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
-
-
-def frame(payload: bytes) -> bytes:
-    return FRAME.pack(len(payload), zlib.crc32(payload)) + payload
 
 
 def replay(data: bytes, path: Path) -> Contents:

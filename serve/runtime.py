@@ -26,12 +26,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from bundle.edge_log import Header
 from bundle.errors import BundleInvalid
 from bundle.files import TemporalArrays, read_manifest
 from bundle.manifest import Manifest, Policy, TemporalRecent
 from serve.bundle import Bundle, load
 from serve.dynamic import DynamicStore
-from serve.edge_log import Header
 from serve.errors import (
     BundleError,
     BundleIncompatible,

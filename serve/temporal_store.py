@@ -29,12 +29,12 @@ import numpy as np
 import numpy.typing as npt
 
 from bundle import ids as id_rules
+from bundle.edge_log import Entry
 from bundle.files import TemporalArrays
 from bundle.ids import NodeKey, to_array
 from bundle.manifest import TemporalRecent
 from bundle.temporal import FEATURES, TemporalBlock, TemporalStore, block, node_features
 from serve.dynamic import Applied
-from serve.edge_log import Entry
 from serve.errors import EdgeLogError, NewNodesUnsupported
 from serve.graph import BLOCK_OVERHEAD, F32, I64, Block, GraphStore, with_added
 

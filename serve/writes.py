@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from fastapi.exceptions import RequestValidationError
 
+from bundle.edge_log import EdgeRecord, Entry, Header, NodeRecord, encode
 from bundle.ids import IdError, NodeKey, to_array
 from serve.dynamic import Applied, DynamicStore
-from serve.edge_log import EdgeLog, EdgeRecord, Entry, Header, NodeRecord, encode
+from serve.edge_log import EdgeLog
 from serve.errors import (
     BatchTooLarge,
     DirectedOnly,

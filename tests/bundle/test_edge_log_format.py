@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bundle.edge_log import FORMAT, MAGIC, Header, read
+from bundle.edge_log import FORMAT, MAGIC, EdgeRecord, Entry, Header, NodeRecord, encode, frame, read
 from bundle.errors import BundleInvalid
-from serve.edge_log import EdgeLog, EdgeRecord, Entry, NodeRecord, encode, frame
+from serve.edge_log import EdgeLog
 
 HEADER = Header("v1-abc", "d" * 64)
 

@@ -17,11 +17,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from bundle.edge_log import EdgeRecord, Entry, Header, NodeRecord, encode, frame
 from bundle.files import open_bundle
 from distill.cli import main
 from distill.data import load_dataset
 from serve.app import create_app
-from serve.edge_log import EdgeLog, EdgeRecord, Entry, Header, NodeRecord, encode, frame
+from serve.edge_log import EdgeLog
 from serve.settings import Settings
 
 SPEC = "synthetic:nodes=300,features=8"

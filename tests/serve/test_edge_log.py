@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from serve.edge_log import MAGIC, EdgeLog, EdgeRecord, Entry, Header, NodeRecord, encode
+from bundle.edge_log import MAGIC, EdgeRecord, Entry, Header, NodeRecord, encode
+from serve.edge_log import EdgeLog
 from serve.errors import EdgeLogError
 
 HEADER = Header("v1-abc", "d" * 64)

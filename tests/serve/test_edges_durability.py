@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve.edge_log import Entry, decode, scan
+from bundle.edge_log import Entry, decode, scan
 from tests.serve.conftest import TinyBundle
 from tests.serve.servers import RunningServer, Server
 

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from bundle.edge_log import Entry, NodeRecord
 from serve.app import create_app
 from serve.bundle import load
 from serve.dynamic import DynamicStore
-from serve.edge_log import Entry, NodeRecord
 from serve.graph import BlockCache
 from serve.model import Model
 from serve.runtime import warm_up

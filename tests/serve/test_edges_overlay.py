@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from bundle import policy as kernels
+from bundle.edge_log import EdgeRecord, Entry, NodeRecord
 from bundle.files import GraphArrays
 from bundle.manifest import Policy
 from serve.dynamic import DynamicStore
-from serve.edge_log import EdgeRecord, Entry, NodeRecord
 from serve.graph import BlockCache, GraphStore
 
 N, F = 40, 3
