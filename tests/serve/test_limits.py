@@ -236,7 +236,9 @@ def test_over_the_connection_cap_the_oldest_idle_connections_are_closed(
 
 def test_when_every_connection_has_a_request_in_progress_a_new_one_gets_503_at_once(
         gcn: TinyBundle, running_server: RunningServer) -> None:
-    server = running_server(gcn.path, slow_ms=3000, SERVE_MAX_CONNECTIONS="4", SERVE_MAX_IN_FLIGHT="4",
+    # The held requests last as long as the wait below: with 3 s holds, a loaded CI machine could start the
+    # probes after they were answered and wait out the deadline on a cap that was no longer full.
+    server = running_server(gcn.path, slow_ms=10_000, SERVE_MAX_CONNECTIONS="4", SERVE_MAX_IN_FLIGHT="4",
                             SERVE_WARMUP_RUNS="5")
     held = [threading.Thread(target=httpx.post, args=(f"{server.url}/v1/score",),
                              kwargs={"json": {"node_ids": [1]}, "timeout": 30}) for _ in range(4)]
