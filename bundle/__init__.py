@@ -10,6 +10,8 @@ training stack, and the job writes through it, so there is no second copy of any
   refresh --edge-log` folds it into the next bundle).
 - `bundle.signing`: optional HMAC signatures of the manifest.
 - `bundle.publish`: atomic publication (`staging`: one RENAME_EXCHANGE swap), stale-folder cleanup.
+- `bundle.typed`: typed (meta-path) bundles: the node types of a heterogeneous graph and the one rule
+  from a new node's typed links to its meta-path neighbours.
 - `bundle.policy`: the neighbourhood policy kernels: neighbour ranking and pruning, propagation
   weights, CSR, k-hop neighbourhoods, dense blocks and new-node rows.
 

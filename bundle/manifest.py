@@ -21,6 +21,7 @@ from bundle.errors import BundleInvalid
 from bundle.ids import IdType
 from bundle.policy import Propagation, max_block_nodes
 from bundle.temporal import FEATURES, RELATIONS, TemporalPolicy
+from bundle.typed import TypedGraph
 
 SCHEMA_VERSION = 2
 GRAPH_FILES = ("features", "node_ids", "indptr", "indices", "weights")
@@ -141,7 +142,8 @@ AnyPolicy = Annotated[Annotated[Policy, Tag("topk_in_neighbours")] | Annotated[T
 
 class GraphFiles(_Strict):
     """Relative paths of the graph arrays, and the kind of node ids (bundle.ids): `int64`, the default,
-    is left out when dumped, so int bundles keep the manifest bytes and the digest of earlier releases."""
+    is left out when dumped, so int bundles keep the manifest bytes and the digest of earlier releases.
+    `typed` (bundle.typed): only in meta-path bundles of a heterogeneous graph, left out otherwise."""
 
     features: str
     node_ids: str
@@ -150,12 +152,15 @@ class GraphFiles(_Strict):
     weights: str
     in_degree: str | None = None
     id_type: IdType = "int64"
+    typed: TypedGraph | None = None
 
     @model_serializer(mode="wrap")
     def _default_id_type_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         dumped: dict[str, Any] = handler(self)
         if dumped.get("id_type") == "int64":
             del dumped["id_type"]
+        if dumped.get("typed", 0) is None:
+            del dumped["typed"]
         return dumped
 
     def paths(self) -> list[str]:
@@ -272,6 +277,10 @@ class Manifest(_Strict):
         if self.decision is not None and (self.dataset.num_classes != 2
                                           or self.decision.positive_class not in self.dataset.class_names):
             raise ValueError("decision needs a binary dataset and one of its class_names as positive_class")
+        typed = self.typed
+        if typed is not None and (typed.node_type(typed.target).num_nodes != self.dataset.num_nodes
+                                  or typed.num_features != self.dataset.num_features):
+            raise ValueError("graph.typed's target count and feature width must be the dataset's")
         return self
 
     @property
@@ -279,9 +288,15 @@ class Manifest(_Strict):
         return isinstance(self.policy, TemporalRecent)
 
     @property
+    def typed(self) -> TypedGraph | None:
+        """The node types of a meta-path bundle (bundle.typed); None for every other bundle."""
+        return self.graph.typed if isinstance(self.graph, GraphFiles) else None
+
+    @property
     def served_files(self) -> list[str]:
         """Every file the service reads: the model and the graph arrays."""
-        return [self.model.file, *self.graph.paths()]
+        typed = self.typed
+        return [self.model.file, *self.graph.paths(), *(typed.paths() if typed is not None else [])]
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2, exclude_none=True) + "\n"
