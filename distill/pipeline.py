@@ -84,9 +84,14 @@ def publish(out: Path, force: bool, prep: Prepared, scratch: Trained, result: Di
     data = prep.ds.data.cpu()
     with staging(out, force) as tmp:
         staged = writer.stage(tmp, prep, result, extra_files)
-        check = served.check(served.open_served(tmp), result.trained.logits.numpy(), data.y.numpy(),
+        service = served.open_served(tmp)
+        check = served.check(service, result.trained.logits.numpy(), data.y.numpy(),
                              data.val_mask.numpy(), data.test_mask.numpy(), result.cfg.seed, tolerance)
         log(f"[served] parity max |diff| {check.parity.max_abs_diff:.2e} over {check.parity.nodes_checked} nodes")
+        if prep.ds.hetero is not None:
+            typed = served.check_typed(service, writer.typed_links(prep.ds), data.edge_index.numpy(),
+                                       check.scores.nodes, data.x.numpy())
+            log(f"[served] typed links reproduce the meta-path neighbours of {typed} nodes")
         distilled = {**result.trained.record(), **check.test, "served": True}
         rep = report.build(prep.ds, result.cfg, prep.teacher_metrics, scratch.record(), distilled, check.decision)
         # The decision is served (the version covers it): the manifest takes it from the check itself.

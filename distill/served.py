@@ -12,11 +12,12 @@ from typing import Any
 import numpy as np
 
 from bundle.manifest import Decision, Parity
+from bundle.typed import metapath_neighbours
 from distill.errors import DistillError, ParityError
 from distill.metrics import evaluate
 from serve.errors import BundleError
 from serve.runtime import Service, open_service
-from serve.scoring import decide
+from serve.scoring import NewNode, decide
 
 TOLERANCE = 1e-4  # max |served logit - torch logit|: float32 dense vs sparse summation order
 PARITY_NODES = 64
@@ -154,3 +155,38 @@ def check(service: Service, torch_logits: np.ndarray, y: np.ndarray, val_mask: n
     parity = Parity(max_abs_diff=worst, nodes_checked=len(nodes), tolerance=tolerance)
     decision = choose_decision(scores, y, val_mask, test_mask, service.bundle.class_names)
     return ServedCheck(parity, metrics_on(scores, y, val_mask), metrics_on(scores, y, test_mask), scores, decision)
+
+
+TYPED_SCORED = 16  # typed new nodes also scored through the service's request path
+
+
+def check_typed(service: Service, links: dict[str, tuple[str, np.ndarray, np.ndarray]], edge_index: np.ndarray,
+                nodes: np.ndarray, features: np.ndarray) -> int:
+    """A typed bundle's links must reproduce the meta-path graph the student was trained on. Each
+    target of `nodes` (internal [b]) has its typed links (`links`: via type -> (relation, target [E],
+    via [E]) of the source graph, distill.writer.typed_links); expanded by
+    bundle.typed.metapath_neighbours over the served incidence, they must give its in-neighbours in
+    `edge_index` [2, E'] plus itself (a node shares its via nodes with itself). The first
+    TYPED_SCORED, sent as typed new nodes (features [N, F]), must score exactly like the same nodes
+    sent with those neighbours. ParityError otherwise -> the number of nodes checked."""
+    typed = service.scorer.typed
+    if typed is None:
+        raise ParityError("the staged bundle has no typed section but the dataset is heterogeneous")
+    keys = {name: typed.indexes[name].ids for name in links}
+    target_ids = service.scorer.store.node_ids
+    for count, node in enumerate(nodes.tolist()):
+        mine = {name: np.unique(v[t == node]) for name, (_, t, v) in links.items()}
+        got = metapath_neighbours(typed.incidence, mine)
+        expected = np.unique(np.concatenate([edge_index[0, edge_index[1] == node],
+                                             [node] if any(len(v) for v in mine.values()) else []])).astype(np.int64)
+        if not np.array_equal(got, expected):
+            raise ParityError(f"typed links of node {target_ids[node]!r} expand to {len(got)} meta-path neighbours; "
+                              f"the training graph has {len(expected)}: the bundle's typed incidence is wrong")
+        if count < TYPED_SCORED:
+            x = features[node].tolist()
+            via = {name: keys[name][v].tolist() for name, v in mine.items()}
+            a = service.scorer.score([], [NewNode(x, [], via)]).logits
+            b = service.scorer.score([], [NewNode(x, target_ids[got].tolist())]).logits
+            if not np.array_equal(a, b):
+                raise ParityError(f"a typed new node scores unlike its neighbours request at node {target_ids[node]!r}")
+    return len(nodes)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bundle import files, publish, signing
+from bundle import files, publish, signing, typed
 from bundle.errors import BundleInvalid
 from bundle.manifest import (
     SCHEMA_VERSION,
@@ -28,7 +28,7 @@ from bundle.manifest import (
 from distill import report
 from distill.artefacts import Distilled, Prepared
 from distill.config import RunConfig
-from distill.data import load_dataset
+from distill.data import Dataset, load_dataset
 from distill.errors import ConfigError, DistillError
 from distill.export import OPSET, input_names
 
@@ -104,7 +104,8 @@ def stage(root: Path, prep: Prepared, result: Distilled, extra_files: dict[str, 
     provisional manifest (no metrics, no parity yet) so the staged bundle can be opened as served."""
     data, sg = prep.ds.data, result.trained.graph
     arrays = files.GraphArrays(data.x.cpu().numpy().astype(np.float32), prep.ds.external_ids, sg.csr, sg.in_degree)
-    graph = GraphFiles(**files.save_graph(root, arrays), id_type=arrays.id_type)
+    section = None if prep.ds.hetero is None else typed_section(root, prep.ds)
+    graph = GraphFiles(**files.save_graph(root, arrays), id_type=arrays.id_type, typed=section)
     (root / "student.onnx").write_bytes(result.onnx_bytes)
     buf = io.BytesIO()
     torch.save({k: v.cpu() for k, v in prep.teacher.state_dict().items()}, buf)
@@ -114,6 +115,51 @@ def stage(root: Path, prep: Prepared, result: Distilled, extra_files: dict[str, 
     manifest = _manifest(root, prep, result, graph, {})
     files.write_manifest(root, manifest)
     return manifest
+
+
+def via_types(ds: Dataset) -> list[str]:
+    """The via types of the meta-paths the student is served on, read from the view the loader
+    recorded (`paper-author-paper`, `transaction-user-transaction + transaction-device-transaction`).
+    DistillError when there is none to read: the bundle could not expand typed links."""
+    from distill.hetero import target_type
+
+    assert ds.hetero is not None
+    target, view = target_type(ds.hetero), str(ds.source.get("view", ""))
+    paths = [part.strip().split("-") for part in view.split("+")]
+    if not view or any(len(p) != 3 or p[0] != target or p[2] != target for p in paths):
+        raise DistillError(f"dataset {ds.name}: its view {view!r} names no {target}-VIA-{target} meta-paths; "
+                           "a typed bundle needs them (distill/data.py records the view of acm: and synthetic-hetero)")
+    return [p[1] for p in paths]
+
+
+def typed_links(ds: Dataset) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+    """Per via type of `ds.hetero`: (its target -> via relation, target [E], via [E] internal indices)."""
+    from distill.hetero import target_type
+
+    graph = ds.hetero
+    assert graph is not None
+    target, found = target_type(graph), {}
+    for name in via_types(ds):
+        rel = next((r for (src, r, dst) in graph.edge_types if src == target and dst == name), None)
+        if rel is None:
+            raise DistillError(f"dataset {ds.name}: no relation from {target!r} to the via type {name!r}")
+        t, v = graph[target, rel, name].edge_index.cpu().numpy()
+        found[name] = (rel, t, v)
+    return found
+
+
+def typed_section(root: Path, ds: Dataset) -> typed.TypedGraph:
+    """Write the typed arrays of a meta-path bundle (bundle.typed): every node type of `ds.hetero`
+    with its count and whether the student reads it, and per via type the via -> target incidence."""
+    from distill.hetero import target_type
+
+    graph = ds.hetero
+    assert graph is not None
+    target, links = target_type(graph), typed_links(ds)
+    types = [(name, int(graph[name].num_nodes), name == target or name in links) for name in graph.node_types]
+    incidence = {name: (rel, typed.Incidence.from_pairs(t, v, int(graph[name].num_nodes)))
+                 for name, (rel, t, v) in links.items()}
+    return typed.save(root, target, int(ds.data.num_features), types, incidence)
 
 
 def finish(root: Path, staged: Manifest, rep: dict[str, Any], parity: Parity, extra: dict[str, Any]) -> Manifest:

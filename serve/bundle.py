@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bundle import typed as typed_rules
 from bundle.errors import BundleInvalid
 from bundle.files import GraphArrays, TemporalArrays, open_bundle
 from bundle.manifest import Manifest, Policy, TemporalRecent
@@ -23,6 +24,7 @@ class Bundle:
     graph: GraphArrays | TemporalArrays  # TemporalArrays for a temporal bundle (serve/temporal_store.py)
     model: bytes = field(repr=False)
     raw_manifest: bytes = field(repr=False)  # the verified manifest's bytes (lineage hashes)
+    typed: typed_rules.TypedArrays | None = field(default=None, repr=False)  # meta-path bundles (bundle.typed)
 
     @property
     def version(self) -> str:
@@ -50,6 +52,8 @@ def load(root: Path, key: bytes | None = None) -> Bundle:
     BundleError on any mismatch."""
     try:
         opened = open_bundle(root, key)
+        section, n = opened.manifest.typed, opened.manifest.dataset.num_nodes
+        typed = None if section is None else typed_rules.load(root, section, opened.manifest.files, n)
     except BundleInvalid as exc:
         raise BundleError(exc.message, exc.detail) from None
-    return Bundle(root, opened.manifest, opened.graph, opened.model, opened.raw_manifest)
+    return Bundle(root, opened.manifest, opened.graph, opened.model, opened.raw_manifest, typed)

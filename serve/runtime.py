@@ -46,6 +46,7 @@ from serve.model import Model
 from serve.scoring import NewNode, Scorer
 from serve.settings import Settings
 from serve.temporal_store import TemporalGraph
+from serve.typed import TypedLinks
 from serve.writes import Writer, WriteRules
 
 log = logging.getLogger("serve")
@@ -100,7 +101,7 @@ def open_service(root: Path, intra_op_threads: int = 1, cache_budget_bytes: int 
     cache = BlockCache(store, cache_budget_bytes)
     if not growing:  # a growing graph is filled once its log is replayed (open_writer)
         cache.fill()
-    scorer = Scorer(store, cache, model, pack_nodes)
+    scorer = Scorer(store, cache, model, pack_nodes, TypedLinks.of(bundle.manifest, bundle.typed))
     _probe(scorer, bundle.manifest.model.file)
     return Service(bundle, scorer)
 
@@ -152,6 +153,7 @@ CONTRACT: dict[str, Callable[[Manifest], Any]] = {
     "id_type": lambda m: m.graph.id_type,  # requests carry ids of the served kind
     "policy": lambda m: m.policy.name,  # a temporal bundle scores as of t and takes no new_nodes
     "selection_metric": lambda m: m.metrics.get("selection_metric"),  # compared only when both record it
+    "link_types": lambda m: None if m.typed is None else m.typed.link_types,  # what `links` may name
 }
 
 
@@ -208,6 +210,9 @@ def warm_up(scorer: Scorer, runs: int) -> None:
     if runs and not isinstance(store, TemporalGraph):  # a temporal bundle takes no new nodes
         features = np.asarray(store.features[0], dtype=np.float32).tolist()
         scorer.score([], [NewNode(features, ids[:3])])
+        if scorer.typed is not None:  # and the typed path: the via types' first nodes
+            links = {name: table.ids[:1].tolist() for name, table in scorer.typed.indexes.items()}
+            scorer.score([], [NewNode(features, [], links)])
     scorer.cache.hits = scorer.cache.misses = 0
 
 

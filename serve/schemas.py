@@ -39,6 +39,10 @@ class NewNodeIn(BaseModel):
     features: list[Feature] = Field(min_length=1, description="raw features, length = dataset.num_features")
     neighbors: list[NodeId] = Field(default_factory=list, max_length=10_000,
                                     description="external ids of existing nodes it links to")
+    links: dict[Annotated[str, Field(max_length=64)], Annotated[list[NodeId], Field(max_length=10_000)]] | None = Field(
+        None, max_length=16, description="typed bundles (GET /v1/model: types): the nodes of other types it links "
+                                         "to, by type, e.g. {\"author\": [12, 40]}; expanded to meta-path neighbours "
+                                         "and then scored like `neighbors`, which it replaces (not both)")
 
 
 class ScoreRequest(BaseModel):
@@ -46,6 +50,7 @@ class ScoreRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"node_ids": [0, 7]}, {"new_nodes": [{"features": [0.1, 0.2], "neighbors": [0, 7]}]},
+                     {"new_nodes": [{"features": [0.1, 0.2], "links": {"user": [17], "device": [402]}}]},
                      {"node_ids": ["acct-000017", "acct-000042"]},
                      {"node_ids": [0, 7], "threshold": 0.3, "top_k": 2}],
         # Documents the empty_batch rule (checked by the endpoint), so the schema allows no empty batch.
@@ -84,6 +89,8 @@ class NodeScore(BaseModel):
                                       "response's `threshold` (else the other class); multi-class, `label`")
     score: float | None = Field(description="binary models: the positive class's probability; else null")
     top_k: list[ClassScore] | None = Field(None, description="the `top_k` most probable classes (when asked)")
+    ignored_links: list[str] | None = Field(None, description="new nodes: link types that were checked and ignored "
+                                                              "(the served student does not read them)")
     model_version: str
 
 
@@ -148,5 +155,8 @@ class ModelInfo(BaseModel):
     decision: dict[str, Any] | None = Field(None, description="binary bundles: positive_class, the default "
                                                               "threshold, its rule and validation / test rates")
     cache: dict[str, Any]
+    types: dict[str, Any] | None = Field(None, description="typed bundles: the target type, its feature width, the "
+                                                           "types `links` may name (via types read by the student, "
+                                                           "ignored ones) and every node type's count; else null")
     lineage: dict[str, Any] = Field(default_factory=dict,
                                     description="parent / refresh gate / selection (bundles of refresh / select)")

@@ -17,6 +17,7 @@ from serve.errors import InvalidFeatures, ModelOutputInvalid, NewNodesUnsupporte
 from serve.graph import Block, BlockCache, GraphStore
 from serve.model import Model, softmax
 from serve.temporal_store import NO_NEW_NODES, CompactBlock, TemporalGraph
+from serve.typed import Links, TypedLinks, no_links
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
@@ -26,10 +27,12 @@ log = logging.getLogger("serve")
 @dataclass(frozen=True)
 class NewNode:
     """A node outside the graph: raw features [F] and external ids of existing neighbours (of the
-    bundle's id kind: the routes check it)."""
+    bundle's id kind: the routes check it), or, in a typed bundle, `links` by node type (serve/typed.py)
+    that expand to its meta-path neighbours."""
 
     features: Sequence[float]
     neighbors: Sequence[NodeKey]
+    links: Links | None = None
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,10 @@ class Scores:
 class Scorer:
     """Everything needed to score: the graph store, the block cache and the model."""
 
-    def __init__(self, store: GraphStore, cache: BlockCache, model: Model, pack_nodes: int) -> None:
+    def __init__(self, store: GraphStore, cache: BlockCache, model: Model, pack_nodes: int,
+                 typed: TypedLinks | None = None) -> None:
         self.store, self.cache, self.model, self.pack_nodes = store, cache, model, pack_nodes
+        self.typed = typed  # a meta-path bundle's node types (new nodes may send `links`)
 
     def score(self, node_ids: Sequence[NodeKey], new_nodes: Sequence[NewNode] = (), as_of: float | None = None,
               ) -> Scores:
@@ -86,13 +91,18 @@ class Scorer:
     def _resolve_new(self, index: int, node: NewNode) -> tuple[F32, I64]:
         x = np.asarray(node.features, dtype=np.float64)
         if x.shape != (self.store.num_features,):
-            raise InvalidFeatures(f"new_nodes[{index}].features has {x.size} values; the model takes "
+            taker = "the model takes" if self.typed is None else f"a new {self.typed.target} takes"
+            raise InvalidFeatures(f"new_nodes[{index}].features has {x.size} values; {taker} "
                                   f"{self.store.num_features}", {"index": index})
         # Finite as float64 is not enough: 1e39 overflows float32 to inf inside the model.
         with np.errstate(over="ignore"):
             x32 = x.astype(np.float32)
         if not np.isfinite(x32).all():
             raise InvalidFeatures(f"new_nodes[{index}].features must be finite float32 values", {"index": index})
+        if node.links is not None:
+            if self.typed is None:
+                raise no_links(index)
+            return x32, self.typed.neighbours(index, node.links)
         internal, unknown = self.store.lookup(to_array(node.neighbors, self.store.id_type))
         if len(unknown):
             raise UnknownNeighbors(f"new_nodes[{index}] names {len(unknown)} neighbour id(s) not in the graph",

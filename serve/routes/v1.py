@@ -23,11 +23,13 @@ from serve.schemas import (
     ScoreResponse,
 )
 from serve.scoring import NewNode, Scores, decide, top_classes
+from serve.typed import check_request
 
 router = APIRouter(route_class=JsonRoute)
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in (
-        (404, "unknown_nodes / unknown_neighbors: ids not in the graph (listed in error.detail)"),
+        (404, "unknown_nodes / unknown_neighbors: ids not in the graph (listed in error.detail; for `links`, "
+              "with the node type)"),
         (413, "batch_too_large (over SERVE_MAX_BATCH) or body_too_large (over SERVE_MAX_BODY_BYTES)"),
         (415, "unsupported_media_type (Content-Type missing or not application/json) or unsupported_encoding "
               "(a Content-Encoding such as gzip; send the body uncompressed)"),
@@ -35,7 +37,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
               "UTF-8 JSON), invalid_request (schema violation: wrong types, NaN/Infinity literals, extra keys; "
               "ids of the other kind than the bundle's: strings for an int64 bundle or integers for a string one; "
               "a threshold outside [0, 1] or on a multi-class model; top_k outside 1..classes), "
-              "new_nodes_unsupported (new_nodes sent to a temporal bundle)"),
+              "new_nodes_unsupported (new_nodes sent to a temporal bundle); for `links`: invalid_request on an "
+              "unknown node type, `links` with `neighbors`, or `links` to a homogeneous bundle"),
         (503, "not_ready (the bundle is loading or was refused), model_output_invalid (the model produced "
               f"non-finite scores) or {OVERLOADED}"),
     )
@@ -63,8 +66,9 @@ async def score(scoring: ScoringDep, settings: SettingsDep, metrics: MetricsDep)
         raise BatchTooLarge(f"{size} nodes in one request; the limit is {settings.max_batch}",
                             {"max_batch": settings.max_batch})
     check_id_kind(request, service.scorer.store.id_type)
+    check_request(request, service.scorer.typed)
     positive, threshold = decision_rule(service, request)
-    new = [NewNode(n.features, n.neighbors) for n in request.new_nodes]
+    new = [NewNode(n.features, n.neighbors, n.links) for n in request.new_nodes]
     scores = service.scorer.score(request.node_ids, new, request.as_of)
     names = service.bundle.class_names
     response = ScoreResponse(model_version=service.bundle.version, threshold=threshold,
@@ -132,13 +136,17 @@ def results(service: Service, request: ScoreRequest, scores: Scores, positive: i
     keys: list[tuple[Literal["existing", "new"], ids.NodeKey | None, int | None]]
     keys = [("existing", i, None) for i in request.node_ids]
     keys += [("new", None, j) for j in range(len(request.new_nodes))]
+    typed = service.scorer.typed
+    ignored = [None] * len(request.node_ids) + [None if typed is None else typed.ignored_in(n.links)
+                                                for n in request.new_nodes]
     return [NodeScore(kind=kind, node_id=node_id, new_node_index=index, label=names[label], label_index=label,
                       probabilities=dict(zip(names, p, strict=True)), decision=names[decided],
                       score=None if positive is None else p[positive],
                       top_k=None if top is None else [ClassScore(label=names[c], label_index=c, probability=p[c])
                                                       for c in top],
-                      model_version=version)
-            for (kind, node_id, index), p, label, decided, top in zip(keys, probs, labels, chosen, tops, strict=True)]
+                      ignored_links=skipped, model_version=version)
+            for (kind, node_id, index), p, label, decided, top, skipped
+            in zip(keys, probs, labels, chosen, tops, ignored, strict=True)]
 
 
 def model_info(service: Service) -> ModelInfo:
@@ -149,5 +157,6 @@ def model_info(service: Service) -> ModelInfo:
         dataset={k: m["dataset"].get(k) for k in DATASET_KEYS}, id_type=service.scorer.store.id_type,
         student=m["model"], policy=m["policy"], metrics=m.get("metrics", {}),
         parity=m.get("parity"), decision=m.get("decision"), cache=service.scorer.cache.stats(),
+        types=None if service.scorer.typed is None else service.scorer.typed.info(),
         lineage={k: m[k] for k in LINEAGE_KEYS if k in m},
     )
