@@ -4,7 +4,9 @@
 
 For each bundle: p50 / p99 of the cache stage, the inference stage and their total over `--calls`
 single-node calls on random nodes (after the service's own warm-up), plus new-node calls and
-8-node batches; then each bundle's median relative to the first. Imports serve only (no torch).
+8-node batches, and on a typed bundle (`graph.typed`) new nodes sent with typed links ("typed": 1-3
+random nodes of each via type, expanded to meta-path neighbours inside the timed call); then each
+bundle's median relative to the first. Imports serve only (no torch).
 """
 
 from __future__ import annotations
@@ -41,11 +43,17 @@ def workloads(scorer: Scorer, calls: int, seed: int) -> dict[str, list[tuple[lis
     ids = store.node_ids[rng.integers(0, store.num_nodes, size=(calls, 8))]
     donors = rng.integers(0, store.num_nodes, size=calls)
     new = [[NewNode(np.asarray(store.features[d]).tolist(), ids[i, :3].tolist())] for i, d in enumerate(donors)]
-    return {
+    found = {
         "single": [([int(row[0])], []) for row in ids],
         "batch8": [(row.tolist(), []) for row in ids[: max(calls // 4, 100)]],
         "new": [([], n) for n in new[: max(calls // 4, 100)]],
     }
+    if scorer.typed is not None:
+        tables = scorer.typed.indexes
+        found["typed"] = [([], [NewNode(n[0].features, [], {
+            name: rng.choice(table.ids, size=min(int(rng.integers(1, 4)), len(table)), replace=False).tolist()
+            for name, table in tables.items()})]) for n in new]
+    return found
 
 
 def bench(bundle: Path, calls: int, threads: int) -> list[dict[str, object]]:

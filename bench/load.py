@@ -11,6 +11,12 @@ other's CPU. Exits 1 when the score p99 exceeds --p99-ms or any request failed.
 Percentiles come from locust's raw per-request times (BENCH_SAMPLES, float ms); locust's --csv
 stats supply counts, failures and requests/s (and percentiles when no samples were written).
 
+Typed bundles (a meta-path bundle of `distill run --dataset synthetic-hetero | acm:PATH`):
+
+    python bench/load.py --bundle /tmp/hb --typed-weight 20 --users 20 --duration 60
+
+adds new nodes sent with typed `links` (row "score:typed", weight 20 beside the default mix's 100).
+
 Hot reloads under load:
 
     python bench/load.py --bundle /tmp/cora --reload-bundles /tmp/cora_s1 --reload-every 15 --duration 60
@@ -185,7 +191,8 @@ def server_side(metrics: dict[str, float]) -> dict[str, float]:
 def run_locust(args: argparse.Namespace, url: str, work: Path) -> tuple[Path, Path]:
     prefix, samples = work / "locust", work / "samples.json"
     env = {**os.environ, "BENCH_BUNDLE": str(args.bundle), "BENCH_SAMPLES": str(samples),
-           "BENCH_VERSIONS": str(work / "versions.json"), "BENCH_WAIT_MS": str(args.wait_ms)}
+           "BENCH_VERSIONS": str(work / "versions.json"), "BENCH_WAIT_MS": str(args.wait_ms),
+           "BENCH_TYPED_WEIGHT": str(args.typed_weight)}
     cmd = pinned([sys.executable, "-m", "locust", "-f", str(ROOT / "bench" / "locustfile.py"), "--headless",
                   "--users", str(args.users), "--spawn-rate", str(args.spawn_rate or args.users),
                   "--run-time", f"{args.duration}s", "--host", url, "--csv", str(prefix), "--reset-stats",
@@ -213,12 +220,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reload-bundles", type=lambda v: [Path(b) for b in v.split(",") if b], default=[],
                    metavar="DIR[,DIR...]", help="hot-reload these bundles (then --bundle again) during the run")
     p.add_argument("--reload-every", type=float, default=15.0, metavar="SECONDS")
+    p.add_argument("--typed-weight", type=int, default=0, metavar="W",
+                   help="typed bundles: weight of new nodes sent with `links` (the default mix weighs 100)")
     args = p.parse_args(argv)
     if args.reload_bundles and math.ceil(args.duration / args.reload_every) - 1 < 3:
         p.error("--reload-bundles needs at least 3 reloads: make --duration larger than 3 x --reload-every")
     for bundle in [args.bundle, *args.reload_bundles]:
         if not (bundle / "manifest.json").is_file():
             p.error(f"{bundle} is not a bundle (no manifest.json)")
+    if args.typed_weight < 0 or (args.typed_weight and "typed" not in json.loads(
+            (args.bundle / "manifest.json").read_text())["graph"]):
+        p.error(f"--typed-weight {args.typed_weight}: needs a weight >= 0 and a typed bundle (graph.typed in its "
+                "manifest: distill run --dataset synthetic-hetero or acm:PATH); drop it for other bundles")
     return args
 
 
@@ -289,7 +302,8 @@ def report(args: argparse.Namespace, rows: dict[str, dict[str, Any]], metrics: d
             "config": {"bundle": str(args.bundle), "users": args.users, "duration_s": args.duration,
                        "wait_ms": args.wait_ms, "p99_budget_ms": args.p99_ms,
                        "reload_bundles": [str(b) for b in args.reload_bundles],
-                       "reload_every_s": args.reload_every if args.reload_bundles else None}}
+                       "reload_every_s": args.reload_every if args.reload_bundles else None,
+                       "typed_weight": args.typed_weight}}
 
 
 def verdict(args: argparse.Namespace, result: dict[str, Any], summary: dict[str, Any]) -> int:

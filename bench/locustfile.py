@@ -19,6 +19,11 @@ A temporal bundle (policy `temporal_recent`) takes no new nodes: its mix drops t
 15 / 0 / 15, writes 11 of 101), and its writes are directed ratings, a random integer within the
 manifest's rating range.
 
+BENCH_TYPED_WEIGHT=W (a typed bundle only: `graph.typed` in its manifest; bench/load.py --typed-weight)
+adds typed new nodes at weight W, "score:typed": a random node's jittered features with `links`, 1-3
+random nodes of each via type (ACM: authors; synthetic-hetero: a user and a device) and one of each
+type the student ignores (ACM: a subject), expanded by the service to meta-path neighbours.
+
 BENCH_VERSIONS=FILE makes it write, at exit, the `model_version` of every successful score response
 with its arrival time (unix seconds) and response time (ms), from the first request on (not reset
 after the ramp-up): bench/load.py --reload-bundles uses it to prove that responses switched
@@ -50,6 +55,15 @@ TEMPORAL = _manifest["policy"].get("name") == "temporal_recent"
 NODE_IDS: list[int | str] = np.load(BUNDLE / _manifest["graph"]["node_ids"], allow_pickle=False).tolist()
 _features = None if TEMPORAL else np.load(BUNDLE / _manifest["graph"]["features"], allow_pickle=False, mmap_mode="r")
 NEW_WEIGHT = 0 if TEMPORAL else 10
+TYPES: dict[str, Any] | None = _manifest["graph"].get("typed")
+TYPED_WEIGHT = int(os.environ.get("BENCH_TYPED_WEIGHT", "0"))
+if TYPED_WEIGHT and TYPES is None:
+    raise SystemExit(f"BENCH_TYPED_WEIGHT={TYPED_WEIGHT}: {BUNDLE} is not a typed bundle (no graph.typed)")
+# type -> (its external ids, how many a typed node links to at most): via types 3, ignored types 1.
+_link_ids: dict[str, tuple[list[int | str], int]] = {} if TYPES is None else {
+    t["name"]: (np.load(BUNDLE / t["node_ids"], allow_pickle=False).tolist() if t.get("node_ids")
+                else list(range(t["num_nodes"])), 3 if t["used"] else 1)
+    for t in TYPES["node_types"] if t["name"] != TYPES["target"]}
 _samples: dict[str, list[float]] = defaultdict(list)
 _version_index: dict[str, int] = {}  # version -> its index in the dump (one short int per event)
 _version_events: list[tuple[float, int, float]] = []  # (unix time received, version index, ms)
@@ -87,6 +101,15 @@ def _new_node() -> dict[str, Any]:
     return {"features": (donor + jitter).tolist(), "neighbors": random.sample(NODE_IDS, random.randint(1, 5))}
 
 
+def _typed_node() -> dict[str, Any]:
+    """A new target node with its typed links instead of `neighbors` (BENCH_TYPED_WEIGHT)."""
+    node = _new_node()
+    del node["neighbors"]
+    node["links"] = {name: random.sample(keys, random.randint(1, min(most, len(keys))))
+                     for name, (keys, most) in _link_ids.items()}
+    return node
+
+
 class ScoringClient(FastHttpUser):
     def wait_time(self) -> float:
         return random.expovariate(1.0 / MEAN_WAIT_S)
@@ -119,6 +142,10 @@ class ScoringClient(FastHttpUser):
     @task(NEW_WEIGHT)
     def score_new(self) -> None:
         self._score({"new_nodes": [_new_node()]}, "score:new", 1)
+
+    @task(TYPED_WEIGHT)
+    def score_typed(self) -> None:
+        self._score({"new_nodes": [_typed_node()]}, "score:typed", 1)
 
     @task(WRITE_WEIGHT)
     def write_edge(self) -> None:
