@@ -43,6 +43,7 @@ ARRAYS: dict[str, tuple[type[np.generic], int]] = {  # name -> (dtype, ndim)
     "indices": (np.int64, 1),
     "weights": (np.float32, 1),
     "in_degree": (np.int64, 1),
+    "neighbour_mean": (np.float32, 2),
 }
 assert tuple(ARRAYS) == GRAPH_FILES + OPTIONAL_GRAPH_FILES
 TEMPORAL_ARRAYS: dict[str, tuple[type[np.generic], int]] = {
@@ -56,12 +57,14 @@ assert tuple(TEMPORAL_ARRAYS) == TEMPORAL_GRAPH_FILES
 class GraphArrays:
     """The graph store: features float32 [N, F], node_ids [N] (external id of internal node i: int64,
     or strings as <U{w}, bundle.ids), P as CSR, and for students with degree input in_degree int64 [N]
-    (of the raw graph, before pruning; bundle.policy.in_degree). Loaded arrays are read-only, in memory."""
+    (of the raw graph, before pruning; bundle.policy.in_degree), and with mean input neighbour_mean
+    float32 [N, F] (bundle.policy.neighbour_mean). Loaded arrays are read-only, in memory."""
 
     features: npt.NDArray[np.float32]
     node_ids: npt.NDArray[Any]
     csr: CSR
     in_degree: npt.NDArray[np.int64] | None = None
+    neighbour_mean: npt.NDArray[np.float32] | None = None
 
     @property
     def id_type(self) -> ids.IdType:
@@ -72,7 +75,8 @@ class GraphArrays:
         arrays: dict[str, npt.NDArray[Any]] = {"features": self.features, "node_ids": self.node_ids,
                                                "indptr": self.csr.indptr, "indices": self.csr.indices,
                                                "weights": self.csr.weights}
-        return arrays if self.in_degree is None else {**arrays, "in_degree": self.in_degree}
+        optional = {"in_degree": self.in_degree, "neighbour_mean": self.neighbour_mean}
+        return {**arrays, **{name: a for name, a in optional.items() if a is not None}}
 
     def check(self) -> None:
         n, f = self.features.shape
@@ -86,9 +90,12 @@ class GraphArrays:
             raise BundleInvalid(f"graph/node_ids.npy: {exc}", {"file": "graph/node_ids.npy"}) from None
         if self.in_degree is not None and (self.in_degree.shape != (n,) or (self.in_degree < 0).any()):
             raise BundleInvalid(f"in_degree {self.in_degree.shape} must hold a count >= 0 for each of {n} nodes")
+        if self.neighbour_mean is not None and self.neighbour_mean.shape != (n, f):
+            raise BundleInvalid(f"neighbour_mean {self.neighbour_mean.shape} must be [{n}, {f}] like the features")
         # NaN / Inf would be served as garbage probabilities with a 200: refuse them at load.
-        for name, values in (("features", self.features), ("weights", self.csr.weights)):
-            if not np.isfinite(values).all():
+        finite = (("features", self.features), ("weights", self.csr.weights), ("neighbour_mean", self.neighbour_mean))
+        for name, values in finite:
+            if values is not None and not np.isfinite(values).all():
                 raise BundleInvalid(f"graph/{name} holds NaN or Inf values", {"file": f"graph/{name}.npy"})
         self.csr.check()
 
@@ -330,7 +337,7 @@ def load_graph(served: dict[str, bytearray], manifest: Manifest) -> GraphArrays:
     a = {name: _array(served[rel], name, rel, manifest.graph.id_type)
          for name, rel in zip(GRAPH_FILES + OPTIONAL_GRAPH_FILES, _graph_paths(manifest), strict=True) if rel}
     graph = GraphArrays(a["features"], a["node_ids"], CSR(a["indptr"], a["indices"], a["weights"]),
-                        a.get("in_degree"))
+                        a.get("in_degree"), a.get("neighbour_mean"))
     graph.check()
     ds = manifest.dataset
     if graph.features.shape != (ds.num_nodes, ds.num_features):

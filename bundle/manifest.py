@@ -25,7 +25,8 @@ from bundle.typed import TypedGraph
 
 SCHEMA_VERSION = 2
 GRAPH_FILES = ("features", "node_ids", "indptr", "indices", "weights")
-OPTIONAL_GRAPH_FILES = ("in_degree",)  # present exactly when policy.degree_input
+# present exactly when policy.degree_input / policy.mean_input
+OPTIONAL_GRAPH_FILES = ("in_degree", "neighbour_mean")
 TEMPORAL_GRAPH_FILES = ("node_ids", "src", "dst", "time", "rating")  # a temporal bundle's edge store
 
 
@@ -71,6 +72,17 @@ class Policy(_Strict):
     # The student's input row is [features | log1p(in-degree in the raw graph)]: hub information that
     # pruning to `fanout` neighbours would otherwise throw away (bundle.policy.node_inputs).
     degree_input: bool = False
+    # ... and with mean_input [features | mean of the raw in-neighbours' features | log1p(degree)]: exact
+    # over all neighbours, not the kept `fanout`. Needs degree_input: the count keeps the mean exact
+    # when the graph grows. Left out when false, so earlier bundles keep their bytes and digest.
+    mean_input: bool = False
+
+    @model_serializer(mode="wrap")
+    def _default_mean_input_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        dumped: dict[str, Any] = handler(self)
+        if dumped.get("mean_input") is False:
+            del dumped["mean_input"]
+        return dumped
 
     @property
     def graph_free(self) -> bool:
@@ -84,6 +96,8 @@ class Policy(_Strict):
     def _depth_fits(self) -> Policy:
         if self.graph_free != (self.k_hops == 0):
             raise ValueError("k_hops must be 0 exactly when propagation is none")
+        if self.mean_input and not self.degree_input:
+            raise ValueError("mean_input needs degree_input (the neighbour count that keeps the mean exact)")
         return self
 
 
@@ -109,6 +123,10 @@ class TemporalRecent(_Strict):
 
     @property
     def degree_input(self) -> bool:
+        return False
+
+    @property
+    def mean_input(self) -> bool:
         return False
 
     @property
@@ -151,6 +169,7 @@ class GraphFiles(_Strict):
     indices: str
     weights: str
     in_degree: str | None = None
+    neighbour_mean: str | None = None
     id_type: IdType = "int64"
     typed: TypedGraph | None = None
 
@@ -159,8 +178,9 @@ class GraphFiles(_Strict):
         dumped: dict[str, Any] = handler(self)
         if dumped.get("id_type") == "int64":
             del dumped["id_type"]
-        if dumped.get("typed", 0) is None:
-            del dumped["typed"]
+        for optional in ("typed", "neighbour_mean"):
+            if dumped.get(optional, 0) is None:
+                del dumped[optional]
         return dumped
 
     def paths(self) -> list[str]:
@@ -274,6 +294,8 @@ class Manifest(_Strict):
             raise ValueError("model.inputs, policy.propagation and policy.k_hops disagree")
         if isinstance(self.graph, GraphFiles) and self.policy.degree_input != (self.graph.in_degree is not None):
             raise ValueError("graph.in_degree must be present exactly when policy.degree_input is true")
+        if isinstance(self.graph, GraphFiles) and self.policy.mean_input != (self.graph.neighbour_mean is not None):
+            raise ValueError("graph.neighbour_mean must be present exactly when policy.mean_input is true")
         if self.decision is not None and (self.dataset.num_classes != 2
                                           or self.decision.positive_class not in self.dataset.class_names):
             raise ValueError("decision needs a binary dataset and one of its class_names as positive_class")

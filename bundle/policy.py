@@ -222,10 +222,40 @@ def new_node_degree(neighbours: I64) -> I64:
     return np.array([len(np.unique(neighbours))], dtype=np.int64)
 
 
-def node_inputs(features: F32, degree: I64 | None) -> F32:
-    """The student's input rows: features [n, F], with `degree` [n] the columns [features |
-    log1p(degree)] -> float32 [n, F (+1)]. Log: degrees are heavy-tailed; the model sees scale."""
-    if degree is None:
-        return np.asarray(features, dtype=np.float32)
-    column = np.log1p(degree.astype(np.float64)).astype(np.float32)[:, None]
-    return np.concatenate([np.asarray(features, dtype=np.float32), column], axis=1)
+def neighbour_mean(src: I64, dst: I64, features: F32, num_nodes: int) -> F32:
+    """Mean raw feature row of every node's distinct in-neighbours in the raw graph (before pruning;
+    the neighbour set `in_degree` counts: self-loops and duplicate edges out), zeros for a node
+    without any. src, dst int64 [E], features float32 [N, F] -> float32 [N, F]. Summed in float64,
+    one column at a time (E x F float64 at once would not fit for a dense graph)."""
+    loop = src == dst
+    keys = np.unique(src[~loop] * np.int64(num_nodes) + dst[~loop])
+    s, d = keys // num_nodes, keys % num_nodes
+    count = np.maximum(np.bincount(d, minlength=num_nodes), 1).astype(np.float64)
+    x = np.asarray(features, dtype=np.float32)
+    out = np.empty((num_nodes, x.shape[1]), dtype=np.float32)
+    for j in range(x.shape[1]):
+        out[:, j] = np.bincount(d, weights=x[s, j], minlength=num_nodes) / count
+    return out
+
+
+def new_node_mean(neighbour_features: F32) -> F32:
+    """The neighbour mean of a new node from its DISTINCT neighbours' raw feature rows [m, F] (the
+    caller deduplicates, as `new_node_degree` counts) -> float32 [1, F]; zeros when m == 0."""
+    rows = np.asarray(neighbour_features, dtype=np.float64)
+    if not len(rows):
+        return np.zeros((1, rows.shape[1]), dtype=np.float32)
+    mean: F32 = rows.mean(axis=0, keepdims=True).astype(np.float32)
+    return mean
+
+
+def node_inputs(features: F32, degree: I64 | None, mean: F32 | None = None) -> F32:
+    """The student's input rows: features [n, F], with `mean` [n, F] (the policy's mean_input) and
+    `degree` [n] (degree_input) the columns [features | mean | log1p(degree)] -> float32 [n, F (+F) (+1)].
+    The degree column stays last. Log: degrees are heavy-tailed; the model sees scale."""
+    parts = [np.asarray(features, dtype=np.float32)]
+    if mean is not None:
+        parts.append(np.asarray(mean, dtype=np.float32))
+    if degree is not None:
+        parts.append(np.log1p(degree.astype(np.float64)).astype(np.float32)[:, None])
+    out: F32 = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    return out
