@@ -12,6 +12,8 @@ Same policy as the job (bundle.policy), applied to one target row at a time (doc
   renormalises (a new node's row is uniform, like `new_node_row`);
 - the degree column counts a logged source as a new distinct in-neighbour unless it is already kept
   or logged (the bundle has no raw edge list: a duplicate of a pruned-away bundle edge counts again);
+  the neighbour mean takes in the features of exactly the sources the degree counts (as a float64
+  sum over the count, so it stays the exact mean);
 - new nodes take internal indices N, N+1, ... in log order; self-loops change nothing.
 
 Scoring `as_of` a time sees the bundle's edges plus logged edges with time <= as_of (`past`): those
@@ -59,6 +61,10 @@ class DynamicStore(GraphStore):
         self.base_degree = self.in_degree
         self._degree_buf = None if self.in_degree is None else self.in_degree.copy()
         self.in_degree = self._degree_buf
+        self.base_mean = self.neighbour_mean
+        self._mean_buf = None if self.neighbour_mean is None else self.neighbour_mean.copy()
+        self.neighbour_mean = self._mean_buf
+        self._mean_sums: dict[int, npt.NDArray[np.float64]] = {}  # node -> feature sum over its counted in-neighbours
         self._new_ids: dict[NodeKey, int] = {}
         self.logged: dict[int, dict[int, tuple[float, bool]]] = {}  # dst -> {src: (earliest time, counted)}
         self.kept: dict[int, I64] = {}  # current kept in-neighbours of changed rows (no self-loop)
@@ -121,11 +127,15 @@ class DynamicStore(GraphStore):
             self.changed = np.concatenate([self.changed, np.zeros(grown, dtype=bool)])
             if self._degree_buf is not None:
                 self._degree_buf = np.concatenate([self._degree_buf, np.zeros(grown, dtype=np.int64)])
+            if self._mean_buf is not None:
+                self._mean_buf = np.concatenate([self._mean_buf, np.zeros((grown, self.num_features), np.float32)])
         self._features_buf[index] = np.asarray(node.features, dtype=np.float32)
         self._new_ids[node.id] = index
         self.features = self._features_buf[: index + 1]
         if self._degree_buf is not None:
             self.in_degree = self._degree_buf[: index + 1]
+        if self._mean_buf is not None:
+            self.neighbour_mean = self._mean_buf[: index + 1]
         self.kept[index] = EMPTY
         self.rows[index] = GraphView(self, None).compute_row(index)
         self.changed[index] = True
@@ -141,7 +151,19 @@ class DynamicStore(GraphStore):
         logged[src] = (when, counted)
         if counted and self.in_degree is not None:
             self.in_degree[dst] += 1
+            if self.neighbour_mean is not None:
+                total = self._mean_sums.get(dst)
+                total = self.base_sum(dst) if total is None else total
+                self._mean_sums[dst] = total = total + self.features[src]
+                self.neighbour_mean[dst] = total / self.in_degree[dst]
         return True
+
+    def base_sum(self, node: int) -> npt.NDArray[np.float64]:
+        """The feature sum over `node`'s in-neighbours in the bundle (mean x count) -> float64 [F]."""
+        if self.base_mean is None or self.base_degree is None or node >= self.n_base:
+            return np.zeros(self.num_features, dtype=np.float64)
+        total: npt.NDArray[np.float64] = self.base_mean[node].astype(np.float64) * float(self.base_degree[node])
+        return total
 
     def _recompute(self, touched: Iterable[int], stale: bool) -> Applied:
         view = GraphView(self, None)
@@ -304,14 +326,21 @@ class GraphView:
         return adj
 
     def inputs(self, nodes: I64) -> F32:
-        """Student input rows of `nodes` [n] with this view's degree column -> float32 [n, F (+1)]."""
+        """Student input rows of `nodes` [n] with this view's degree (and neighbour-mean) columns
+        -> float32 [n, F (+F) (+1)]."""
         g = self.g
         if g.in_degree is None or g.base_degree is None or self.as_of is None:
             return g.inputs(nodes)
         base = g.base_degree
-        degree = np.array([(int(base[n]) if n < g.n_base else 0) + sum(c for _, c in self.logged(n))
-                           for n in nodes.tolist()], dtype=np.int64)
-        return kernels.node_inputs(g.features[nodes], degree)
+        counted = [[s for s, c in self.logged(n) if c] for n in nodes.tolist()]
+        degree = np.array([(int(base[n]) if n < g.n_base else 0) + len(c)
+                           for n, c in zip(nodes.tolist(), counted, strict=True)], dtype=np.int64)
+        mean = None
+        if g.neighbour_mean is not None:
+            sums = [g.base_sum(n) + g.features[c].astype(np.float64).sum(axis=0)
+                    for n, c in zip(nodes.tolist(), counted, strict=True)]
+            mean = (np.stack(sums) / np.maximum(degree, 1)[:, None]).astype(np.float32)
+        return kernels.node_inputs(g.features[nodes], degree, mean)
 
     def block(self, node: int) -> Block:
         """The block of internal node `node` (target at row 0); inputs included for a past view."""
@@ -325,8 +354,7 @@ class GraphView:
     def new_node_block(self, features: F32, neighbors: I64) -> Block:
         """GraphStore.new_node_block over this view (the new node takes index `num_nodes`)."""
         g, p = self.g, self.g.policy
-        degree = None if g.in_degree is None else kernels.new_node_degree(neighbors)
-        x_new = kernels.node_inputs(features.reshape(1, -1), degree)
+        x_new = g.new_node_inputs(features, neighbors)
         if g.graph_free:
             return Block(np.array([-1], dtype=np.int64), None, 0, x_new)
         kept = kernels.kept_neighbours(neighbors, g.num_nodes, p.fanout, p.seed)

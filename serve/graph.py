@@ -75,6 +75,7 @@ class GraphStore:
     def __init__(self, g: GraphArrays, policy: Policy) -> None:
         self.features: F32 = g.features
         self.in_degree: I64 | None = g.in_degree if policy.degree_input else None
+        self.neighbour_mean: F32 | None = g.neighbour_mean if policy.mean_input else None
         self.csr = g.csr
         self.node_ids: npt.NDArray[Any] = g.node_ids  # int64, or <U{w} strings (bundle.ids)
         self.index = id_rules.IdIndex(g.node_ids)
@@ -108,15 +109,22 @@ class GraphStore:
         return Block(nodes, None if self.graph_free else self.csr.dense_block(nodes), 0)
 
     def inputs(self, nodes: I64) -> F32:
-        """The student's input rows of existing nodes [n] -> float32 [n, F] (or [n, F + 1] with the
-        policy's degree column)."""
+        """The student's input rows of existing nodes [n] -> float32 [n, F] (plus the policy's
+        neighbour-mean columns [F] and degree column [1], when it has them)."""
         degree = None if self.in_degree is None else self.in_degree[nodes]
-        return kernels.node_inputs(self.features[nodes], degree)
+        mean = None if self.neighbour_mean is None else self.neighbour_mean[nodes]
+        return kernels.node_inputs(self.features[nodes], degree, mean)
+
+    def new_node_inputs(self, features: F32, neighbors: I64) -> F32:
+        """The input row of a new node with features [F] and internal neighbour indices [m] (repeats
+        allowed): degree and mean over its distinct neighbours -> float32 [1, width]."""
+        degree = None if self.in_degree is None else kernels.new_node_degree(neighbors)
+        mean = None if self.neighbour_mean is None else kernels.new_node_mean(self.features[np.unique(neighbors)])
+        return kernels.node_inputs(features.reshape(1, -1), degree, mean)
 
     def new_node_block(self, features: F32, neighbors: I64) -> Block:
         """Block of a new node (row 0) with features [F] and internal neighbour indices [m]."""
-        degree = None if self.in_degree is None else kernels.new_node_degree(neighbors)
-        x_new = kernels.node_inputs(features.reshape(1, -1), degree)
+        x_new = self.new_node_inputs(features, neighbors)
         if self.graph_free:
             return Block(np.array([-1], dtype=np.int64), None, 0, x_new)
         p = self.policy

@@ -54,7 +54,8 @@ class Model:
             raise BundleError(f"student.onnx has outputs {outputs}, expected 'logits'", self._blame)
         width = self.session.get_inputs()[0].shape[1]
         manifest = bundle.manifest
-        expected = manifest.dataset.num_features + int(manifest.policy.degree_input)  # + the log-degree column
+        policy, f = manifest.policy, manifest.dataset.num_features
+        expected = f + f * int(policy.mean_input) + int(policy.degree_input)  # + neighbour mean, log-degree
         if isinstance(width, int) and width != expected:
             raise BundleError(f"student.onnx takes {width} input columns, the manifest's features and policy "
                               f"say {expected}", self._blame)

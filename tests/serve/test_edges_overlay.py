@@ -27,16 +27,18 @@ def raw_graph(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def arrays(src: np.ndarray, dst: np.ndarray, policy: Policy, num_nodes: int, features: np.ndarray) -> GraphArrays:
-    """What the job writes for raw edges src -> dst: pruned P as CSR, raw in-degree."""
+    """What the job writes for raw edges src -> dst: pruned P as CSR, raw in-degree (and neighbour mean)."""
     kept = kernels.prune(src, dst, num_nodes, policy.fanout, policy.seed)
     entries = kernels.propagation(src[kept], dst[kept], num_nodes, policy.propagation)
     degree = kernels.in_degree(src, dst, num_nodes) if policy.degree_input else None
+    mean = kernels.neighbour_mean(src, dst, features, num_nodes) if policy.mean_input else None
     return GraphArrays(features, np.arange(num_nodes, dtype=np.int64),
-                       kernels.CSR.from_entries(entries, num_nodes), degree)
+                       kernels.CSR.from_entries(entries, num_nodes), degree, mean)
 
 
-def policy(propagation: str = "gcn", degree_input: bool = True) -> Policy:
-    return Policy(fanout=3, k_hops=2, propagation=propagation, seed=7, degree_input=degree_input)  # type: ignore[arg-type]
+def policy(propagation: str = "gcn", degree_input: bool = True, mean_input: bool = False) -> Policy:
+    return Policy(fanout=3, k_hops=2, propagation=propagation, seed=7,  # type: ignore[arg-type]
+                  degree_input=degree_input, mean_input=mean_input)
 
 
 def features(n: int) -> np.ndarray:
@@ -52,12 +54,13 @@ def assert_same_blocks(grown: DynamicStore, rebuilt: GraphStore, nodes: range) -
         a, b = grown.block(node), rebuilt.block(node)
         np.testing.assert_array_equal(a.nodes, b.nodes)
         np.testing.assert_allclose(a.adj, b.adj, rtol=0, atol=1e-7)
-        np.testing.assert_array_equal(grown.inputs(a.nodes), rebuilt.inputs(b.nodes))
+        # Exact up to float32 rounding: the grown mean is (stored mean x count + new rows) / count.
+        np.testing.assert_allclose(grown.inputs(a.nodes), rebuilt.inputs(b.nodes), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("propagation", ["gcn", "mean"])
-def test_grown_graph_equals_the_policy_on_the_grown_raw_graph(propagation: str) -> None:
-    p = policy(propagation)
+@pytest.mark.parametrize("propagation, mean_input", [("gcn", False), ("mean", False), ("mean", True)])
+def test_grown_graph_equals_the_policy_on_the_grown_raw_graph(propagation: str, mean_input: bool) -> None:
+    p = policy(propagation, mean_input=mean_input)
     src, dst = raw_graph()
     x = features(N + 1)
     grown = DynamicStore(arrays(src, dst, p, N, x[:N]), p)
@@ -102,8 +105,9 @@ def test_a_write_drops_every_cached_block_that_holds_a_changed_row() -> None:
         np.testing.assert_array_equal(got.adj, fresh.adj)
 
 
-def test_as_of_sees_only_edges_up_to_then() -> None:
-    p = policy("gcn")
+@pytest.mark.parametrize("mean_input", [False, True])
+def test_as_of_sees_only_edges_up_to_then(mean_input: bool) -> None:
+    p = policy("gcn", mean_input=mean_input)
     src, dst = raw_graph()
     x = features(N)
     base = GraphStore(arrays(src, dst, p, N, x), p)
@@ -120,7 +124,7 @@ def test_as_of_sees_only_edges_up_to_then() -> None:
             a, b = past.block(node), reference.block(node)
             np.testing.assert_array_equal(a.nodes, b.nodes)
             np.testing.assert_array_equal(a.adj, b.adj)
-            np.testing.assert_array_equal(a.x, reference.inputs(b.nodes))
+            np.testing.assert_allclose(a.x, reference.inputs(b.nodes), rtol=0, atol=1e-6)
 
 
 def test_new_node_is_found_by_its_id_and_duplicates_change_nothing() -> None:
