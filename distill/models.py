@@ -86,6 +86,8 @@ class LayerStack(nn.Module):
     convs: nn.ModuleList
     # True: input rows carry a last column log1p(raw in-degree) after the features (bundle.policy.node_inputs).
     takes_degree = False
+    # True: the F columns after the features are the mean raw features of the node's in-neighbours.
+    takes_mean = False
 
     def __init__(self, dropout: float) -> None:
         super().__init__()
@@ -181,19 +183,24 @@ class ResSAGE(LayerStack):
     neighbour-mean (`lin_rel`) transforms of PyG `GraphConv`, the node's degree, LayerNorm, and a
     residual connection; a linear classifier on top.
 
-    Input rows are [features | log1p(in-degree of the raw graph)] (`takes_degree`; the policy's
-    `degree_input`): the degree a node has before pruning to `fanout` neighbours, so a hub still
-    looks like a hub, and every node of a served block carries its exact value.
+    Input rows are [features | neighbour mean | log1p(in-degree of the raw graph)] (`takes_mean`,
+    `takes_degree`; the policy's `mean_input`, `degree_input`): the mean of ALL of a node's raw
+    in-neighbours' features and its degree before pruning to `fanout` neighbours, so a hub keeps
+    what its thousands of neighbours say and still looks like a hub; every node of a served block
+    carries its exact values. The mean is normalised like the features (the same FeatureNorm
+    statistics), and lin_in reads both halves.
     """
 
     takes_degree = True
+    takes_mean = True
 
     def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
                  dropout: float = 0.5) -> None:
         super().__init__(dropout)
         if num_layers < 1:
             raise ConfigError(f"num_layers={num_layers} must be >= 1")
-        self.lin_in = nn.Linear(in_channels, hidden_channels)
+        self.in_channels = in_channels
+        self.lin_in = nn.Linear(2 * in_channels, hidden_channels)
         self.convs = nn.ModuleList(GraphConv(hidden_channels, hidden_channels, aggr="add")
                                    for _ in range(num_layers))
         self.degree = nn.ModuleList(nn.Linear(1, hidden_channels, bias=False) for _ in range(num_layers))
@@ -201,8 +208,10 @@ class ResSAGE(LayerStack):
         self.lin_out = nn.Linear(hidden_channels, out_channels)
 
     def _blocks(self, x: Tensor, aggregate: Callable[[GraphConv, Tensor], Tensor]) -> NodeOutputs:
-        features, log_degree = x[:, :-1], x[:, -1:]
-        h = self.lin_in(input_dropout(self.feature_norm(features), self.dropout, self.training))
+        f, log_degree = self.in_channels, x[:, -1:]
+        # Features and their neighbour mean as [n, 2, F]: one FeatureNorm call normalises each half alike.
+        both = self.feature_norm(x[:, : 2 * f].reshape(-1, 2, f)).reshape(-1, 2 * f)
+        h = self.lin_in(input_dropout(both, self.dropout, self.training))
         hidden = []
         for conv, degree, norm in zip(self.convs, self.degree, self.norms, strict=True):
             z = F.dropout(h, self.dropout, self.training)
@@ -215,11 +224,12 @@ class ResSAGE(LayerStack):
         return NodeOutputs(logits, hidden[:-1] + [logits])
 
     def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
-        """x [N, F + 1] (features, log-degree), edge_index [2, E] (source -> target), edge_weight [E]."""
+        """x [N, 2F + 1] (features, neighbour mean, log-degree), edge_index [2, E] (source -> target),
+        edge_weight [E]."""
         return self._blocks(x, lambda conv, h: conv.propagate(edge_index, x=h, edge_weight=edge_weight))
 
     def forward_dense(self, x: Tensor, adj: Tensor) -> Tensor:
-        """x [n, F + 1], adj [n, n] (row i = P[i, :]) -> logits [n, C]; equals `forward` on the same edges."""
+        """x [n, 2F + 1], adj [n, n] (row i = P[i, :]) -> logits [n, C]; equals `forward` on the same edges."""
         return self._blocks(x, lambda conv, h: adj @ h).logits
 
 
@@ -275,6 +285,11 @@ def build_student(name: str, **kwargs: object) -> tuple[LayerStack, str]:
 def takes_degree(student: str) -> bool:
     """Whether a student's input rows end with the log-degree column (the policy's degree_input)."""
     return bool(_registered(student)[0].takes_degree)  # type: ignore[attr-defined]
+
+
+def takes_mean(student: str) -> bool:
+    """Whether a student's input rows carry the neighbour-mean columns (the policy's mean_input)."""
+    return bool(_registered(student)[0].takes_mean)  # type: ignore[attr-defined]
 
 
 def propagation_of(student: str) -> str:

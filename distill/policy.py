@@ -18,11 +18,11 @@ from distill.train import Edges
 
 
 def make_policy(fanout: int, k_hops: int, propagation: str, seed: int, score: str = "hash",
-                degree_input: bool = False) -> Policy:
+                degree_input: bool = False, mean_input: bool = False) -> Policy:
     """The typed policy of the manifest; the contract's own validation decides, as a ConfigError."""
     try:
         return Policy(fanout=fanout, k_hops=k_hops, propagation=propagation, seed=seed,  # type: ignore[arg-type]
-                      score=score, degree_input=degree_input)
+                      score=score, degree_input=degree_input, mean_input=mean_input)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"neighbourhood policy: {problems}") from None
@@ -40,32 +40,41 @@ def prune(edge_index: Tensor, num_nodes: int, fanout: int, seed: int, score: Ten
 class StudentGraph:
     """The student's view of the graph under the policy: the kept edges [2, E'] (no weights; what LSP
     distils), P as the contract's CSR (what the bundle stores) and as training edges (P's entries),
-    and with `policy.degree_input` the raw graph's in-degree [N] (stored in the bundle too)."""
+    with `policy.degree_input` the raw graph's in-degree [N] and with `policy.mean_input` the mean
+    raw features of each node's in-neighbours [N, F] (both of the raw graph, both stored in the bundle)."""
 
     policy: Policy
     kept: Tensor
     csr: CSR
     edges: Edges
     in_degree: np.ndarray | None = None
+    neighbour_mean: np.ndarray | None = None
 
     def inputs(self, x: Tensor) -> Tensor:
-        """The student's input rows for features x [N, F] -> [N, F] or [N, F + 1] (bundle.policy.node_inputs,
-        the function the service calls)."""
-        if self.in_degree is None:
+        """The student's input rows for features x [N, F] -> [N, F], [N, F + 1] or [N, 2F + 1]
+        (bundle.policy.node_inputs, the function the service calls)."""
+        if self.in_degree is None and self.neighbour_mean is None:
             return x
-        return torch.from_numpy(kernels.node_inputs(x.detach().cpu().numpy(), self.in_degree)).to(x.device)
+        rows = kernels.node_inputs(x.detach().cpu().numpy(), self.in_degree, self.neighbour_mean)
+        return torch.from_numpy(rows).to(x.device)
 
 
 def student_graph(edge_index: Tensor, num_nodes: int, policy: Policy, importance: Tensor | None = None,
-                  attention: tuple[Tensor, Tensor] | None = None) -> StudentGraph:
+                  attention: tuple[Tensor, Tensor] | None = None, x: Tensor | None = None) -> StudentGraph:
     """Prune under `policy` (by teacher `importance` [E] when given, else by the hash) and weigh P by
-    `policy.propagation` (`attention` = (scores of the data edges [E], of the self-loops [N]))."""
+    `policy.propagation` (`attention` = (scores of the data edges [E], of the self-loops [N])).
+    With `policy.mean_input`, `x` [N, F] are the raw features the neighbour mean is taken of."""
     kept = prune(edge_index, num_nodes, policy.fanout, policy.seed, importance)
     sg = weigh(kept, edge_index, num_nodes, policy, attention)
-    if not policy.degree_input:
-        return sg
     src, dst = edge_index.cpu().numpy()
-    return replace(sg, in_degree=kernels.in_degree(src, dst, num_nodes))
+    if policy.degree_input:
+        sg = replace(sg, in_degree=kernels.in_degree(src, dst, num_nodes))
+    if policy.mean_input:
+        if x is None:
+            raise ValueError("a policy with mean_input needs the raw features x to take the neighbour mean of")
+        features = x.detach().cpu().numpy().astype(np.float32)
+        sg = replace(sg, neighbour_mean=kernels.neighbour_mean(src, dst, features, num_nodes))
+    return sg
 
 
 def weigh(kept: Tensor, edge_index: Tensor, num_nodes: int, policy: Policy,

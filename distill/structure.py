@@ -13,7 +13,7 @@ from torch_geometric.utils import softmax
 
 from distill.artefacts import EdgeImportance, Prepared
 from distill.config import RunConfig
-from distill.models import propagation_of, takes_degree
+from distill.models import propagation_of, takes_degree, takes_mean
 from distill.policy import StudentGraph, make_policy, scores_on, student_graph, weigh
 from distill.train import Edges
 
@@ -83,18 +83,21 @@ def candidate_graphs(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...],
     data = prep.ds.data
     prop = propagation_of(cfg.student)
     k_hops = 0 if prop == "none" else cfg.student_layers
-    degree = takes_degree(cfg.student)
+    degree, mean = takes_degree(cfg.student), takes_mean(cfg.student)
     if "structure" not in kinds or prop == "none":
         return [student_graph(data.edge_index, data.num_nodes,
-                              make_policy(cfg.fanout, k_hops, prop, cfg.seed, degree_input=degree))]
+                              make_policy(cfg.fanout, k_hops, prop, cfg.seed, degree_input=degree, mean_input=mean),
+                              x=data.x)]
     importance = importance if importance is not None else teacher_importance(cfg, prep)
     family = cfg.teacher_family(prep.teacher_metrics)
     score = "teacher_attention" if family.startswith("gat") else "teacher_gradient"
     fixed = student_graph(data.edge_index, data.num_nodes,
-                          make_policy(cfg.fanout, k_hops, prop, cfg.seed, score, degree), importance.edges)
+                          make_policy(cfg.fanout, k_hops, prop, cfg.seed, score, degree, mean), importance.edges,
+                          x=data.x)
     if importance.self_loops is None or cfg.structure_weights == "fixed":
         return [fixed]
     policy = fixed.policy.model_copy(update={"propagation": "attention"})
     attention = replace(weigh(fixed.kept, data.edge_index, data.num_nodes, policy,
-                              (importance.edges, importance.self_loops)), in_degree=fixed.in_degree)
+                              (importance.edges, importance.self_loops)),
+                        in_degree=fixed.in_degree, neighbour_mean=fixed.neighbour_mean)
     return [attention] if cfg.structure_weights == "attention" else [fixed, attention]

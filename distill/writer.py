@@ -31,6 +31,7 @@ from distill.config import RunConfig
 from distill.data import Dataset, load_dataset
 from distill.errors import ConfigError, DistillError
 from distill.export import OPSET, input_names
+from distill.models import takes_mean
 
 # Room for what the estimate does not size: student.onnx, teacher.pt, reports, manifest, fs overhead.
 SPACE_MARGIN = 32 << 20
@@ -66,13 +67,15 @@ def estimate_bytes(cfg: RunConfig) -> int:
     """Bytes the bundle of `cfg` will take, sized from the dataset (loaded once more here: 0.1 s for
     Tolokers or Amazon, against the minutes of training it protects): features N*F float32, node
     ids (int64, or 4 bytes per character of the longest string id), indptr and in-degree int64, at
-    most min(E, N*fanout) pruned edges plus N self-loops at 12 bytes each, and SPACE_MARGIN. With
+    most min(E, N*fanout) pruned edges plus N self-loops at 12 bytes each, the neighbour mean N*F
+    float32 when a student family the run may keep takes it, and SPACE_MARGIN. With
     --force the old bundle stays until the swap, so all of it is new space."""
     ds = load_dataset(cfg.dataset, cfg.split)
     data = ds.data
     n, f, e = int(data.num_nodes), int(data.num_features), int(data.num_edges)
     entries = min(e, n * cfg.fanout) + n
-    return 4 * n * f + ds.external_ids.nbytes + 8 * (2 * n + 1) + 12 * entries + SPACE_MARGIN
+    mean = 4 * n * f if any(takes_mean(s) for s in cfg.students) else 0
+    return 4 * n * f + mean + ds.external_ids.nbytes + 8 * (2 * n + 1) + 12 * entries + SPACE_MARGIN
 
 
 def check_space(out: Path, need: int) -> None:
@@ -103,7 +106,8 @@ def stage(root: Path, prep: Prepared, result: Distilled, extra_files: dict[str, 
     """Write what the service reads (graph store, student.onnx) and the teacher into `root`, with a
     provisional manifest (no metrics, no parity yet) so the staged bundle can be opened as served."""
     data, sg = prep.ds.data, result.trained.graph
-    arrays = files.GraphArrays(data.x.cpu().numpy().astype(np.float32), prep.ds.external_ids, sg.csr, sg.in_degree)
+    arrays = files.GraphArrays(data.x.cpu().numpy().astype(np.float32), prep.ds.external_ids, sg.csr, sg.in_degree,
+                               sg.neighbour_mean)
     section = None if prep.ds.hetero is None else typed_section(root, prep.ds)
     graph = GraphFiles(**files.save_graph(root, arrays), id_type=arrays.id_type, typed=section)
     (root / "student.onnx").write_bytes(result.onnx_bytes)

@@ -19,8 +19,9 @@ TINY = ["--teacher-layers", "2", "--teacher-hidden", "16", "--student-hidden", "
 def test_export_is_dense_matmul_with_a_dynamic_node_axis(name):
     d = load_dataset("synthetic:nodes=300,features=6,seed=2").data
     student, kind = build_student(name, in_channels=6, hidden_channels=16, num_layers=2, out_channels=3)
-    pol = policy.make_policy(5, 0 if kind == "none" else 2, kind, 0, degree_input=student.takes_degree)
-    sg = policy.student_graph(d.edge_index, d.num_nodes, pol)
+    pol = policy.make_policy(5, 0 if kind == "none" else 2, kind, 0, degree_input=student.takes_degree,
+                             mean_input=student.takes_mean)
+    sg = policy.student_graph(d.edge_index, d.num_nodes, pol, x=d.x)
     nodes, adj = policy.neighbourhood(sg, 0)
     blob = export.export_onnx(student, sg.inputs(d.x)[torch.from_numpy(nodes)], torch.from_numpy(adj), kind == "none")
     model = onnx.load_from_string(blob)

@@ -59,3 +59,49 @@ def test_gat_sep_attends_to_neighbours_only_and_keeps_the_node_apart():
     moved[2] += 1.0
     assert not torch.allclose(sep(x, edges)[2], sep(moved, edges)[2])
     assert sum(p.numel() for p in sep.parameters()) > sum(p.numel() for p in plain.parameters())
+
+
+def _res_sage_case(mode: str):
+    """A ResSAGE with mean input under FeatureNorm `mode` on a 60-node synthetic graph -> (model, x
+    [N, 2F + 1] (features, neighbour mean, log-degree), student graph)."""
+    from distill import policy
+    from distill.data import load_dataset
+    from distill.models import ResSAGE
+
+    d = load_dataset("synthetic:nodes=60,avg_degree=6,features=5,seed=3").data
+    torch.manual_seed(0)
+    model = ResSAGE(5, 8, 2, 3).eval()
+    model.feature_norm = FeatureNorm(mode, d.x.mean(0), d.x.std(0).clamp(min=1e-6))
+    pol = policy.make_policy(3, 2, "mean", 0, degree_input=True, mean_input=True)
+    sg = policy.student_graph(d.edge_index, d.num_nodes, pol, x=d.x)
+    return model, sg.inputs(d.x), sg
+
+
+def test_res_sage_with_the_neighbour_mean_dense_equals_sparse():
+    for mode in ("standard", "row", "none"):
+        model, x, sg = _res_sage_case(mode)
+        assert model.takes_mean and x.size(1) == 2 * 5 + 1 and model.lin_in.in_features == 10
+        with torch.no_grad():
+            sparse = model(x, sg.edges.edge_index, sg.edges.edge_weight)
+            adj = torch.zeros(x.size(0), x.size(0)).index_put_(
+                (sg.edges.edge_index[1], sg.edges.edge_index[0]), sg.edges.edge_weight, accumulate=True)
+            dense = model.forward_dense(x, adj)
+        torch.testing.assert_close(dense, sparse, atol=1e-5, rtol=0)
+
+
+def test_res_sage_reads_the_mean_columns_normalised_like_the_features():
+    model, x, sg = _res_sage_case("standard")
+    f = 5
+    with torch.no_grad():
+        base = model(x, sg.edges.edge_index, sg.edges.edge_weight)
+        moved = x.clone()
+        moved[:, f: 2 * f] += 1.0
+        assert not torch.allclose(model(moved, sg.edges.edge_index, sg.edges.edge_weight), base)
+        # lin_in reads [z(features) | z(mean)], both z-scored with the features' train statistics.
+        seen = []
+        hook = model.lin_in.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+        model(x, sg.edges.edge_index, sg.edges.edge_weight)
+        hook.remove()
+    mu, sd = model.feature_norm.mean, model.feature_norm.std
+    expected = torch.cat([(x[:, :f] - mu) / sd, (x[:, f: 2 * f] - mu) / sd], dim=1)
+    torch.testing.assert_close(seen[0], expected, atol=1e-6, rtol=0)

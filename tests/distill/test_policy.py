@@ -38,10 +38,10 @@ def test_served_neighbourhood_reproduces_the_full_graph_output():
     d = _graph()
     for model, kind in ((GCN(6, 8, 2, 3), "gcn"), (SAGE(6, 8, 2, 3), "mean"), (ResSAGE(6, 8, 2, 3), "mean")):
         model.eval()
-        pol = policy.make_policy(4, 2, kind, 0, degree_input=model.takes_degree)
-        sg = policy.student_graph(d.edge_index, d.num_nodes, pol)
+        pol = policy.make_policy(4, 2, kind, 0, degree_input=model.takes_degree, mean_input=model.takes_mean)
+        sg = policy.student_graph(d.edge_index, d.num_nodes, pol, x=d.x)
         x = sg.inputs(d.x)
-        assert x.size(1) == d.x.size(1) + model.takes_degree
+        assert x.size(1) == d.x.size(1) * (1 + model.takes_mean) + model.takes_degree
         full = model(x, sg.edges.edge_index, sg.edges.edge_weight)
         for node in (0, 17, int(np.argmax(sg.csr.degree))):
             nodes, adj = policy.neighbourhood(sg, node)

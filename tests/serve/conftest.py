@@ -33,6 +33,7 @@ class TinyBundle:
     prop_weight: Any  # torch float32 [E]
     policy: dict[str, Any]
     in_degree: Any = None  # int64 [N]: the raw graph's in-degree, for students with a degree column
+    neighbour_mean: Any = None  # float32 [N, F]: mean raw features of in-neighbours, for students with mean input
 
 
 def build_tiny(out: Path, student: str, seed: int = 0) -> TinyBundle:
@@ -67,7 +68,7 @@ def build_tiny(out: Path, student: str, seed: int = 0) -> TinyBundle:
     return TinyBundle(
         path=out, student=trained.model.eval(), logits=trained.logits.numpy(), features=captured["x"],
         prop_index=edges.edge_index, prop_weight=edges.edge_weight, policy=trained.graph.policy.model_dump(),
-        in_degree=trained.graph.in_degree,
+        in_degree=trained.graph.in_degree, neighbour_mean=trained.graph.neighbour_mean,
     )
 
 
