@@ -1,7 +1,6 @@
 """Typed (meta-path) bundles: the `graph.typed` section, its arrays, and the one expansion rule."""
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 from bundle import files, typed
 from bundle.errors import BundleInvalid
 from bundle.manifest import GraphFiles, Manifest
-from tests.bundle.test_manifest import write_hand_bundle
+from tests.bundle.test_manifest import _edit, write_hand_bundle
 from tests.bundle.test_string_ids import GOLDEN
 
 # 3 papers (the hand bundle's nodes), 2 authors: author 0 wrote papers 0 and 1, author 1 paper 2; 1 subject.
@@ -27,12 +26,6 @@ def write_typed_bundle(root: Path, author_ids: np.ndarray | None = None) -> Mani
     manifest = files.with_version(manifest.model_copy(update={"graph": graph, "files": files.file_hashes(root)}))
     files.write_manifest(root, manifest)
     return manifest
-
-
-def _edit(root: Path, change) -> None:
-    data = json.loads((root / "manifest.json").read_text())
-    change(data)
-    (root / "manifest.json").write_text(json.dumps(data))
 
 
 def _rehash(root: Path) -> None:

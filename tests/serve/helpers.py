@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi.testclient import TestClient
 
 from bundle.files import GraphArrays
 from bundle.manifest import Policy
@@ -15,6 +17,7 @@ from serve.bundle import load
 from serve.graph import BlockCache, GraphStore
 from serve.model import Model
 from serve.scoring import Scorer
+from serve.settings import Settings
 
 
 def scorer_for(path: Path, pack_nodes: int = 256, budget: int = 1 << 30) -> Scorer:
@@ -43,3 +46,12 @@ def wait_ready(client: Any, timeout: float = 30.0) -> None:
     while client.get("/readyz").status_code != 200:
         assert time.monotonic() < deadline, client.get("/readyz").text
         time.sleep(0.02)
+
+
+def ready_client(bundle: Any) -> Iterator[TestClient]:
+    """A TestClient on the app serving `bundle` (small batches, one warm-up run), once it is ready."""
+    from serve.app import create_app  # the app module builds routes at import: only for tests that serve
+
+    with TestClient(create_app(Settings(bundle=bundle, warmup_runs=1, max_batch=16))) as client:
+        wait_ready(client)
+        yield client

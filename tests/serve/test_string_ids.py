@@ -14,12 +14,10 @@ import tritonclient.http as http
 from fastapi.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
-from serve.app import create_app
 from serve.routes.v2 import MODEL_NAME
-from serve.settings import Settings
 from tests.serve import conftest
 from tests.serve.conftest import TinyBundle, build_tiny
-from tests.serve.helpers import wait_ready
+from tests.serve.helpers import ready_client
 from tests.serve.reference import new_node_logits, softmax
 from tests.serve.servers import serving
 
@@ -37,12 +35,6 @@ def strings(tmp_path_factory: pytest.TempPathFactory) -> TinyBundle:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(conftest, "TINY", conftest.TINY + ",ids=str")
         return build_tiny(tmp_path_factory.mktemp("string-ids") / "gcn", "gcn")
-
-
-def ready_client(bundle: Any) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(bundle=bundle, warmup_runs=1, max_batch=16))) as client:
-        wait_ready(client)
-        yield client
 
 
 @pytest.fixture(scope="module")

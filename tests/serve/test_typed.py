@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,11 +15,9 @@ from fastapi.testclient import TestClient
 from bundle import files, typed
 from bundle.manifest import Manifest
 from distill.data import load_dataset
-from serve.app import create_app
-from serve.settings import Settings
 from tests.serve import conftest
 from tests.serve.conftest import TinyBundle, build_tiny
-from tests.serve.helpers import wait_ready
+from tests.serve.helpers import ready_client
 from tests.serve.reference import new_node_logits
 
 SPEC = "synthetic-hetero:transactions=200,users=60,devices=40,rings=3,fraud_rate=0.1,train_share=0.2"
@@ -44,15 +41,9 @@ def links() -> dict[str, tuple[np.ndarray, np.ndarray]]:
                                                                                         ("device", "uses"))}
 
 
-def client_for(path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(bundle=path, warmup_runs=1, max_batch=16))) as client:
-        wait_ready(client)
-        yield client
-
-
 @pytest.fixture(scope="module")
 def client(hetero: TinyBundle) -> Iterator[TestClient]:
-    yield from client_for(hetero.path)
+    yield from ready_client(hetero.path)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +56,7 @@ def with_merchants(hetero: TinyBundle, tmp_path_factory: pytest.TempPathFactory)
     section = manifest.typed.model_copy(update={"node_types": [*manifest.typed.node_types, merchant]})
     graph = manifest.graph.model_copy(update={"typed": section})
     files.write_manifest(root, files.with_version(manifest.model_copy(update={"graph": graph})))
-    yield from client_for(root)
+    yield from ready_client(root)
 
 
 def expected_neighbours(links: dict[str, tuple[np.ndarray, np.ndarray]], sent: dict[str, list[int]]) -> list[int]:
@@ -110,7 +101,7 @@ def test_the_model_advertises_its_types(client):
 
 
 def test_a_homogeneous_bundle_advertises_no_types(gcn: TinyBundle):
-    for c in client_for(gcn.path):
+    for c in ready_client(gcn.path):
         assert c.get("/v1/model").json()["types"] is None
         response = c.post("/v1/score", json={"new_nodes": [{"features": [0.0] * 8, "links": {"user": [0]}}]})
         assert response.status_code == 422, response.text
