@@ -30,9 +30,9 @@ class SyntheticConfig:
     features say little (signal 0.08), but 90 % of its edges are drawn inside its class, so a model's
     estimate improves with every hop of neighbours it averages: a 6-layer teacher averages far more
     of them than a 2-layer student, even one that reads its neighbours' exact feature mean (sage-res:
-    three hops in all, enough to match the teacher at signal 0.15). And few nodes are labelled (4 %), so a student trained alone
-    fits some 80 labels, while a distilled one also learns from the teacher's soft labels on
-    every other node.
+    three hops in all, enough to match the teacher at signal 0.15). And few nodes are labelled
+    (4 %), so a student trained alone fits some 80 labels, while a distilled one also learns from
+    the teacher's soft labels on every other node.
     """
 
     nodes: int = 2000
