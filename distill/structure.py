@@ -83,7 +83,7 @@ def candidate_graphs(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...],
     data = prep.ds.data
     prop = propagation_of(cfg.student)
     k_hops = 0 if prop == "none" else cfg.student_layers
-    degree, mean = takes_degree(cfg.student), takes_mean(cfg.student)
+    degree, mean = takes_degree(cfg.student), takes_mean(cfg.student, int(data.num_features))
     if "structure" not in kinds or prop == "none":
         return [student_graph(data.edge_index, data.num_nodes,
                               make_policy(cfg.fanout, k_hops, prop, cfg.seed, degree_input=degree, mean_input=mean),

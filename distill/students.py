@@ -31,7 +31,7 @@ def train_student(cfg: RunConfig, prep: Prepared, sg: StudentGraph, kinds: tuple
     torch.manual_seed(cfg.seed)
     student, _ = build_student(cfg.student, in_channels=raw.num_features, hidden_channels=cfg.student_hidden,
                                num_layers=cfg.student_layers, out_channels=prep.ds.num_classes,
-                               dropout=cfg.student_dropout)
+                               dropout=cfg.student_dropout, mean_input=sg.policy.mean_input)
     student.feature_norm = FeatureNorm(prep.norm.mode, prep.norm.mean, prep.norm.std)
     teacher = prep.signals if kinds else None
     widths = [cfg.student_hidden] * (cfg.student_layers - 1) + [prep.ds.num_classes]

@@ -74,7 +74,7 @@ def estimate_bytes(cfg: RunConfig) -> int:
     data = ds.data
     n, f, e = int(data.num_nodes), int(data.num_features), int(data.num_edges)
     entries = min(e, n * cfg.fanout) + n
-    mean = 4 * n * f if any(takes_mean(s) for s in cfg.students) else 0
+    mean = 4 * n * f if any(takes_mean(s, f) for s in cfg.students) else 0
     return 4 * n * f + mean + ds.external_ids.nbytes + 8 * (2 * n + 1) + 12 * entries + SPACE_MARGIN
 
 

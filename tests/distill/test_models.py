@@ -105,3 +105,26 @@ def test_res_sage_reads_the_mean_columns_normalised_like_the_features():
     mu, sd = model.feature_norm.mean, model.feature_norm.std
     expected = torch.cat([(x[:, :f] - mu) / sd, (x[:, f: 2 * f] - mu) / sd], dim=1)
     torch.testing.assert_close(seen[0], expected, atol=1e-6, rtol=0)
+
+
+def test_wide_inputs_leave_the_neighbour_mean_out_and_res_sage_still_matches_dense():
+    """Past MEAN_INPUT_MAX_FEATURES the policy carries no mean (it would double the first layer's cost
+    per block node); ResSAGE then reads [features | log-degree] and its dense path still equals sparse."""
+    from distill import policy
+    from distill.data import load_dataset
+    from distill.models import MEAN_INPUT_MAX_FEATURES, ResSAGE, takes_mean
+
+    assert takes_mean("sage-res", MEAN_INPUT_MAX_FEATURES) and not takes_mean("sage-res", MEAN_INPUT_MAX_FEATURES + 1)
+    assert not takes_mean("gcn", 5)
+    d = load_dataset("synthetic:nodes=60,avg_degree=6,features=5,seed=3").data
+    torch.manual_seed(0)
+    model = ResSAGE(5, 8, 2, 3, mean_input=False).eval()
+    pol = policy.make_policy(3, 2, "mean", 0, degree_input=True, mean_input=False)
+    sg = policy.student_graph(d.edge_index, d.num_nodes, pol, x=d.x)
+    x = sg.inputs(d.x)
+    assert not model.takes_mean and x.size(1) == 5 + 1 and model.lin_in.in_features == 5
+    with torch.no_grad():
+        sparse = model(x, sg.edges.edge_index, sg.edges.edge_weight)
+        adj = torch.zeros(x.size(0), x.size(0)).index_put_(
+            (sg.edges.edge_index[1], sg.edges.edge_index[0]), sg.edges.edge_weight, accumulate=True)
+        torch.testing.assert_close(model.forward_dense(x, adj), sparse, atol=1e-5, rtol=0)
