@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 
 from fastapi import FastAPI
@@ -36,4 +37,8 @@ def slow_app(settings: Settings) -> FastAPI:
 
 
 if __name__ == "__main__":
+    # A test runner started in the background of a non-interactive shell (`make test &`) passes SIGINT
+    # down ignored; the signal tests need it as an operator's terminal delivers it (uvicorn re-raises
+    # a forced SIGINT on exit, which an ignored disposition would turn into exit 0).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main(sys.argv[1:], app_factory=slow_app))
