@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bundle import ids, signing
+from bundle import ids, signing, typed
 from bundle.errors import BundleInvalid
 from bundle.manifest import (
     GRAPH_FILES,
@@ -359,6 +359,7 @@ class Opened:
     raw_manifest: bytes
     graph: GraphArrays | TemporalArrays  # TemporalArrays exactly when manifest.temporal
     model: bytes
+    typed: typed.TypedArrays | None = None  # exactly when manifest.typed (meta-path bundles, bundle.typed)
 
 
 def open_bundle(root: Path, key: bytes | None = None) -> Opened:
@@ -371,4 +372,7 @@ def open_bundle(root: Path, key: bytes | None = None) -> Opened:
         signing.verify(root, raw, key)
     served = read_verified(root, manifest)
     graph = load_temporal(served, manifest) if manifest.temporal else load_graph(served, manifest)
-    return Opened(manifest, raw, graph, bytes(served.pop(manifest.model.file)))
+    section = manifest.typed
+    arrays = None if section is None else typed.load(
+        section, lambda rel, name, kind: _array(served[rel], name, rel, kind), manifest.dataset.num_nodes)
+    return Opened(manifest, raw, graph, bytes(served.pop(manifest.model.file)), arrays)

@@ -19,9 +19,7 @@ ACM subject links ~1/60 of all papers) costs only its row of the incidence, a nu
 
 from __future__ import annotations
 
-import hashlib
-import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -196,19 +194,24 @@ def save(root: Path, target: str, num_features: int, types: list[tuple[str, int,
     return TypedGraph(target=target, num_features=num_features, node_types=entries, via=vias)
 
 
-def load(root: Path, section: TypedGraph, hashes: Mapping[str, str], num_targets: int) -> TypedArrays:
-    """Read the typed arrays of a bundle whose manifest is verified (bundle.files.open_bundle): each
-    file is read once more, its sha256 checked against `hashes` (manifest.files) and parsed without
-    pickles. Raises BundleInvalid on any mismatch."""
+# Reads one verified, listed .npy file: (relative path, array kind in bundle.files.ARRAYS, id kind).
+ReadArray = Callable[[str, str, ids.IdType], npt.NDArray[Any]]
+
+
+def load(section: TypedGraph, read: ReadArray, num_targets: int) -> TypedArrays:
+    """The typed arrays of a bundle, each read through `read` (bundle.files.open_bundle passes its
+    own parser over the bytes it verified, so they are read, hashed and parsed once, never
+    unpickled), then checked: each incidence a CSR over the targets, each id array of its type's
+    count and kind. Raises BundleInvalid on any mismatch."""
     incidence = {}
     for v in section.via:
-        inc = Incidence(_read(root, v.indptr, hashes, "int64"), _read(root, v.indices, hashes, "int64"))
+        inc = Incidence(read(v.indptr, "indptr", "int64"), read(v.indices, "indices", "int64"))
         inc.check(v.type, section.node_type(v.type).num_nodes, num_targets)
         incidence[v.type] = inc
     own = {}
     for t in section.node_types:
         if t.node_ids is not None:
-            values = _read(root, t.node_ids, hashes, t.id_type)
+            values = read(t.node_ids, "node_ids", t.id_type)
             if values.shape != (t.num_nodes,) or ids.id_type_of(values) != t.id_type:
                 raise BundleInvalid(f"{t.node_ids} must hold {t.num_nodes} {t.id_type} ids", {"file": t.node_ids})
             try:
@@ -217,21 +220,3 @@ def load(root: Path, section: TypedGraph, hashes: Mapping[str, str], num_targets
                 raise BundleInvalid(f"{t.node_ids}: {exc}", {"file": t.node_ids}) from None
             own[t.name] = values
     return TypedArrays(incidence, own)
-
-
-def _read(root: Path, rel: str, hashes: Mapping[str, str], kind: ids.IdType) -> npt.NDArray[Any]:
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()) or not path.is_file() or rel not in hashes:
-        raise BundleInvalid(f"typed array {rel!r} is missing, unlisted or outside the bundle", {"file": rel})
-    raw = path.read_bytes()
-    if hashlib.sha256(raw).hexdigest() != hashes[rel]:
-        raise BundleInvalid(f"{rel}: sha256 does not match the manifest's", {"file": rel})
-    try:
-        array: npt.NDArray[Any] = np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise BundleInvalid(f"{rel} is not a plain .npy array: {exc}", {"file": rel}) from None
-    if array.ndim != 1 or not ids.dtype_fits(array.dtype, kind):
-        raise BundleInvalid(f"{rel}: expected a 1-d {ids.expected(kind)} array, got {array.dtype} {array.shape}",
-                            {"file": rel})
-    array.flags.writeable = False
-    return array

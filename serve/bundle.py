@@ -52,8 +52,6 @@ def load(root: Path, key: bytes | None = None) -> Bundle:
     BundleError on any mismatch."""
     try:
         opened = open_bundle(root, key)
-        section, n = opened.manifest.typed, opened.manifest.dataset.num_nodes
-        typed = None if section is None else typed_rules.load(root, section, opened.manifest.files, n)
     except BundleInvalid as exc:
         raise BundleError(exc.message, exc.detail) from None
-    return Bundle(root, opened.manifest, opened.graph, opened.model, opened.raw_manifest, typed)
+    return Bundle(root, opened.manifest, opened.graph, opened.model, opened.raw_manifest, opened.typed)

@@ -42,7 +42,8 @@ def test_a_typed_bundle_round_trips_and_serves_its_arrays(tmp_path):
     section = opened.manifest.typed
     assert section.target == "paper" and section.link_types == ["author", "subject"]
     assert {"typed/author_indptr.npy", "typed/author_indices.npy"} <= set(opened.manifest.served_files)
-    arrays = typed.load(tmp_path / "b", section, opened.manifest.files, 3)
+    arrays = opened.typed
+    assert arrays is not None
     assert arrays.incidence["author"].indptr.tolist() == [0, 2, 3]
     assert arrays.incidence["author"].indices.tolist() == [0, 1, 2]
     assert arrays.index(section, "subject").lookup(np.array([0, 1]))[1].tolist() == [1]
@@ -114,9 +115,8 @@ def test_a_malformed_incidence_is_refused_at_load(tmp_path, indptr, indices, nee
     np.save(root / "typed/author_indptr.npy", np.array(indptr, dtype=np.int64))
     np.save(root / "typed/author_indices.npy", np.array(indices, dtype=np.int64))
     _rehash(root)
-    opened = files.open_bundle(root)  # hashes fit: only the incidence rule can refuse it
-    with pytest.raises(BundleInvalid, match=needle):
-        typed.load(root, opened.manifest.typed, opened.manifest.files, 3)
+    with pytest.raises(BundleInvalid, match=needle):  # hashes fit: only the incidence rule can refuse it
+        files.open_bundle(root)
 
 
 def test_pickled_or_mistyped_arrays_are_refused_not_unpickled(tmp_path):
@@ -124,14 +124,12 @@ def test_pickled_or_mistyped_arrays_are_refused_not_unpickled(tmp_path):
     write_typed_bundle(root)
     np.save(root / "typed/author_indices.npy", np.array([0, 1, 2], dtype=object), allow_pickle=True)
     _rehash(root)
-    manifest = Manifest.parse((root / "manifest.json").read_text())
     with pytest.raises(BundleInvalid, match="not a plain .npy array"):
-        typed.load(root, manifest.typed, manifest.files, 3)
+        files.open_bundle(root)
     np.save(root / "typed/author_indices.npy", np.array([0, 1, 2], dtype=np.int32))
     _rehash(root)
-    manifest = Manifest.parse((root / "manifest.json").read_text())
-    with pytest.raises(BundleInvalid, match="expected a 1-d int64 array, got int32"):
-        typed.load(root, manifest.typed, manifest.files, 3)
+    with pytest.raises(BundleInvalid, match=r"expected int64 with 1 dims \(C order\), got int32"):
+        files.open_bundle(root)
 
 
 def test_via_nodes_with_their_own_ids_round_trip_and_resolve(tmp_path):
@@ -139,6 +137,7 @@ def test_via_nodes_with_their_own_ids_round_trip_and_resolve(tmp_path):
     written = write_typed_bundle(root, author_ids=np.array(["ada", "bob"]))
     assert written.typed.node_type("author").id_type == "string"
     opened = files.open_bundle(root)
-    arrays = typed.load(root, opened.manifest.typed, opened.manifest.files, 3)
+    arrays = opened.typed
+    assert arrays is not None
     internal, unknown = arrays.index(opened.manifest.typed, "author").lookup(np.array(["bob", "eve"]))
     assert internal.tolist() == [1, -1] and unknown.tolist() == ["eve"]
