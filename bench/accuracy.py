@@ -87,9 +87,11 @@ def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfi
 
 def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str],
                 overrides: dict[str, Any], rows: list[dict[str, Any]], save: Any,
-                cache: Path | None = None) -> None:
+                cache: Path | None = None, logits_dir: Path | None = None) -> None:
     """Append all rows for one dataset to `rows`: one per (student, variant, seed), plus the teacher per
-    seed; `save()` after each row, so a long run cut short keeps what it measured."""
+    seed; `save()` after each row, so a long run cut short keeps what it measured. With `logits_dir`,
+    each student's logits [N, C] per variant, before any tail shift, go to one .npz per seed
+    (bench/tail.py compares tail-class rules on them)."""
     ds = load_dataset(spec, overrides.get("split", 0))
     device = resolve_device(overrides.get("device", "auto"))
     for seed in seeds:
@@ -105,17 +107,27 @@ def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str
         save()
         for student in students:
             scfg = replace(cfg, student=student)
-            floor = None
+            floor, raw = None, {}
             for variant in variants:
                 trained = train_candidates(scfg, prep, VARIANTS[variant], progress=False)
+                raw[variant] = trained.logits.numpy()
                 if variant == "scratch":
-                    floor = tail.rare_recall(trained.logits, ds.data.cpu())
+                    floor = tail.floor(trained.logits, ds.data.cpu())
                 elif scfg.tail_adjust == "auto":  # what `distill run` ships
                     trained = tail.adjust(trained, ds.data.cpu(), floor)
                 m = trained.record()
                 rows.append(_row(ds.name, f"{student}-{cfg.student_layers}", variant, seed, m))
                 _log(rows[-1])
                 save()
+            if logits_dir is not None:
+                _save_logits(logits_dir / f"{ds.name}-{student}-seed{seed}.npz", ds, raw)
+
+
+def _save_logits(path: Path, ds: Dataset, logits: dict[str, np.ndarray]) -> None:
+    data = ds.data.cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, y=data.y.numpy(), train=data.train_mask.numpy(), val=data.val_mask.numpy(),
+                        test=data.test_mask.numpy(), **logits)
 
 
 def _row(dataset: str, student: str, variant: str, seed: int, m: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +136,7 @@ def _row(dataset: str, student: str, variant: str, seed: int, m: dict[str, Any])
             "per_class_recall": m["per_class_recall"], "seconds": m["seconds"],
             "propagation": m.get("propagation"), "alpha": m.get("alpha"), "temperature": m.get("temperature"),
             "kept": m.get("student"), "best_val": m.get("best_val"),
-            "tail_tau": (m.get("tail") or {}).get("tau")}
+            "tail_shift": (m.get("tail") or {}).get("shift")}
 
 
 def _log(row: dict[str, Any]) -> None:
@@ -301,6 +313,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run option")
     ap.add_argument("--teacher-cache", type=Path, default=None, metavar="DIR",
                     help="reuse each seed's trained teacher from DIR (and save new ones there)")
+    ap.add_argument("--logits", type=Path, default=None, metavar="DIR",
+                    help="save each student's raw logits per variant and seed to DIR (for bench/tail.py)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
     return ap
@@ -344,7 +358,7 @@ def main() -> int:
         _SUPPORT[ds.name] = np.bincount(ds.data.y.numpy(), minlength=ds.num_classes).tolist()
         seeds = range(args.first_seed, args.first_seed + args.seeds)
         run_dataset(spec, seeds, args.students.split(","), args.variants.split(","), overrides, rows, save,
-                    args.teacher_cache)
+                    args.teacher_cache, args.logits)
     print(table(rows, num_classes))
     save()
     if args.png:

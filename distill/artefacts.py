@@ -44,20 +44,24 @@ class EdgeImportance:
 
 @dataclass(frozen=True)
 class TailAdjustment:
-    """The chosen strength `tau`, the per-class offsets [C] added to the logits, and on validation
-    the balanced accuracy, the selection metric and the recall of the rarest labelled class,
-    without (tau 0) and with them."""
+    """The chosen logit `shift` of the rarest labelled class, the per-class offsets [C] it makes
+    (centred), and, without (shift 0) and with them: validation balanced accuracy, selection
+    metric and recall of the rarest class, and the share of all nodes predicted as it; the scratch
+    student's floors, when given (distill.tail)."""
 
-    tau: float
+    shift: float
     offsets: list[float]
     val_balanced_before: float
     val_balanced_after: float
     val_metric_before: float
     val_metric_after: float
-    rare_class: int = -1
-    val_rare_before: float = float("nan")
-    val_rare_after: float = float("nan")
-    floor: float | None = None  # the scratch student's validation recall of `rare_class`, when given
+    rare_class: int
+    val_rare_before: float
+    val_rare_after: float
+    floor: float | None  # the scratch student's validation recall of `rare_class`
+    rate_before: float
+    rate_after: float
+    rate_floor: float | None  # the share of all nodes the scratch student predicts as `rare_class`
 
 
 @dataclass(frozen=True)

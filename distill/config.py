@@ -116,10 +116,11 @@ class RunConfig:
     alpha: str = _opt("distillation", "auto",
                       "weight in [0, 1] of the soft-target KL term (1 - alpha weighs the hard-label "
                       f"CE), or auto: train with each of {list(ALPHA_GRID)}, keep the best on validation")
-    tail_adjust: str = _opt("distillation", "auto", "rare classes: add -tau*log(class prior) to the distilled "
-                                                    "student's logits, tau chosen on validation: the smallest that "
-                                                    "brings the rarest class's recall up to the scratch student's, "
-                                                    "never at the price of validation AUROC (auto), or never (off)",
+    tail_adjust: str = _opt("distillation", "auto", "rare classes: add a shift to the distilled student's logit "
+                                                    "of the rarest class, the smallest that brings its validation "
+                                                    "recall and its share of predictions over all nodes up to the "
+                                                    "scratch student's, giving back at most half of the validation "
+                                                    "gain (auto), or never (off)",
                             ("auto", "off"))
     beta: float = _opt("distillation", 1.0, "weight of the feature-distillation term (normalised-embedding MSE)")
     gamma: float = _opt("distillation", 0.1, "weight of the structure-distillation term (LSP neighbourhood KL)")

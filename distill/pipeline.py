@@ -64,10 +64,11 @@ def export_student(trained: Trained, x: Tensor) -> bytes:
     return export_onnx(trained.model, x[torch.from_numpy(nodes)], torch.from_numpy(adj), sg.policy.graph_free)
 
 
-def distill_student(cfg: RunConfig, prep: Prepared, progress: bool, tail_floor: float | None = None) -> Distilled:
+def distill_student(cfg: RunConfig, prep: Prepared, progress: bool, tail_floor: tail.Floor | None = None
+                    ) -> Distilled:
     """Train the student with `cfg.kd` (the best candidate on validation), add the tail-class logit
-    adjustment chosen on validation (`--tail-adjust`; `tail_floor`: the scratch student's validation
-    recall of the rarest class, see distill.tail), and export it to ONNX."""
+    shift chosen on validation (`--tail-adjust`; `tail_floor`: what the scratch student reaches on
+    the rarest class, see distill.tail), and export it to ONNX."""
     trained = train_candidates(cfg, prep, cfg.kd_kinds, progress)
     if cfg.tail_adjust == "auto":
         trained = tail.adjust(trained, prep.ds.data.cpu(), tail_floor)
@@ -113,7 +114,7 @@ def run(cfg: RunConfig, out: Path, force: bool = False, progress: bool = True,
     prep = prepare(cfg, progress, teacher_state, ds)
     scratch = train_candidates(cfg, prep, (), progress)
     log(f"[scratch] test {report.headline(scratch.test)}")
-    result = distill_student(cfg, prep, progress, tail.rare_recall(scratch.logits, prep.ds.data.cpu()))
+    result = distill_student(cfg, prep, progress, tail.floor(scratch.logits, prep.ds.data.cpu()))
     log(f"[distilled {cfg.kd}] test {report.headline(result.trained.test)}")
     rep = publish(out, force, prep, scratch, result, gate)
     rep["seconds"] = round(time.perf_counter() - started, 2)

@@ -121,15 +121,15 @@ def markdown(rep: dict[str, Any]) -> str:
 
 
 def _tail_line(t: dict[str, Any], names: list[str], metric: str) -> str:
-    """One sentence on the tail-class logit adjustment (distill.tail) the shipped student carries."""
-    rare = names[t["rare_class"]] if t.get("rare_class", -1) >= 0 else "the rarest class"
-    floor = (f"; the scratch student's validation recall of {rare} is {t['floor']:.4f}"
-             if t.get("floor") is not None else "")
-    if not t["tau"]:
-        return f"Tail-class logit adjustment: none needed or none helped on validation{floor}."
-    offsets = ", ".join(f"{c} {o:+.2f}" for c, o in zip(names, t["offsets"], strict=True))
-    return (f"Tail-class logit adjustment tau {t['tau']:g} (offsets {offsets}), chosen on validation{floor}: "
-            f"recall of {rare} {t['val_rare_before']:.4f} -> {t['val_rare_after']:.4f}, balanced accuracy "
+    """One sentence on the tail-class logit shift (distill.tail) the shipped student carries."""
+    rare = names[t["rare_class"]]
+    floor = (f"; the scratch student recalls {t['floor']:.4f} of {rare} on validation and predicts it "
+             f"for {t['rate_floor']:.4f} of all nodes" if t.get("floor") is not None else "")
+    if not t["shift"]:
+        return f"Tail-class logit shift: none needed or none helped on validation{floor}."
+    return (f"Tail-class logit shift +{t['shift']:g} on {rare}, chosen on validation{floor}: "
+            f"recall of {rare} {t['val_rare_before']:.4f} -> {t['val_rare_after']:.4f}, share of nodes "
+            f"predicted {rare} {t['rate_before']:.4f} -> {t['rate_after']:.4f}, balanced accuracy "
             f"{t['val_balanced_before']:.4f} -> {t['val_balanced_after']:.4f}, {metric} "
             f"{t['val_metric_before']:.4f} -> {t['val_metric_after']:.4f}. The distilled row includes it.")
 

@@ -1,6 +1,7 @@
 """Tail-class logit adjustment: chosen on validation, shipped inside the ONNX student."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def test_prior_has_a_pseudo_count_so_an_unseen_class_is_not_log_zero():
 def test_binary_adjustment_raises_rare_recall_and_keeps_the_ranking():
     logits, data = _binary()
     adj = tail.choose(logits, data)
-    assert adj.tau > 0
+    assert adj.shift > 0
     assert adj.val_balanced_after > adj.val_balanced_before
     assert adj.val_metric_after == pytest.approx(adj.val_metric_before)  # AUROC: same ranking
     before = evaluate(torch.softmax(logits, 1).numpy(), data.y.numpy())
@@ -49,9 +50,19 @@ def test_no_adjustment_when_nothing_gains_on_validation():
     logits, data = _binary()
     perfect = torch.stack([torch.zeros(len(data.y)), data.y.float() * 20 - 10], dim=1)  # every class at recall 1
     adj = tail.choose(perfect, data)
-    assert adj.tau == 0.0 and adj.offsets == [0.0, 0.0]
+    assert adj.shift == 0.0 and adj.offsets == [0.0, 0.0]
 
 
+def _three_class(n: int = 600, seed: int = 0) -> tuple[torch.Tensor, Data]:
+    """Classes at 60 / 32 / 8 %, logits that under-call the rare class 2."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, generator=g)
+    y = (u > 0.6).long() + (u > 0.92).long()
+    logits = torch.nn.functional.one_hot(y, 3).float() * 1.2 + torch.randn(n, 3, generator=g) * 0.8
+    logits[:, 2] -= 1.0
+    _, data = _binary(n, seed)
+    data.y = y
+    return logits, data
 def test_offsets_are_part_of_the_exported_maths():
     student, _ = build_student("gcn", in_channels=4, hidden_channels=8, num_layers=2, out_channels=3)
     student.eval()
@@ -64,18 +75,56 @@ def test_offsets_are_part_of_the_exported_maths():
     assert torch.allclose(sparse, plain + student.class_offset, atol=1e-5)
 
 
-def test_with_a_floor_the_smallest_tau_that_reaches_it_is_kept():
-    logits, data = _binary()
-    free = tail.choose(logits, data)
-    reached = tail.choose(logits, data, floor=free.val_rare_after)
-    assert 0 < reached.tau <= free.tau and reached.val_rare_after >= free.val_rare_after
-    smaller = [t for t in tail.TAUS if t < reached.tau]
-    assert all(tail.choose(logits, data, floor=free.val_rare_after, taus=(t,)).val_rare_after < reached.floor
-               for t in smaller)  # no smaller tau reaches the floor
-    assert tail.choose(logits, data, floor=0.0).tau == 0.0  # already at the floor: nothing to move
-    best = tail.choose(logits, data, floor=1.01)  # out of reach: the highest rare recall
-    assert best.val_rare_after == max(tail.choose(logits, data, floor=1.01, taus=(t,)).val_rare_after
-                                      for t in tail.TAUS)
+def test_only_the_rarest_class_moves():
+    logits, data = _three_class()
+    adj = tail.choose(logits, data, shifts=(0.6,))
+    assert adj.rare_class == 2 and adj.shift == 0.6
+    assert adj.offsets == pytest.approx([-0.2, -0.2, 0.4])  # +0.6 on class 2, centred
+    shifted = logits + torch.tensor(adj.offsets)
+    others = shifted[:, :2].argmax(1) == logits[:, :2].argmax(1)
+    assert bool(others.all())  # classes 0 and 1 keep their order everywhere
+
+
+def _scratch(logits: torch.Tensor, data: Data, shift: float, metric: float = 0.5) -> tail.Floor:
+    """The floor of a scratch student that ranks like `logits` with the rare class raised by `shift`,
+    and whose validation accuracy is `metric` (low: the limit on giving back the gain does not bind)."""
+    raised = logits.clone()
+    raised[:, 2] += shift
+    return replace(tail.floor(raised, data), metric=metric)
+
+
+def test_with_a_floor_the_smallest_shift_that_reaches_both_floors_is_kept():
+    logits, data = _three_class()
+    floor = _scratch(logits, data, 0.5)
+    adj = tail.choose(logits, data, floor)
+    assert adj.val_rare_after >= floor.recall and adj.rate_after >= floor.rate
+    assert (adj.floor, adj.rate_floor) == (floor.recall, floor.rate)
+    for s in (s for s in tail.SHIFTS if s < adj.shift):  # no smaller shift reaches both
+        smaller = tail.choose(logits, data, floor, shifts=(s,))
+        assert smaller.val_rare_after < floor.recall or smaller.rate_after < floor.rate
+    assert tail.choose(logits, data, _scratch(logits, data, -3.0)).shift == 0.0  # already above: nothing moves
+
+
+def test_the_prediction_rate_floor_moves_the_shift_when_validation_recall_already_holds():
+    logits, data = _three_class()
+    floor = _scratch(logits, data, 0.5)
+    recall_only = tail.Floor(0.0, 0.0, floor.metric)
+    assert tail.choose(logits, data, recall_only).shift == 0.0
+    adj = tail.choose(logits, data, tail.Floor(0.0, floor.rate, floor.metric))
+    assert adj.shift > 0 and adj.rate_after >= floor.rate > adj.rate_before
+
+
+def test_no_shift_gives_back_more_than_half_the_validation_gain():
+    logits, data = _three_class()
+    base = tail.choose(logits, data, shifts=(0.0,))
+    scratch_metric = base.val_metric_before - 0.02  # distillation "gained" 2 points on validation
+    adj = tail.choose(logits, data, tail.Floor(1.01, 1.0, scratch_metric))  # out of reach
+    assert adj.val_metric_after >= base.val_metric_before - 0.01 - 1e-9
+    allowed = [tail.choose(logits, data, shifts=(s,)) for s in tail.SHIFTS]
+    allowed = [a for a in allowed if a.val_metric_after >= base.val_metric_before - 0.01 - 1e-9]
+    assert adj.val_rare_after == max(a.val_rare_after for a in allowed)  # the best recall within the limit
+    unlimited = max(tail.choose(logits, data, shifts=(s,)).val_rare_after for s in tail.SHIFTS)
+    assert adj.val_rare_after < unlimited  # the limit binds here
 
 
 def test_the_prior_counts_validation_labels_because_a_training_split_may_be_balanced():
@@ -88,11 +137,11 @@ def test_the_prior_counts_validation_labels_because_a_training_split_may_be_bala
 
 def test_tiny_imbalanced_graph_ships_the_adjustment_and_serves_it(tmp_path, monkeypatch):
     """End to end on a 4 %-rare, weak-signal graph with the floor out of reach (as if the scratch
-    student had recalled every rare node): validation picks tau > 0, the rare class's validation
+    student had recalled every rare node): validation picks a shift > 0, the rare class's validation
     recall rises, and the bundle passes the served parity check with the offsets in its ONNX file."""
     from distill import pipeline
 
-    monkeypatch.setattr(pipeline.tail, "rare_recall", lambda logits, data: 1.01)
+    monkeypatch.setattr(pipeline.tail, "floor", lambda logits, data: tail.Floor(1.01, 1.0, 0.0))
     out = tmp_path / "b"
     args = ["run", "--dataset", "synthetic:nodes=400,rare_share=0.04,signal=0.2,homophily=0.3,train_share=0.4",
             "--teacher", "gat", "--student", "gcn", "--teacher-layers", "2", "--teacher-hidden", "16",
@@ -101,9 +150,9 @@ def test_tiny_imbalanced_graph_ships_the_adjustment_and_serves_it(tmp_path, monk
     assert main(args) == 0
     rep = json.loads((out / "report.json").read_text())
     t = rep["distilled"]["tail"]
-    assert t["tau"] > 0 and t["val_rare_after"] > t["val_rare_before"] and t["floor"] == 1.01
+    assert t["shift"] > 0 and t["val_rare_after"] > t["val_rare_before"] and t["floor"] == 1.01
     assert t["rare_class"] == 2 and rep["distilled"]["served"] is True
-    assert np.argmin(t["offsets"]) == 0  # the most common class is pushed down, the rare ones up
-    assert "Tail-class logit adjustment tau" in (out / "report.md").read_text()
+    assert np.argmax(t["offsets"]) == 2 and len(set(np.delete(t["offsets"], 2))) == 1  # only the rare class moves
+    assert "Tail-class logit shift +" in (out / "report.md").read_text()
     assert main([*args, "--tail-adjust", "off", "--force"]) == 0
     assert "tail" not in json.loads((out / "report.json").read_text())["distilled"]
