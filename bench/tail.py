@@ -49,16 +49,18 @@ def prior_tau(scratch: Tensor, logits: Tensor, data: Data) -> Tensor:
 
     def scores(offsets: Tensor) -> tuple[float, float]:
         m = evaluate(torch.softmax(logits[val] + offsets, 1).numpy(), data.y[val].numpy())
-        return float(m["auroc"]), float(m["per_class_recall"][rare])  # type: ignore[index]
+        return float(m["auroc"]), float(m["per_class_recall"][rare])  # type: ignore[arg-type, index]
 
     base_auroc = scores(torch.zeros(logits.size(1)))[0]
-    tried = [(t, -t * log_prior - (-t * log_prior).mean()) for t in PRIOR_TAUS]
-    allowed = [(t, o, scores(o)[1]) for t, o in tried if scores(o)[0] >= base_auroc - 1e-9]
-    reaching = [o for _, o, r in allowed if r >= floor.recall]
-    return reaching[0] if reaching else max(allowed, key=lambda a: a[2])[1]
+    tried = [(o, *scores(o)) for o in (-t * log_prior - (-t * log_prior).mean() for t in PRIOR_TAUS)]
+    allowed = [(o, recall) for o, auroc, recall in tried if auroc >= base_auroc - 1e-9]
+    reaching = [o for o, recall in allowed if recall >= floor.recall]
+    return reaching[0] if reaching else max(allowed, key=lambda a: a[1])[0]
 
 
 def shift(use_rate: bool) -> Rule:
+    """distill.tail's rule, with (as shipped) or without the share-of-predictions floor."""
+
     def rule(scratch: Tensor, logits: Tensor, data: Data) -> Tensor:
         floor = tail.floor(scratch, data)
         return torch.tensor(tail.choose(logits, data, floor if use_rate else replace(floor, rate=0.0)).offsets)
@@ -75,16 +77,27 @@ RULES: dict[str, Rule] = {
 
 def _load(path: Path) -> tuple[Data, dict[str, Tensor]]:
     f = np.load(path)
+    missing = {"y", "train", "val", "test", "scratch", "response"} - set(f.files)
+    if missing:
+        raise SystemExit(f"{path}: no {sorted(missing)}; save it with bench/accuracy.py --logits DIR "
+                         "--variants scratch,response")
     t = {k: torch.from_numpy(f[k]) for k in f.files}
     data = Data(y=t["y"], train_mask=t["train"], val_mask=t["val"], test_mask=t["test"], num_nodes=len(t["y"]))
     return data, {k: t[k] for k in ("scratch", "response")}
+
+
+def rare_classes(path: Path) -> tuple[int, int]:
+    """(the class with the fewest nodes in the graph, the rarest labelled class the rule shifts)."""
+    data, logits = _load(path)
+    c = logits["scratch"].size(1)
+    return int(np.argmin(np.bincount(data.y.numpy(), minlength=c))), tail.rarest_class(data, c)
 
 
 def measure(path: Path) -> dict[str, dict[str, float]]:
     """One seed's file -> per rule (and `scratch`): test recall of the rarest class, selection metric, macro-F1."""
     data, logits = _load(path)
     c = logits["scratch"].size(1)
-    rare = int(np.argmin(np.bincount(data.y.numpy(), minlength=c)))
+    rare = rare_classes(path)[0]
     key = "accuracy" if c > 2 else "auroc"
     test = data.test_mask
 
@@ -99,15 +112,18 @@ def measure(path: Path) -> dict[str, dict[str, float]]:
 
 
 def table(files: list[Path]) -> tuple[str, dict[str, dict[str, list[float]]]]:
-    """Markdown per dataset (the file name up to its first '-'), and the recalls per dataset and rule."""
+    """Markdown per dataset and student (the file name before `-seed`), and the recalls per group and rule."""
     groups: dict[str, list[Path]] = {}
     for f in files:
-        groups.setdefault(f.name.split("-")[0], []).append(f)
-    lines, recalls = [], {}
+        groups.setdefault(f.stem.rsplit("-seed", 1)[0], []).append(f)
+    lines: list[str] = []
+    recalls: dict[str, dict[str, list[float]]] = {}
     for name, paths in groups.items():
         runs = [measure(p) for p in paths]
         key = next(k for k in runs[0]["scratch"] if k not in ("recall", "macro_f1"))
-        lines += [f"#### {name} ({len(runs)} seeds, test set)", "",
+        rare, shifted = rare_classes(paths[0])
+        other = "" if rare == shifted else f"; the rule shifts class {shifted}, the rarest labelled one"
+        lines += [f"#### {name} ({len(runs)} seeds, test set; rarest class {rare}{other})", "",
                   f"| rule | recall rarest class | seeds >= scratch | {key} | macro-F1 |", "|---|---|---|---|---|"]
         recalls[name] = {}
         for rule in ["scratch", *RULES]:

@@ -16,11 +16,14 @@ the rarest class on validation at least as well as the scratch student, and pred
 as often over all nodes. The second condition is what makes the floor hold beyond validation: it
 counts predictions on every node of the graph (labels are not needed), where validation recall
 rests on a few dozen rare nodes. No shift may give back more than half of the distillation's
-validation gain on the selection metric; if none reaches the floor within that, the allowed shift
-with the highest rare-class recall. Without a floor: the highest mean of balanced accuracy and the
+validation gain on the selection metric (none at all when the distilled student is below scratch
+there); if none reaches the floor within that, the allowed shift with the highest rare-class recall,
+then share. Without a floor: the highest mean of balanced accuracy and the
 selection metric. A binary task's AUROC and PR-AUC are unchanged by construction (a constant logit
-shift keeps the ranking); only its decision threshold moves. The offsets become a buffer of the
-model, so the ONNX file, and so the service, apply them: what is evaluated is what is served.
+shift keeps the ranking); only its argmax threshold moves (the bundle's served decision threshold,
+distill.served.choose_decision, is chosen afterwards for F1 on validation and does not follow it).
+The offsets become a buffer of the model, so the ONNX file, and so the service, apply them: what
+is evaluated is what is served.
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ class Floor:
 
 @dataclass(frozen=True)
 class _Validation:
+    """One set of logits on validation (balanced accuracy, selection metric, rarest-class recall)
+    and over all nodes (the share predicted as the rarest class)."""
+
     balanced: float
     metric: float
     recall: float
@@ -117,8 +123,12 @@ def choose(logits: Tensor, data: Data, floor: Floor | None = None, shifts: tuple
             return ((adj.val_balanced_after + adj.val_metric_after) / 2, -adj.shift)
         if adj.val_metric_after < allowed - 1e-9:
             return (-np.inf,)
-        reaches = adj.val_rare_after >= floor.recall and adj.rate_after >= floor.rate
-        return (float(reaches), -adj.shift if reaches else adj.val_rare_after, -adj.shift)
+        # A rare class absent from validation has no recall (nan); the share floor needs no labels.
+        recall = -1.0 if np.isnan(adj.val_rare_after) else adj.val_rare_after
+        reaches = (np.isnan(floor.recall) or recall >= floor.recall) and adj.rate_after >= floor.rate
+        if reaches:
+            return (1.0, -adj.shift)
+        return (0.0, recall, adj.rate_after, -adj.shift)
 
     best = best_on_validation(((f"shift {s:g}", lambda s=s: candidate(s)) for s in shifts), key=key)
     return best.item

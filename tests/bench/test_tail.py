@@ -32,11 +32,12 @@ def test_rules_on_saved_logits(tmp_path):
     tail = _bench()
     for seed in range(3):
         _save(tmp_path / f"toy-auto-seed{seed}.npz", seed)
+    _save(tmp_path / "toy-mlp-seed0.npz", 7)
     text, recalls = tail.table(sorted(tmp_path.glob("*.npz")))
-    assert "#### toy (3 seeds, test set)" in text
-    r = {rule: np.mean(v) for rule, v in recalls["toy"].items()}
+    assert "#### toy-auto (3 seeds, test set; rarest class 2)" in text and "#### toy-mlp (1 seeds" in text
+    r = {rule: np.mean(v) for rule, v in recalls["toy-auto"].items()}
     assert r["none"] < r["scratch"]  # the distilled student gives the rare class away
-    assert r["shift, recall + share floors"] >= r["shift, recall floor"] >= r["none"]  # shifts only add rare calls
+    assert r["shift, recall floor"] >= r["none"]  # a shift only adds calls of the rare class
     assert r["shift, recall + share floors"] > r["none"]
     measured = tail.measure(tmp_path / "toy-auto-seed0.npz")
     assert set(measured) == {"scratch", *tail.RULES}

@@ -63,6 +63,8 @@ def _three_class(n: int = 600, seed: int = 0) -> tuple[torch.Tensor, Data]:
     _, data = _binary(n, seed)
     data.y = y
     return logits, data
+
+
 def test_offsets_are_part_of_the_exported_maths():
     student, _ = build_student("gcn", in_channels=4, hidden_channels=8, num_layers=2, out_channels=3)
     student.eval()
@@ -80,9 +82,10 @@ def test_only_the_rarest_class_moves():
     adj = tail.choose(logits, data, shifts=(0.6,))
     assert adj.rare_class == 2 and adj.shift == 0.6
     assert adj.offsets == pytest.approx([-0.2, -0.2, 0.4])  # +0.6 on class 2, centred
-    shifted = logits + torch.tensor(adj.offsets)
-    others = shifted[:, :2].argmax(1) == logits[:, :2].argmax(1)
-    assert bool(others.all())  # classes 0 and 1 keep their order everywhere
+    raised = logits.clone()
+    raised[:, 2] += 0.6
+    shifted = torch.softmax(logits + torch.tensor(adj.offsets), 1)
+    assert torch.allclose(shifted, torch.softmax(raised, 1), atol=1e-6)  # centring changes no probability
 
 
 def _scratch(logits: torch.Tensor, data: Data, shift: float, metric: float = 0.5) -> tail.Floor:
@@ -125,6 +128,46 @@ def test_no_shift_gives_back_more_than_half_the_validation_gain():
     assert adj.val_rare_after == max(a.val_rare_after for a in allowed)  # the best recall within the limit
     unlimited = max(tail.choose(logits, data, shifts=(s,)).val_rare_after for s in tail.SHIFTS)
     assert adj.val_rare_after < unlimited  # the limit binds here
+
+
+def test_a_distilled_student_below_scratch_on_validation_may_give_nothing_back():
+    logits, data = _three_class()
+    base = tail.choose(logits, data, shifts=(0.0,))
+    adj = tail.choose(logits, data, tail.Floor(1.01, 1.0, base.val_metric_before + 0.05))  # scratch was better
+    assert adj.val_metric_after >= base.val_metric_before - 1e-9
+    costly = [s for s in tail.SHIFTS if tail.choose(logits, data, shifts=(s,)).val_metric_after
+              < base.val_metric_before - 1e-9]
+    assert costly and adj.shift not in costly
+
+
+def test_a_rare_class_missing_from_validation_still_gets_the_share_floor():
+    logits, data = _three_class()
+    data.val_mask = data.val_mask & (data.y != 2)
+    floor = _scratch(logits, data, 0.5)
+    assert np.isnan(floor.recall)
+    adj = tail.choose(logits, data, floor)
+    assert adj.shift > 0 and adj.rate_after >= floor.rate
+    assert all(tail.choose(logits, data, floor, shifts=(s,)).rate_after < floor.rate
+               for s in tail.SHIFTS if s < adj.shift)
+
+
+def test_binary_with_a_floor_reaches_the_scratch_students_share_of_positives():
+    logits, data = _binary()
+    raised = logits.clone()
+    raised[:, 1] += 1.0
+    floor = tail.floor(raised, data)
+    adj = tail.choose(logits, data, floor)
+    assert adj.rare_class == 1 and adj.rate_after >= floor.rate > adj.rate_before
+    assert adj.val_metric_after == pytest.approx(adj.val_metric_before)  # AUROC cannot move
+    assert adj.shift <= 1.0  # no further than the scratch student's own offset
+
+
+def test_the_share_counts_every_node_not_only_validation():
+    logits, data = _three_class()
+    v = tail.floor(logits, data)
+    predicted = logits.argmax(1) == 2
+    assert v.rate == pytest.approx(float(predicted.float().mean()))
+    assert v.rate != pytest.approx(float(predicted[data.val_mask].float().mean()))
 
 
 def test_the_prior_counts_validation_labels_because_a_training_split_may_be_balanced():
