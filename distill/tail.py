@@ -10,7 +10,9 @@ for the same rare-class recall (README "Results", "Tail classes"). The rarest cl
 training and validation labels together: a benchmark's training split may be class-balanced by
 construction (Planetoid: 20 per class), and would then say nothing about which class is rare.
 
-`shift` is chosen through the one "keep the best on validation" helper. With the scratch student's
+`shift` is chosen through the one "keep the best on validation" helper, from 0 and shifts placed
+at quantiles of the margins by which nodes miss the rare class (`candidate_shifts`: the grid
+follows the logits' scale, which differs between students, temperatures and graphs). With the scratch student's
 `Floor` (what `distill run` passes): the smallest shift at which the distilled student both recalls
 the rarest class on validation at least as well as the scratch student, and predicts it at least
 as often over all nodes. The second condition is what makes the floor hold beyond validation: it
@@ -41,8 +43,21 @@ from distill.choose import best_on_validation
 from distill.metrics import evaluate
 from distill.train import selection_metric, test_metrics
 
-# Logit shifts tried, in the logits' own units: fine steps, since a multi-class shift costs accuracy fast.
-SHIFTS = tuple(round(0.05 * i, 2) for i in range(61))
+STEPS = 200  # shifts tried besides 0
+
+
+def candidate_shifts(logits: Tensor, rare: int, steps: int = STEPS) -> tuple[float, ...]:
+    """0 and `steps` shifts of class `rare`'s logit, each just past a quantile of the margins by
+    which the nodes not predicted `rare` miss it, quantiles (j / steps)^2: dense where a shift turns
+    few nodes, and in the units of the logits at hand, whatever their scale. logits [N, C] -> sorted."""
+    others = logits.detach().clone()
+    others[:, rare] = -torch.inf
+    margin = (others.max(dim=1).values - logits[:, rare]).double().numpy()
+    missed = margin[margin > 0]
+    if not len(missed):
+        return (0.0,)
+    q = np.quantile(missed, (np.arange(1, steps + 1) / steps) ** 2)
+    return (0.0, *sorted({float(v) for v in q * (1 + 1e-6) + 1e-6}))
 
 
 def class_prior(y: Tensor, mask: Tensor, num_classes: int) -> Tensor:
@@ -100,11 +115,13 @@ def floor(logits: Tensor, data: Data) -> Floor:
     return Floor(v.recall, v.rate, v.metric)
 
 
-def choose(logits: Tensor, data: Data, floor: Floor | None = None, shifts: tuple[float, ...] = SHIFTS
+def choose(logits: Tensor, data: Data, floor: Floor | None = None, shifts: tuple[float, ...] | None = None
            ) -> TailAdjustment:
-    """logits [N, C] (CPU, before any adjustment) -> the adjustment kept on validation (module doc)."""
+    """logits [N, C] (CPU, before any adjustment) -> the adjustment kept on validation (module doc);
+    `shifts`: those tried (default `candidate_shifts`)."""
     num_classes = logits.size(1)
     metric, rare = selection_metric(num_classes), rarest_class(data, num_classes)
+    shifts = candidate_shifts(logits, rare) if shifts is None else shifts
     base = _validation(logits, data, metric, rare)
     # The validation metric may fall by at most half of what distillation gained over scratch.
     allowed = base.metric - max(0.0, base.metric - floor.metric) / 2 if floor is not None else -np.inf
@@ -130,7 +147,7 @@ def choose(logits: Tensor, data: Data, floor: Floor | None = None, shifts: tuple
             return (1.0, -adj.shift)
         return (0.0, recall, adj.rate_after, -adj.shift)
 
-    best = best_on_validation(((f"shift {s:g}", lambda s=s: candidate(s)) for s in shifts), key=key)
+    best = best_on_validation(((f"shift {s:.4g}", lambda s=s: candidate(s)) for s in shifts), key=key)
     return best.item
 
 

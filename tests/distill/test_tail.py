@@ -102,7 +102,7 @@ def test_with_a_floor_the_smallest_shift_that_reaches_both_floors_is_kept():
     adj = tail.choose(logits, data, floor)
     assert adj.val_rare_after >= floor.recall and adj.rate_after >= floor.rate
     assert (adj.floor, adj.rate_floor) == (floor.recall, floor.rate)
-    for s in (s for s in tail.SHIFTS if s < adj.shift):  # no smaller shift reaches both
+    for s in (s for s in tail.candidate_shifts(logits, 2) if s < adj.shift):  # no smaller shift reaches both
         smaller = tail.choose(logits, data, floor, shifts=(s,))
         assert smaller.val_rare_after < floor.recall or smaller.rate_after < floor.rate
     assert tail.choose(logits, data, _scratch(logits, data, -3.0)).shift == 0.0  # already above: nothing moves
@@ -123,10 +123,10 @@ def test_no_shift_gives_back_more_than_half_the_validation_gain():
     scratch_metric = base.val_metric_before - 0.02  # distillation "gained" 2 points on validation
     adj = tail.choose(logits, data, tail.Floor(1.01, 1.0, scratch_metric))  # out of reach
     assert adj.val_metric_after >= base.val_metric_before - 0.01 - 1e-9
-    allowed = [tail.choose(logits, data, shifts=(s,)) for s in tail.SHIFTS]
+    allowed = [tail.choose(logits, data, shifts=(s,)) for s in tail.candidate_shifts(logits, 2)]
     allowed = [a for a in allowed if a.val_metric_after >= base.val_metric_before - 0.01 - 1e-9]
     assert adj.val_rare_after == max(a.val_rare_after for a in allowed)  # the best recall within the limit
-    unlimited = max(tail.choose(logits, data, shifts=(s,)).val_rare_after for s in tail.SHIFTS)
+    unlimited = max(tail.choose(logits, data, shifts=(s,)).val_rare_after for s in tail.candidate_shifts(logits, 2))
     assert adj.val_rare_after < unlimited  # the limit binds here
 
 
@@ -135,7 +135,7 @@ def test_a_distilled_student_below_scratch_on_validation_may_give_nothing_back()
     base = tail.choose(logits, data, shifts=(0.0,))
     adj = tail.choose(logits, data, tail.Floor(1.01, 1.0, base.val_metric_before + 0.05))  # scratch was better
     assert adj.val_metric_after >= base.val_metric_before - 1e-9
-    costly = [s for s in tail.SHIFTS if tail.choose(logits, data, shifts=(s,)).val_metric_after
+    costly = [s for s in tail.candidate_shifts(logits, 2) if tail.choose(logits, data, shifts=(s,)).val_metric_after
               < base.val_metric_before - 1e-9]
     assert costly and adj.shift not in costly
 
@@ -148,7 +148,7 @@ def test_a_rare_class_missing_from_validation_still_gets_the_share_floor():
     adj = tail.choose(logits, data, floor)
     assert adj.shift > 0 and adj.rate_after >= floor.rate
     assert all(tail.choose(logits, data, floor, shifts=(s,)).rate_after < floor.rate
-               for s in tail.SHIFTS if s < adj.shift)
+               for s in tail.candidate_shifts(logits, 2) if s < adj.shift)
 
 
 def test_binary_with_a_floor_reaches_the_scratch_students_share_of_positives():
@@ -159,7 +159,8 @@ def test_binary_with_a_floor_reaches_the_scratch_students_share_of_positives():
     adj = tail.choose(logits, data, floor)
     assert adj.rare_class == 1 and adj.rate_after >= floor.rate > adj.rate_before
     assert adj.val_metric_after == pytest.approx(adj.val_metric_before)  # AUROC cannot move
-    assert adj.shift <= 1.0  # no further than the scratch student's own offset
+    past_scratch = min(c for c in tail.candidate_shifts(logits, 1) if c >= 1.0)
+    assert adj.shift <= past_scratch  # no further than the first candidate past the scratch student's own offset
 
 
 def test_the_share_counts_every_node_not_only_validation():
@@ -199,3 +200,17 @@ def test_tiny_imbalanced_graph_ships_the_adjustment_and_serves_it(tmp_path, monk
     assert "Tail-class logit shift +" in (out / "report.md").read_text()
     assert main([*args, "--tail-adjust", "off", "--force"]) == 0
     assert "tail" not in json.loads((out / "report.json").read_text())["distilled"]
+
+
+def test_candidate_shifts_follow_the_logits_scale_and_turn_their_quantile_of_missed_nodes():
+    logits, _ = _three_class()
+    small, big = tail.candidate_shifts(logits, 2, steps=20), tail.candidate_shifts(logits * 10, 2, steps=20)
+    assert small[0] == 0.0 and len(small) == 21
+    assert np.allclose(big, np.array(small) * 10, rtol=1e-4, atol=1e-4)
+    missed = logits.argmax(1) != 2
+    for j, s in enumerate(small[1:], start=1):
+        raised = logits.clone()
+        raised[:, 2] += s
+        turned = float(((raised.argmax(1) == 2) & missed).sum()) / float(missed.sum())
+        assert turned >= (j / 20) ** 2 - 1 / float(missed.sum())
+    assert tail.candidate_shifts(torch.tensor([[0.0, 1.0], [0.0, 2.0]]), 1) == (0.0,)  # nothing to turn
