@@ -112,10 +112,13 @@ def measure(path: Path) -> dict[str, dict[str, float]]:
 
 
 def table(files: list[Path]) -> tuple[str, dict[str, dict[str, list[float]]]]:
-    """Markdown per dataset and student (the file name before `-seed`), and the recalls per group and rule."""
+    """Markdown per dataset and student (the file name before `-seed`, after its folder's name when
+    the files come from several folders), and the recalls per group and rule."""
     groups: dict[str, list[Path]] = {}
+    several = len({f.parent for f in files}) > 1  # runs of the same graph and student from different folders
     for f in files:
-        groups.setdefault(f.stem.rsplit("-seed", 1)[0], []).append(f)
+        name = f.stem.rsplit("-seed", 1)[0]
+        groups.setdefault(f"{f.parent.name}/{name}" if several else name, []).append(f)
     lines: list[str] = []
     recalls: dict[str, dict[str, list[float]]] = {}
     for name, paths in groups.items():

@@ -50,3 +50,13 @@ def _macro_f1_of_response(path: Path) -> float:
     f = np.load(path)
     t = f["test"]
     return macro_f1(f["response"][t].argmax(1), f["y"][t], 3)
+
+
+def test_runs_from_two_folders_stay_apart(tmp_path):
+    tail = _bench()
+    for folder in ("deep", "default"):
+        (tmp_path / folder).mkdir()
+        _save(tmp_path / folder / "toy-auto-seed0.npz", 0)
+    text, recalls = tail.table(sorted(tmp_path.glob("*/*.npz")))
+    assert set(recalls) == {"deep/toy-auto", "default/toy-auto"}
+    assert "#### deep/toy-auto (1 seeds" in text
