@@ -152,7 +152,7 @@ def plot(recalls: dict[str, dict[str, list[float]]], path: Path) -> None:
         ax.bar(np.arange(len(recalls)) + i * width, means, width, label=rule)
     ax.set_xticks(np.arange(len(recalls)) + 0.4 - width / 2, list(recalls))
     ax.set_ylabel("test recall of the rarest class")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
