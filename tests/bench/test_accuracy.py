@@ -1,8 +1,6 @@
 """bench/accuracy.py: the teacher cache must hand back the same teacher, and only for the same options."""
 
-import importlib.util
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,16 +8,13 @@ import torch
 from distill import teacher as teachers
 from distill.config import RunConfig
 from distill.data import load_dataset
+from tests.bench.scripts import load
 
 TINY = "synthetic:nodes=120,avg_degree=6,features=5,seed=2"
 
 
 def _bench():
-    path = Path(__file__).resolve().parents[2] / "bench" / "accuracy.py"
-    spec = importlib.util.spec_from_file_location("bench_accuracy", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("accuracy")
 
 
 def test_teacher_cache_hits_for_student_options_and_misses_for_teacher_options(tmp_path, monkeypatch):

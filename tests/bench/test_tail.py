@@ -1,18 +1,15 @@
 """bench/tail.py: each rule is applied to the saved distilled logits against the same seed's scratch."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.bench.scripts import load
+
 
 def _bench():
-    path = Path(__file__).resolve().parents[2] / "bench" / "tail.py"
-    spec = importlib.util.spec_from_file_location("bench_tail", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("tail")
 
 
 def _save(path: Path, seed: int) -> None:
