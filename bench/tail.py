@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from distill import tail  # noqa: E402
 from distill.metrics import evaluate  # noqa: E402
+from distill.train import selection_metric  # noqa: E402
 
 Rule = Callable[[Tensor, Tensor, Data], Tensor]  # (scratch, distilled logits [N, C], data) -> offsets [C]
 PRIOR_TAUS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -86,19 +87,16 @@ def _load(path: Path) -> tuple[Data, dict[str, Tensor]]:
     return data, {k: t[k] for k in ("scratch", "response")}
 
 
-def rare_classes(path: Path) -> tuple[int, int]:
+def rare_classes(data: Data, num_classes: int) -> tuple[int, int]:
     """(the class with the fewest nodes in the graph, the rarest labelled class the rule shifts)."""
-    data, logits = _load(path)
-    c = logits["scratch"].size(1)
-    return int(np.argmin(np.bincount(data.y.numpy(), minlength=c))), tail.rarest_class(data, c)
+    return int(np.argmin(np.bincount(data.y.numpy(), minlength=num_classes))), tail.rarest_class(data, num_classes)
 
 
 def measure(path: Path) -> dict[str, dict[str, float]]:
     """One seed's file -> per rule (and `scratch`): test recall of the rarest class, selection metric, macro-F1."""
     data, logits = _load(path)
     c = logits["scratch"].size(1)
-    rare = rare_classes(path)[0]
-    key = "accuracy" if c > 2 else "auroc"
+    rare, key = rare_classes(data, c)[0], selection_metric(c)
     test = data.test_mask
 
     def scored(z: Tensor) -> dict[str, float]:
@@ -124,7 +122,8 @@ def table(files: list[Path]) -> tuple[str, dict[str, dict[str, list[float]]]]:
     for name, paths in groups.items():
         runs = [measure(p) for p in paths]
         key = next(k for k in runs[0]["scratch"] if k not in ("recall", "macro_f1"))
-        rare, shifted = rare_classes(paths[0])
+        data, logits = _load(paths[0])
+        rare, shifted = rare_classes(data, logits["scratch"].size(1))
         other = "" if rare == shifted else f"; the rule shifts class {shifted}, the rarest labelled one"
         lines += [f"#### {name} ({len(runs)} seeds, test set; rarest class {rare}{other})", "",
                   f"| rule | recall rarest class | seeds >= scratch | {key} | macro-F1 |", "|---|---|---|---|---|"]
