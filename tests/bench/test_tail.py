@@ -37,7 +37,11 @@ def test_rules_on_saved_logits(tmp_path):
     assert r["shift, recall floor"] >= r["none"]  # a shift only adds calls of the rare class
     assert r["shift, recall + share floors"] > r["none"]
     measured = tail.measure(tmp_path / "toy-auto-seed0.npz")
-    assert set(measured) == {"scratch", *tail.RULES}
+    assert set(measured) == {"scratch", "ranking", *tail.RULES}
+    # The toy's distilled logits differ from scratch's by a per-class shift: the same ranking of class 2.
+    ranks = measured["ranking"]
+    assert ranks["distilled test"] == pytest.approx(ranks["scratch test"]) and 0.5 < ranks["scratch test"] < 1.0
+    assert "One-vs-rest AUROC of class 2 (no shift changes it), validation / test: scratch" in text
     assert measured["none"]["macro_f1"] == pytest.approx(_macro_f1_of_response(tmp_path / "toy-auto-seed0.npz"))
 
 
