@@ -32,7 +32,7 @@ from distill.artefacts import Prepared, TrainedTeacher  # noqa: E402
 from distill.config import KD_KINDS, RunConfig  # noqa: E402
 from distill.data import Dataset, load_dataset  # noqa: E402
 from distill.models import FeatureNorm  # noqa: E402
-from distill.students import candidate_name, train_candidates  # noqa: E402
+from distill.students import candidate_name, train_candidates, train_distilled  # noqa: E402
 from distill.train import TrainConfig, resolve_device, selection_metric  # noqa: E402
 
 METRICS = ("accuracy", "macro_f1", "auroc", "pr_auc")
@@ -43,7 +43,11 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "response+feature": ("response", "feature"),
     "response+structure": ("response", "structure"),
     "all": KD_KINDS,
+    # The run's --kd (auto: the response and the response+structure candidates pooled, best on
+    # validation), through the same function `distill run` uses.
+    "default": (),
 }
+DEFAULT = "default"
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -109,7 +113,8 @@ def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str
             scfg = replace(cfg, student=student)
             floor, raw = None, {}
             for variant in variants:
-                trained = train_candidates(scfg, prep, VARIANTS[variant], progress=False)
+                trained = (train_distilled(scfg, prep, progress=False) if variant == DEFAULT
+                           else train_candidates(scfg, prep, VARIANTS[variant], progress=False))
                 raw[variant] = trained.logits.numpy()
                 if variant == "scratch":
                     floor = tail.floor(trained.logits, ds.data.cpu())
@@ -135,7 +140,7 @@ def _row(dataset: str, student: str, variant: str, seed: int, m: dict[str, Any])
             **{k: m.get(k) for k in METRICS}, "recall_at_1pct_fpr": m.get("recall_at_1pct_fpr"),
             "per_class_recall": m["per_class_recall"], "seconds": m["seconds"],
             "propagation": m.get("propagation"), "alpha": m.get("alpha"), "temperature": m.get("temperature"),
-            "kept": m.get("student"), "best_val": m.get("best_val"),
+            "kept": m.get("student"), "best_val": m.get("best_val"), "kd": m.get("kd"),
             "tail_shift": (m.get("tail") or {}).get("shift")}
 
 
@@ -208,7 +213,8 @@ def _line(student: str, variant: str, sel: list[dict[str, Any]], key: str, scrat
 
 def _chosen(sel: list[dict[str, Any]]) -> str:
     """Which candidate (propagation, soft-target weight) validation kept, counted over seeds."""
-    names = Counter((f"{r['kept']}: " if r.get("kept") and not r["student"].startswith(r["kept"]) else "")
+    names = Counter((f"{'+'.join(r['kd'])}: " if r["variant"] == DEFAULT and r.get("kd") else "")
+                    + (f"{r['kept']}: " if r.get("kept") and not r["student"].startswith(r["kept"]) else "")
                     + candidate_name(r["propagation"], r.get("alpha"), r.get("temperature"))
                     for r in sel if r.get("propagation"))
     return ", ".join(f"{name} ×{count}" for name, count in names.most_common()) if len(sel) > 1 else \
@@ -219,7 +225,7 @@ def _chosen(sel: list[dict[str, Any]]) -> str:
 # and the teacher stands apart. Keys are row variants ("teacher" or a VARIANTS name).
 ROLE_COLOURS: dict[str, str] = {"teacher": "#4d4d4d", "scratch": "tab:blue", "response": "tab:orange",
                                 "response+feature": "tab:green", "response+structure": "tab:purple",
-                                "all": "tab:red"}
+                                "all": "tab:red", DEFAULT: "tab:brown"}
 ROLE_LABELS: dict[str, str] = {"teacher": "teacher", "scratch": "scratch (no distillation)",
                                **{v: f"distilled: {v}" for v in VARIANTS if v != "scratch"}}
 
@@ -315,6 +321,9 @@ def parser() -> argparse.ArgumentParser:
                     help="reuse each seed's trained teacher from DIR (and save new ones there)")
     ap.add_argument("--logits", type=Path, default=None, metavar="DIR",
                     help="save each student's raw logits per variant and seed to DIR (for bench/tail.py)")
+    ap.add_argument("--pick-default", default=None, metavar="V1,V2",
+                    help="add `default` rows picked on validation from these variants' rows (e.g. "
+                    "response,response+structure: what --kd auto keeps), for runs that trained them apart")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
     return ap
@@ -333,6 +342,24 @@ def merged_rows(paths: list[Path], num_classes: dict[str, int]) -> list[dict[str
     for r in rows:
         unique.setdefault((r["dataset"], r["student"], r["variant"], r["seed"]), r)
     return list(unique.values())
+
+
+def pick_default(rows: list[dict[str, Any]], sources: list[str]) -> list[dict[str, Any]]:
+    """`default` rows made from runs of each --kd set alone: per dataset, student and seed with a
+    row of every `sources` variant, a copy of the one with the best validation score (the first on a
+    tie). What `--kd auto` keeps from the same candidates pooled, each trained as it is alone
+    (same seed, same initialisation), so a long run need not train them twice."""
+    picked = []
+    groups: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r["variant"] in sources:
+            groups.setdefault((r["dataset"], r["student"], r["seed"]), {})[r["variant"]] = r
+    for runs in groups.values():
+        if len(runs) == len(sources):
+            best = max((runs[v] for v in sources), key=lambda r: r["best_val"])  # max keeps the first of ties
+            kd = best.get("kd") or list(VARIANTS[best["variant"]])
+            picked.append({**best, "variant": DEFAULT, "kd": kd})
+    return picked
 
 
 def main() -> int:
@@ -359,6 +386,14 @@ def main() -> int:
         seeds = range(args.first_seed, args.first_seed + args.seeds)
         run_dataset(spec, seeds, args.students.split(","), args.variants.split(","), overrides, rows, save,
                     args.teacher_cache, args.logits)
+    if args.pick_default:
+        sources = args.pick_default.split(",")
+        if not set(sources) <= set(VARIANTS) - {DEFAULT, "scratch"}:
+            raise SystemExit(f"--pick-default {args.pick_default!r}: name distilled variants of "
+                             f"{sorted(set(VARIANTS) - {DEFAULT, 'scratch'})}")
+        rows += [r for r in pick_default(rows, sources)
+                 if not any(o["variant"] == DEFAULT and (o["dataset"], o["student"], o["seed"])
+                            == (r["dataset"], r["student"], r["seed"]) for o in rows)]
     print(table(rows, num_classes))
     save()
     if args.png:

@@ -20,7 +20,7 @@ from distill.config import RunConfig
 from distill.data import Dataset, load_dataset
 from distill.export import export_onnx
 from distill.policy import neighbourhood
-from distill.students import train_candidates
+from distill.students import train_candidates, train_distilled
 from distill.teacher import feature_norm, teacher_model, teacher_signals, train_teacher
 from distill.train import predict, resolve_device, test_metrics
 
@@ -66,10 +66,11 @@ def export_student(trained: Trained, x: Tensor) -> bytes:
 
 def distill_student(cfg: RunConfig, prep: Prepared, progress: bool, tail_floor: tail.Floor | None = None
                     ) -> Distilled:
-    """Train the student with `cfg.kd` (the best candidate on validation), add the tail-class logit
+    """Train the student with `cfg.kd` (the best candidate on validation, over every objective set
+    under auto), add the tail-class logit
     shift chosen on validation (`--tail-adjust`; `tail_floor`: what the scratch student reaches on
     the rarest class, see distill.tail), and export it to ONNX."""
-    trained = train_candidates(cfg, prep, cfg.kd_kinds, progress)
+    trained = train_distilled(cfg, prep, progress)
     if cfg.tail_adjust == "auto":
         trained = tail.adjust(trained, prep.ds.data.cpu(), tail_floor)
     return Distilled(cfg, trained, export_student(trained, prep.ds.data.x.cpu()))
@@ -115,7 +116,7 @@ def run(cfg: RunConfig, out: Path, force: bool = False, progress: bool = True,
     scratch = train_candidates(cfg, prep, (), progress)
     log(f"[scratch] test {report.headline(scratch.test)}")
     result = distill_student(cfg, prep, progress, tail.floor(scratch.logits, prep.ds.data.cpu()))
-    log(f"[distilled {cfg.kd}] test {report.headline(result.trained.test)}")
+    log(f"[distilled {'+'.join(result.trained.kd) or 'none'}] test {report.headline(result.trained.test)}")
     rep = publish(out, force, prep, scratch, result, gate)
     rep["seconds"] = round(time.perf_counter() - started, 2)
     return rep

@@ -110,7 +110,8 @@ def markdown(rep: dict[str, Any]) -> str:
         alpha = f", soft-target weight alpha {d['alpha']:g}" if d.get("alpha") is not None else ""
         alpha += f", temperature {d['temperature']:g}" if d.get("temperature") is not None else ""
         family = f"`{d['student']}` student, " if d.get("student") else ""
-        lines.append(f"Distilled student: {family}`{d['propagation']}` propagation{alpha}, chosen on validation "
+        kd = f", objectives {'+'.join(d['kd'])}" if d.get("kd") else ""
+        lines.append(f"Distilled student: {family}`{d['propagation']}` propagation{kd}{alpha}, chosen on validation "
                      f"{rep['selection_metric']} ({vals}).")
     if d.get("tail"):
         lines.append(_tail_line(d["tail"], rep["class_names"], rep["selection_metric"]))

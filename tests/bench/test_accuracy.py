@@ -67,3 +67,18 @@ def test_plot_gives_each_role_one_colour_in_every_panel_on_a_full_axis():
     assert "2 seeds" in panels[0].get_title()
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend[:4] == ["teacher", "scratch (no distillation)", "distilled: response", "distilled: all"]
+
+
+def test_pick_default_keeps_the_better_validation_row_per_seed_and_the_first_of_ties():
+    acc = _bench()
+
+    def row(variant, seed, val, test):
+        return {"dataset": "d", "student": "auto-2", "variant": variant, "seed": seed, "best_val": val, "auroc": test}
+
+    rows = [row("response", 0, 0.80, 0.81), row("response+structure", 0, 0.82, 0.84),
+            row("response", 1, 0.79, 0.80), row("response+structure", 1, 0.79, 0.83),
+            row("response", 2, 0.90, 0.90)]  # seed 2 lacks a structure row: no default for it
+    picked = acc.pick_default(rows, ["response", "response+structure"])
+    assert [(r["seed"], r["auroc"], r["kd"], r["variant"]) for r in picked] == [
+        (0, 0.84, ["response", "structure"], "default"), (1, 0.80, ["response"], "default")]
+    assert rows[0]["variant"] == "response"  # the source rows are left as they were
