@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distill import tail  # noqa: E402
 from distill import teacher as teachers  # noqa: E402
 from distill.artefacts import Prepared, TrainedTeacher  # noqa: E402
-from distill.config import KD_KINDS, RunConfig  # noqa: E402
+from distill.config import KD_AUTO, KD_KINDS, RunConfig  # noqa: E402
 from distill.data import Dataset, load_dataset  # noqa: E402
 from distill.models import FeatureNorm  # noqa: E402
 from distill.students import candidate_name, train_candidates, train_distilled  # noqa: E402
+from distill.teacher_models import HETERO_TEACHERS  # noqa: E402
 from distill.train import TrainConfig, resolve_device, selection_metric  # noqa: E402
 
 METRICS = ("accuracy", "macro_f1", "auroc", "pr_auc")
@@ -321,9 +322,9 @@ def parser() -> argparse.ArgumentParser:
                     help="reuse each seed's trained teacher from DIR (and save new ones there)")
     ap.add_argument("--logits", type=Path, default=None, metavar="DIR",
                     help="save each student's raw logits per variant and seed to DIR (for bench/tail.py)")
-    ap.add_argument("--pick-default", default=None, metavar="V1,V2",
-                    help="add `default` rows picked on validation from these variants' rows (e.g. "
-                    "response,response+structure: what --kd auto keeps), for runs that trained them apart")
+    ap.add_argument("--pick-default", action="store_true",
+                    help=f"add `default` rows picked on validation from the {' and '.join(AUTO_VARIANTS)} rows "
+                    "(what --kd auto keeps), for runs that trained them apart")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
     return ap
@@ -344,21 +345,32 @@ def merged_rows(paths: list[Path], num_classes: dict[str, int]) -> list[dict[str
     return list(unique.values())
 
 
-def pick_default(rows: list[dict[str, Any]], sources: list[str]) -> list[dict[str, Any]]:
-    """`default` rows made from runs of each --kd set alone: per dataset, student and seed with a
-    row of every `sources` variant, a copy of the one with the best validation score (the first on a
-    tie). What `--kd auto` keeps from the same candidates pooled, each trained as it is alone
-    (same seed, same initialisation), so a long run need not train them twice."""
+# The variant of each --kd auto set, in KD_AUTO's order (ties go to the first, as in the pooled choice).
+AUTO_VARIANTS = [next(v for v, kinds in VARIANTS.items() if kinds == k and v != DEFAULT) for k in KD_AUTO]
+
+
+def pick_default(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`default` rows made from runs of each --kd auto set alone (AUTO_VARIANTS): per dataset,
+    student and seed with a row of each, a copy of the one with the best validation score, the
+    first on a tie; the response row where auto never tries structure (a graph-free student, a
+    type-aware teacher). What `--kd auto` keeps from the same candidates pooled, each trained as it
+    is alone (same seed, same initialisation; exact where training is deterministic, as on a CPU),
+    so a long run need not train them twice."""
     picked = []
     groups: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
+    teachers = {(r["dataset"], r["seed"]): r["student"] for r in rows if r["variant"] == "teacher"}
     for r in rows:
-        if r["variant"] in sources:
+        if r["variant"] in AUTO_VARIANTS:
             groups.setdefault((r["dataset"], r["student"], r["seed"]), {})[r["variant"]] = r
-    for runs in groups.values():
-        if len(runs) == len(sources):
-            best = max((runs[v] for v in sources), key=lambda r: r["best_val"])  # max keeps the first of ties
-            kd = best.get("kd") or list(VARIANTS[best["variant"]])
-            picked.append({**best, "variant": DEFAULT, "kd": kd})
+    for (dataset, _, seed), runs in groups.items():
+        if len(runs) < len(AUTO_VARIANTS):
+            continue
+        teacher = teachers.get((dataset, seed), "")
+        response_only = (runs[AUTO_VARIANTS[0]].get("propagation") == "none"
+                         or any(teacher.startswith(t) for t in HETERO_TEACHERS))
+        candidates = [runs[AUTO_VARIANTS[0]]] if response_only else [runs[v] for v in AUTO_VARIANTS]
+        best = max(candidates, key=lambda r: r["best_val"])  # max keeps the first of ties
+        picked.append({**best, "variant": DEFAULT, "kd": best.get("kd") or list(VARIANTS[best["variant"]])})
     return picked
 
 
@@ -387,13 +399,8 @@ def main() -> int:
         run_dataset(spec, seeds, args.students.split(","), args.variants.split(","), overrides, rows, save,
                     args.teacher_cache, args.logits)
     if args.pick_default:
-        sources = args.pick_default.split(",")
-        if not set(sources) <= set(VARIANTS) - {DEFAULT, "scratch"}:
-            raise SystemExit(f"--pick-default {args.pick_default!r}: name distilled variants of "
-                             f"{sorted(set(VARIANTS) - {DEFAULT, 'scratch'})}")
-        rows += [r for r in pick_default(rows, sources)
-                 if not any(o["variant"] == DEFAULT and (o["dataset"], o["student"], o["seed"])
-                            == (r["dataset"], r["student"], r["seed"]) for o in rows)]
+        have = {(r["dataset"], r["student"], r["seed"]) for r in rows if r["variant"] == DEFAULT}
+        rows += [r for r in pick_default(rows) if (r["dataset"], r["student"], r["seed"]) not in have]
     print(table(rows, num_classes))
     save()
     if args.png:

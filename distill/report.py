@@ -39,7 +39,7 @@ def build(ds: Dataset, cfg: RunConfig, teacher: dict[str, Any], scratch: dict[st
     if (distilled[key] or 0) < (scratch[key] or 0):
         flags.append(f"distilled student is below the scratch student on test {key}: "
                      f"{distilled[key]:.4f} < {scratch[key]:.4f}")
-    if "response" in cfg.kd_kinds and distilled.get("alpha") == 0.0:
+    if "response" in (distilled.get("kd") or cfg.kd_kinds) and distilled.get("alpha") == 0.0:
         flags.append("validation kept alpha 0: the teacher's soft labels did not help this student, so it "
                      "was trained on hard labels (and any other --kd objectives) only")
     student = distilled.get("student") or cfg.student  # the family --student auto kept

@@ -69,7 +69,7 @@ def train_candidates(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...], pro
     """Train each student family of `cfg.students` with `kinds` on each candidate graph and, with
     response KD, each soft-target weight of `cfg.alphas` and temperature of `cfg.temperatures`;
     keep the best on validation (its record names every candidate's score)."""
-    return _best(_candidates(cfg, prep, [kinds], progress))
+    return _best(_candidates(cfg, prep, [(kinds, cfg.students)], progress))
 
 
 def train_distilled(cfg: RunConfig, prep: Prepared, progress: bool) -> Trained:
@@ -77,10 +77,11 @@ def train_distilled(cfg: RunConfig, prep: Prepared, progress: bool) -> Trained:
     and response + structure), the best on validation kept. Under auto, structure is tried only
     where it can be: for a homogeneous teacher (a type-aware one never sees the meta-path edges
     the student is served on) and a student that has neighbours (not mlp)."""
-    usable = cfg.teacher_family(prep.teacher_metrics) not in HETERO_TEACHERS and any(
-        propagation_of(s) != "none" for s in cfg.students)
-    sets = [k for k in cfg.kd_sets if cfg.kd != "auto" or "structure" not in k or usable]
-    return _best(_candidates(cfg, prep, sets, progress))
+    typed = cfg.teacher_family(prep.teacher_metrics) in HETERO_TEACHERS
+    plan = [(kinds, tuple(s for s in cfg.students if not (
+        cfg.kd == "auto" and "structure" in kinds and (typed or propagation_of(s) == "none"))))
+        for kinds in cfg.kd_sets]
+    return _best(_candidates(cfg, prep, [(kinds, students) for kinds, students in plan if students], progress))
 
 
 def _best(candidates: list[tuple[str, Callable[[], Trained]]]) -> Trained:
@@ -88,23 +89,20 @@ def _best(candidates: list[tuple[str, Callable[[], Trained]]]) -> Trained:
     return replace(best.item, candidates_val=best.scores)
 
 
-def _candidates(cfg: RunConfig, prep: Prepared, sets: list[tuple[str, ...]], progress: bool
-                ) -> list[tuple[str, Callable[[], Trained]]]:
-    """(name, build) per student family x objective set x candidate graph x (alpha, T) setting."""
+def _candidates(cfg: RunConfig, prep: Prepared, plan: list[tuple[tuple[str, ...], tuple[str, ...]]],
+                progress: bool) -> list[tuple[str, Callable[[], Trained]]]:
+    """(name, build) per (objective set, student families) of `plan` x candidate graph x (alpha, T)."""
     several_t = len(cfg.temperatures) > 1
     # The teacher's edge importance does not depend on the student: computed once for every family.
-    importance = teacher_importance(cfg, prep) if any("structure" in k for k in sets) and any(
-        propagation_of(s) != "none" for s in cfg.students) else None
-    auto = cfg.kd == "auto"
+    importance = teacher_importance(cfg, prep) if any(
+        "structure" in kinds and propagation_of(s) != "none" for kinds, students in plan for s in students) else None
 
     def family(student: str, kinds: tuple[str, ...]) -> list[tuple[str, Callable[[], Trained]]]:
         scfg = replace(cfg, student=student)
         prefix = f"{student}: " if len(cfg.students) > 1 else ""
-        prefix = f"{'+'.join(kinds)}: {prefix}" if len(sets) > 1 else prefix
+        prefix = f"{'+'.join(kinds)}: {prefix}" if len(plan) > 1 else prefix
         return [(prefix + candidate_name(sg.policy.propagation, alpha, t if several_t else None),
                  lambda sg=sg, alpha=alpha, t=t: train_student(scfg, prep, sg, kinds, alpha, progress, t))
                 for sg in candidate_graphs(scfg, prep, kinds, importance) for alpha, t in _settings(scfg, kinds)]
 
-    return [c for kinds in sets for student in cfg.students
-            if not (auto and "structure" in kinds and propagation_of(student) == "none")
-            for c in family(student, kinds)]
+    return [c for kinds, students in plan for student in students for c in family(student, kinds)]

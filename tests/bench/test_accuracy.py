@@ -72,13 +72,20 @@ def test_plot_gives_each_role_one_colour_in_every_panel_on_a_full_axis():
 def test_pick_default_keeps_the_better_validation_row_per_seed_and_the_first_of_ties():
     acc = _bench()
 
-    def row(variant, seed, val, test):
-        return {"dataset": "d", "student": "auto-2", "variant": variant, "seed": seed, "best_val": val, "auroc": test}
+    def row(variant, seed, val, test, student="auto-2", propagation="gcn"):
+        return {"dataset": "d", "student": student, "variant": variant, "seed": seed, "best_val": val,
+                "auroc": test, "propagation": propagation}
 
-    rows = [row("response", 0, 0.80, 0.81), row("response+structure", 0, 0.82, 0.84),
-            row("response", 1, 0.79, 0.80), row("response+structure", 1, 0.79, 0.83),
-            row("response", 2, 0.90, 0.90)]  # seed 2 lacks a structure row: no default for it
-    picked = acc.pick_default(rows, ["response", "response+structure"])
-    assert [(r["seed"], r["auroc"], r["kd"], r["variant"]) for r in picked] == [
-        (0, 0.84, ["response", "structure"], "default"), (1, 0.80, ["response"], "default")]
-    assert rows[0]["variant"] == "response"  # the source rows are left as they were
+    rows = [{"dataset": "d", "student": "gat-6", "variant": "teacher", "seed": s} for s in range(3)]
+    rows += [row("response", 0, 0.80, 0.81), row("response+structure", 0, 0.82, 0.84),
+             row("response+structure", 1, 0.79, 0.83), row("response", 1, 0.79, 0.80),  # a tie: response first
+             row("response", 2, 0.90, 0.90),  # seed 2 lacks a structure row: no default for it
+             row("response", 0, 0.70, 0.70, "mlp-2", "none"), row("response+structure", 0, 0.75, 0.75, "mlp-2", "none")]
+    picked = acc.pick_default(rows)
+    assert acc.AUTO_VARIANTS == ["response", "response+structure"]
+    assert [(r["student"], r["seed"], r["auroc"], r["kd"], r["variant"]) for r in picked] == [
+        ("auto-2", 0, 0.84, ["response", "structure"], "default"), ("auto-2", 1, 0.80, ["response"], "default"),
+        ("mlp-2", 0, 0.70, ["response"], "default")]  # auto never tries structure on a graph-free student
+    assert rows[3]["variant"] == "response"  # the source rows are left as they were
+    typed = [{**r, "student": "hetero-sage-2"} if r["variant"] == "teacher" else r for r in rows]
+    assert [r["auroc"] for r in acc.pick_default(typed)][:2] == [0.81, 0.80]

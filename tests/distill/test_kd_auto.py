@@ -56,3 +56,10 @@ def test_an_explicit_set_is_the_only_one(prep_and_cfg):
     prep, cfg = prep_and_cfg
     trained = train_distilled(replace(cfg, kd="response,structure"), prep, progress=False)
     assert list(trained.candidates_val) == ["gcn, alpha 0.2"] and trained.kd == ("response", "structure")
+
+
+def test_an_asked_for_set_is_trained_as_asked_whatever_auto_would_skip(prep_and_cfg):
+    """bench/accuracy.py's response+structure variant on an mlp student: train_candidates trains it."""
+    prep, cfg = prep_and_cfg
+    trained = train_candidates(replace(cfg, student="mlp"), prep, ("response", "structure"), progress=False)
+    assert list(trained.candidates_val) == ["none, alpha 0.2"] and trained.kd == ("response", "structure")
