@@ -228,7 +228,8 @@ ROLE_COLOURS: dict[str, str] = {"teacher": "#4d4d4d", "scratch": "tab:blue", "re
                                 "response+feature": "tab:green", "response+structure": "tab:purple",
                                 "all": "tab:red", DEFAULT: "tab:brown"}
 ROLE_LABELS: dict[str, str] = {"teacher": "teacher", "scratch": "scratch (no distillation)",
-                               **{v: f"distilled: {v}" for v in VARIANTS if v != "scratch"}}
+                               **{v: f"distilled: {v}" for v in VARIANTS if v != "scratch"},
+                               DEFAULT: "distilled: default (--kd auto)"}
 
 
 def _panel(ax: Any, drows: list[dict[str, Any]], key: str) -> None:
@@ -292,8 +293,10 @@ def figure(rows: list[dict[str, Any]], num_classes: dict[str, int]) -> Any:
     handles = [Patch(color=ROLE_COLOURS[v], label=ROLE_LABELS[v]) for v in roles]
     if "teacher" in roles:
         handles.append(Line2D([], [], color=ROLE_COLOURS["teacher"], linestyle=":", label="teacher mean"))
-    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    ncol = min(len(handles), 3 * cols)  # about three labels fit across one 6.5-inch panel
+    fig.legend(handles=handles, loc="upper center", ncol=ncol, fontsize=9, frameon=False)
+    lines = -(-len(handles) // ncol)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.25 + 0.22 * lines) / fig.get_figheight()))
     return fig
 
 
@@ -316,7 +319,9 @@ def parser() -> argparse.ArgumentParser:
                     "(split a long run across processes, then merge with --from-json)")
     ap.add_argument("--students", default="auto", help="comma-separated student names (auto: the run's "
                     "default, the best of the AUTO_STUDENTS families on validation)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {list(VARIANTS)}")
+    ap.add_argument("--variants", default=None,
+                    help=f"comma-separated, of {list(VARIANTS)} (default: scratch,default, the two students "
+                    "`distill run` trains); with --from-json, only these rows (and the teachers) are shown")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run option")
     ap.add_argument("--teacher-cache", type=Path, default=None, metavar="DIR",
                     help="reuse each seed's trained teacher from DIR (and save new ones there)")
@@ -377,7 +382,8 @@ def pick_default(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main() -> int:
     args = parser().parse_args()
     overrides = parse_set(args.set)
-    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    variants = (args.variants or f"scratch,{DEFAULT}").split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     num_classes: dict[str, int] = {}
@@ -396,11 +402,13 @@ def main() -> int:
         num_classes[ds.name] = ds.num_classes
         _SUPPORT[ds.name] = np.bincount(ds.data.y.numpy(), minlength=ds.num_classes).tolist()
         seeds = range(args.first_seed, args.first_seed + args.seeds)
-        run_dataset(spec, seeds, args.students.split(","), args.variants.split(","), overrides, rows, save,
+        run_dataset(spec, seeds, args.students.split(","), variants, overrides, rows, save,
                     args.teacher_cache, args.logits)
     if args.pick_default:
         have = {(r["dataset"], r["student"], r["seed"]) for r in rows if r["variant"] == DEFAULT}
         rows += [r for r in pick_default(rows) if (r["dataset"], r["student"], r["seed"]) not in have]
+    if args.variants:  # a re-render of merged runs may show a subset of their rows
+        rows[:] = [r for r in rows if r["variant"] in ("teacher", *variants)]
     print(table(rows, num_classes))
     save()
     if args.png:
