@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distill import tail  # noqa: E402
 from distill import teacher as teachers  # noqa: E402
 from distill.artefacts import Prepared, TrainedTeacher  # noqa: E402
+from distill.choose import best_on_validation  # noqa: E402
 from distill.config import KD_AUTO, KD_KINDS, RunConfig  # noqa: E402
 from distill.data import Dataset, load_dataset  # noqa: E402
 from distill.models import FeatureNorm  # noqa: E402
-from distill.students import candidate_name, train_candidates, train_distilled  # noqa: E402
-from distill.teacher_models import HETERO_TEACHERS  # noqa: E402
+from distill.students import auto_tries_structure, candidate_name, train_candidates, train_distilled  # noqa: E402
 from distill.train import TrainConfig, resolve_device, selection_metric  # noqa: E402
 
 METRICS = ("accuracy", "macro_f1", "auroc", "pr_auc")
@@ -363,18 +363,18 @@ def pick_default(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     so a long run need not train them twice."""
     picked = []
     groups: dict[tuple[Any, ...], dict[str, dict[str, Any]]] = {}
-    teachers = {(r["dataset"], r["seed"]): r["student"] for r in rows if r["variant"] == "teacher"}
+    # Teacher rows name the kept teacher `family-depth` (`gat-sep-6`).
+    teachers = {(r["dataset"], r["seed"]): r["student"].rsplit("-", 1)[0] for r in rows if r["variant"] == "teacher"}
     for r in rows:
         if r["variant"] in AUTO_VARIANTS:
             groups.setdefault((r["dataset"], r["student"], r["seed"]), {})[r["variant"]] = r
     for (dataset, _, seed), runs in groups.items():
         if len(runs) < len(AUTO_VARIANTS):
             continue
-        teacher = teachers.get((dataset, seed), "")
-        response_only = (runs[AUTO_VARIANTS[0]].get("propagation") == "none"
-                         or any(teacher.startswith(t) for t in HETERO_TEACHERS))
-        candidates = [runs[AUTO_VARIANTS[0]]] if response_only else [runs[v] for v in AUTO_VARIANTS]
-        best = max(candidates, key=lambda r: r["best_val"])  # max keeps the first of ties
+        response = runs[AUTO_VARIANTS[0]]
+        tried = AUTO_VARIANTS if auto_tries_structure(teachers.get((dataset, seed), ""), response["kept"]) \
+            else AUTO_VARIANTS[:1]
+        best = best_on_validation([(v, lambda r=runs[v]: r) for v in tried], key=lambda r: (r["best_val"],)).item
         picked.append({**best, "variant": DEFAULT, "kd": best.get("kd") or list(VARIANTS[best["variant"]])})
     return picked
 

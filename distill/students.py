@@ -77,11 +77,17 @@ def train_distilled(cfg: RunConfig, prep: Prepared, progress: bool) -> Trained:
     and response + structure), the best on validation kept. Under auto, structure is tried only
     where it can be: for a homogeneous teacher (a type-aware one never sees the meta-path edges
     the student is served on) and a student that has neighbours (not mlp)."""
-    typed = cfg.teacher_family(prep.teacher_metrics) in HETERO_TEACHERS
+    family = cfg.teacher_family(prep.teacher_metrics)
     plan = [(kinds, tuple(s for s in cfg.students if not (
-        cfg.kd == "auto" and "structure" in kinds and (typed or propagation_of(s) == "none"))))
+        cfg.kd == "auto" and "structure" in kinds and not auto_tries_structure(family, s))))
         for kinds in cfg.kd_sets]
     return _best(_candidates(cfg, prep, [(kinds, students) for kinds, students in plan if students], progress))
+
+
+def auto_tries_structure(teacher_family: str, student: str) -> bool:
+    """Whether `--kd auto` trains `student` with structure KD from a `teacher_family` teacher: not
+    from a type-aware teacher, and not for a student without neighbours."""
+    return teacher_family not in HETERO_TEACHERS and propagation_of(student) != "none"
 
 
 def _best(candidates: list[tuple[str, Callable[[], Trained]]]) -> Trained:

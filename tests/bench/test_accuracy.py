@@ -74,7 +74,7 @@ def test_pick_default_keeps_the_better_validation_row_per_seed_and_the_first_of_
 
     def row(variant, seed, val, test, student="auto-2", propagation="gcn"):
         return {"dataset": "d", "student": student, "variant": variant, "seed": seed, "best_val": val,
-                "auroc": test, "propagation": propagation}
+                "auroc": test, "propagation": propagation, "kept": "mlp" if propagation == "none" else "gcn"}
 
     rows = [{"dataset": "d", "student": "gat-6", "variant": "teacher", "seed": s} for s in range(3)]
     rows += [row("response", 0, 0.80, 0.81), row("response+structure", 0, 0.82, 0.84),
