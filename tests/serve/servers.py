@@ -138,9 +138,11 @@ def metric(client: httpx.Client, name: str) -> float:
     return 0.0
 
 
-def wait_in_flight(client: httpx.Client, requests: int, timeout: float = 20.0) -> None:
-    """Until `requests` requests besides this scrape are being handled (serve_requests_in_flight)."""
+def wait_held(client: httpx.Client, requests: int, timeout: float = 20.0) -> None:
+    """Until `requests` score requests sit in the slow launcher's delay (`slow_ms`): body read, model
+    taken, counted by max_in_flight. serve_requests_in_flight would say so too early: it counts a
+    handler from its start, and the cap counts a request only once its body has arrived."""
     deadline = time.monotonic() + timeout
-    while metric(client, "serve_requests_in_flight") < requests + 1:
+    while metric(client, "test_scores_held") < requests:
         assert time.monotonic() < deadline, "the request never became in flight"
         time.sleep(0.02)

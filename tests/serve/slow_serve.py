@@ -14,6 +14,7 @@ import signal
 import sys
 
 from fastapi import FastAPI
+from prometheus_client import Gauge
 
 from serve.__main__ import main
 from serve.app import create_app
@@ -25,13 +26,18 @@ from serve.settings import Settings
 def slow_app(settings: Settings) -> FastAPI:
     """create_app(settings), with the score route's service dependency replaced by a slow one."""
     delay_s = float(os.environ["TEST_SCORE_DELAY_MS"]) / 1000
+    app = create_app(settings)
+    # What the tests wait on: a request here has had its body read and taken the model, which
+    # serve_requests_in_flight (counted from when the handler starts) does not yet say.
+    held = Gauge("test_scores_held", "score requests waiting out TEST_SCORE_DELAY_MS",
+                 registry=app.state.metrics.registry)
 
     async def slow_scoring(request: ScoreRequest, runtime: RuntimeDep) -> Scoring:
         scoring = Scoring(request, runtime.require())  # first: the request keeps the model it started with
-        await asyncio.sleep(delay_s)
+        with held.track_inprogress():
+            await asyncio.sleep(delay_s)
         return scoring
 
-    app = create_app(settings)
     app.dependency_overrides[get_scoring] = slow_scoring
     return app
 

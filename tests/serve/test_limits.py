@@ -18,7 +18,7 @@ import pytest
 
 from serve import http_limits
 from tests.serve.conftest import TinyBundle
-from tests.serve.servers import RunningServer, Server, serving, wait_in_flight
+from tests.serve.servers import RunningServer, Server, serving, wait_held
 
 pytestmark = pytest.mark.slow  # real `python -m serve` processes (but the two open-file-limit tests)
 
@@ -279,7 +279,7 @@ def test_requests_over_max_in_flight_get_503_at_once_and_probes_still_answer(
         thread.start()
     try:
         with server.client() as client:
-            wait_in_flight(client, 2)  # (polls /metrics, which the cap does not count: no race with the held ones)
+            wait_held(client, 2)
             started = time.monotonic()
             response = client.post("/v1/score", json={"node_ids": [2]})
             assert response.status_code == 503 and time.monotonic() - started < 0.5

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.serve.conftest import TinyBundle
-from tests.serve.servers import RunningServer, Server, metric, serving, wait_in_flight
+from tests.serve.servers import RunningServer, Server, metric, serving, wait_held
 from tests.serve.test_limits import LIMITS, closed_within, connect, get, livez_answers, read_response
 
 
@@ -71,7 +71,7 @@ def test_a_request_whose_client_left_holds_its_slot_until_the_handler_ends(
         gone = [connect(server) for _ in range(2)]
         for i, sock in enumerate(gone):
             sock.sendall(score_request(i + 1))
-        wait_in_flight(client, 2)
+        wait_held(client, 2)
         for sock in gone:
             sock.close()
         time.sleep(0.3)  # the server sees both disconnects; the handlers sleep on

@@ -14,7 +14,7 @@ import pytest
 
 from tests.serve.conftest import TinyBundle
 from tests.serve.reference import softmax
-from tests.serve.servers import RunningServer, Server, metric, serving, wait_in_flight
+from tests.serve.servers import RunningServer, Server, metric, serving, wait_held
 from tests.tamper import copy_bundle, flip_last_byte, tamper
 
 pytestmark = pytest.mark.slow  # real `python -m serve` processes
@@ -149,7 +149,7 @@ def test_in_flight_request_finishes_on_the_model_it_started_with(gcn: TinyBundle
     with httpx.Client(base_url=srv.url, timeout=30.0) as slow, srv.client() as client:
         with ThreadPoolExecutor(1) as pool:
             pending = pool.submit(slow.post, "/v1/score", json={"node_ids": [1]})
-            wait_in_flight(client, 1)
+            wait_held(client, 1)
             assert reload(client, gcn_seed1.path).status_code == 200
             response = pending.result(timeout=30)
         assert response.status_code == 200

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.serve.conftest import TinyBundle
-from tests.serve.servers import RunningServer, Server, wait_in_flight
+from tests.serve.servers import RunningServer, Server, wait_held
 
 pytestmark = pytest.mark.slow  # real `python -m serve` processes
 
@@ -23,7 +23,7 @@ def slow_score(pool: ThreadPoolExecutor, server: Server) -> Future[httpx.Respons
     pending = pool.submit(client.post, "/v1/score", json={"node_ids": [1, 2]})
     pending.add_done_callback(lambda _: client.close())
     with server.client() as probe:
-        wait_in_flight(probe, 1)
+        wait_held(probe, 1)
     return pending
 
 
