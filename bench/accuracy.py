@@ -73,10 +73,16 @@ def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfi
                 cache: Path | None) -> TrainedTeacher:
     """The seed's trained teacher, from `cache` when it holds one trained under the same options (a
     Tolokers teacher takes 5-10 min on a 2-core CPU and is deterministic per seed), else trained
-    and, with a cache, saved there. Keyed by every option except STUDENT_OPTIONS."""
+    and, with a cache, saved there. Keyed by every option except STUDENT_OPTIONS, and by the families
+    the run trains where the dataset makes them differ from the option: on a heterogeneous graph --kd
+    decides whether --teacher auto may keep a type-aware teacher (a homogeneous graph's keys are as
+    they were before that entry)."""
     if cache is None:
         return teachers.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
-    key = {k: v for k, v in cfg.to_dict().items() if k not in STUDENT_OPTIONS}
+    key: dict[str, Any] = {k: v for k, v in cfg.to_dict().items() if k not in STUDENT_OPTIONS}
+    families = teachers.teacher_families(cfg, ds)
+    if families != cfg.families:
+        key["families"] = list(families)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / f"{ds.name}-seed{cfg.seed}-{digest}.pt"
     if path.exists():

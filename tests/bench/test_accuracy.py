@@ -42,6 +42,29 @@ def test_teacher_cache_hits_for_student_options_and_misses_for_teacher_options(t
         acc.teacher_for(replace(cfg, seed=1), ds, norm, cfg.train_config, cpu, tmp_path)
 
 
+def test_teacher_cache_keeps_apart_runs_whose_kd_changes_the_teacher_families(tmp_path, monkeypatch):
+    # On a heterogeneous graph --teacher auto adds the type-aware families unless structure KD is asked
+    # for: a response-KD run's cached teacher (maybe hetero-sage) must not serve a structure run.
+    acc = _bench()
+    cfg = RunConfig(dataset="synthetic-hetero", teacher_layers=2, teacher_hidden=8, teacher_heads=2, epochs=2,
+                    patience=2, min_epochs=0, kd="response")
+    ds = load_dataset(cfg.dataset)
+    norm = teachers.feature_norm(cfg, ds)
+    trained: list[tuple[str, ...]] = []
+    real = acc.teachers.train_teacher
+
+    def counted(run_cfg, *args, **kwargs):
+        trained.append(teachers.teacher_families(run_cfg, ds))
+        return real(run_cfg, *args, **kwargs)
+
+    monkeypatch.setattr(acc.teachers, "train_teacher", counted)
+    for kd in ("response", "response,structure", "response", "response,structure", "auto"):
+        acc.teacher_for(replace(cfg, kd=kd), ds, norm, cfg.train_config, torch.device("cpu"), tmp_path)
+    structure_families = teachers.teacher_families(replace(cfg, kd="response,structure"), ds)
+    assert trained == [teachers.teacher_families(cfg, ds), structure_families]  # auto = response's families
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+
+
 def test_paired_gain_compares_each_seed_with_its_own_scratch_run():
     acc = _bench()
     scratch = {0: 0.80, 1: 0.70, 2: 0.75}
