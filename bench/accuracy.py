@@ -67,7 +67,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 # Options that only shape the students: a teacher trained under any values of these is the same teacher.
 STUDENT_OPTIONS = {"student", "student_layers", "student_hidden", "student_dropout", "fanout", "kd", "temperature",
-                   "alpha", "beta", "gamma", "structure_weights", "layer_map", "tail_adjust"}
+                   "alpha", "beta", "gamma", "structure_weights", "layer_map", "tail_adjust",
+                   "soft_regularise"}
 
 
 def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,
@@ -149,7 +150,7 @@ def _row(dataset: str, student: str, variant: str, seed: int, m: dict[str, Any])
             "per_class_recall": m["per_class_recall"], "seconds": m["seconds"],
             "propagation": m.get("propagation"), "alpha": m.get("alpha"), "temperature": m.get("temperature"),
             "kept": m.get("student"), "best_val": m.get("best_val"), "kd": m.get("kd"),
-            "tail_shift": (m.get("tail") or {}).get("shift")}
+            "regularised": m.get("regularised", True), "tail_shift": (m.get("tail") or {}).get("shift")}
 
 
 def _log(row: dict[str, Any]) -> None:
@@ -215,7 +216,7 @@ def _chosen(sel: list[dict[str, Any]]) -> str:
     """Which candidate (propagation, soft-target weight) validation kept, counted over seeds."""
     names = Counter((f"{'+'.join(r['kd'])}: " if r["variant"] == DEFAULT and r.get("kd") else "")
                     + (f"{r['kept']}: " if r.get("kept") and not r["student"].startswith(r["kept"]) else "")
-                    + candidate_name(r["propagation"], r.get("alpha"), r.get("temperature"))
+                    + candidate_name(r["propagation"], r.get("alpha"), r.get("temperature"), r.get("regularised", True))
                     for r in sel if r.get("propagation"))
     return ", ".join(f"{name} ×{count}" for name, count in names.most_common()) if len(sel) > 1 else \
         ", ".join(names)

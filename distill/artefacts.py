@@ -80,11 +80,13 @@ class Trained:
     candidates_val: dict[str, float] = field(default_factory=dict)
     tail: TailAdjustment | None = None
     temperature: float | None = None  # the distillation temperature, where soft targets weighed in
+    regularised: bool = True  # trained with weight decay and dropout (--soft-regularise)
 
     def record(self) -> dict[str, Any]:
         """The report's entry: test metrics, training record and the validation choice."""
         return {**self.test, **self.fit.__dict__, "student": self.student, "kd": list(self.kd), "alpha": self.alpha,
-                "temperature": self.temperature, "propagation": self.graph.policy.propagation,
+                "temperature": self.temperature, "regularised": self.regularised,
+                "propagation": self.graph.policy.propagation,
                 "candidates_val": dict(self.candidates_val),
                 **({"tail": asdict(self.tail)} if self.tail is not None else {})}
 

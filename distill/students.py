@@ -21,18 +21,21 @@ from distill.train import fit, predict, test_metrics
 
 
 def train_student(cfg: RunConfig, prep: Prepared, sg: StudentGraph, kinds: tuple[str, ...],
-                  alpha: float | None, progress: bool, temperature: float | None = None) -> Trained:
+                  alpha: float | None, progress: bool, temperature: float | None = None,
+                  regularised: bool = True) -> Trained:
     """Train `cfg.student` on `sg` with the objectives `kinds` (() = scratch, hard labels only),
-    soft-target weight `alpha` and distillation `temperature` (default: the first of the run's)
-    -> the student, its full-graph logits [N, C] and test metrics."""
+    soft-target weight `alpha` and distillation `temperature` (default: the first of the run's);
+    without weight decay and dropout unless `regularised` -> the student, its full-graph logits [N, C]
+    and test metrics."""
     temperature = temperature if temperature is not None else cfg.temperatures[0]
+    tcfg = prep.tcfg if regularised else replace(prep.tcfg, weight_decay=0.0)
     raw = prep.ds.data.to(prep.device)
     data = copy.copy(raw)  # the same graph and labels, with the student's input rows (sg.inputs)
     data.x = sg.inputs(raw.x)
     torch.manual_seed(cfg.seed)
     student, _ = build_student(cfg.student, in_channels=raw.num_features, hidden_channels=cfg.student_hidden,
                                num_layers=cfg.student_layers, out_channels=prep.ds.num_classes,
-                               dropout=cfg.student_dropout, mean_input=sg.policy.mean_input)
+                               dropout=cfg.student_dropout if regularised else 0.0, mean_input=sg.policy.mean_input)
     student.feature_norm = FeatureNorm(prep.norm.mode, prep.norm.mean, prep.norm.std)
     teacher = prep.signals if kinds else None
     widths = [cfg.student_hidden] * (cfg.student_layers - 1) + [prep.ds.num_classes]
@@ -44,25 +47,31 @@ def train_student(cfg: RunConfig, prep: Prepared, sg: StudentGraph, kinds: tuple
     student.to(prep.device)
     edges, kept = sg.edges.to(prep.device), sg.kept.to(prep.device)
     result = fit(student, data, edges, lambda out: objective(out, data.y, data.train_mask, teacher, kept),
-                 prep.tcfg, f"{'+'.join(kinds) or 'scratch'} {cfg.student}", progress, extra=objective)
+                 tcfg, f"{'+'.join(kinds) or 'scratch'} {cfg.student}", progress, extra=objective)
     logits = predict(student, data, edges)
     soft = "response" in kinds and bool(alpha)
     return Trained(student.cpu().eval(), logits.cpu(), sg, result, test_metrics(logits, data), kinds,
                    alpha if "response" in kinds else None, temperature=temperature if soft else None,
-                   student=cfg.student)
+                   student=cfg.student, regularised=regularised)
 
 
-def candidate_name(propagation: str, alpha: float | None, temperature: float | None = None) -> str:
-    """How a candidate appears in metrics and reports: `gcn`, `attention, alpha 0.2` or `gcn, alpha 0.8, T 4`."""
+def candidate_name(propagation: str, alpha: float | None, temperature: float | None = None,
+                   regularised: bool = True) -> str:
+    """How a candidate appears in metrics and reports: `gcn`, `attention, alpha 0.2`, `gcn, alpha 0.8, T 4`
+    or `none, alpha 0.8, T 1, unregularised`."""
     name = propagation if alpha is None else f"{propagation}, alpha {alpha:g}"
-    return name if temperature is None else f"{name}, T {temperature:g}"
+    name = name if temperature is None else f"{name}, T {temperature:g}"
+    return name if regularised else f"{name}, unregularised"
 
 
-def _settings(cfg: RunConfig, kinds: tuple[str, ...]) -> list[tuple[float | None, float | None]]:
-    """(alpha, temperature) pairs to try: the temperature matters only where soft targets weigh in."""
+def _settings(cfg: RunConfig, kinds: tuple[str, ...]) -> list[tuple[float | None, float | None, bool]]:
+    """(alpha, temperature, regularised) to try: the temperature and the regularisation choice matter
+    only where soft targets weigh in."""
     if "response" not in kinds:
-        return [(None, None)]
-    return [(alpha, t) for alpha in cfg.alphas for t in (cfg.temperatures if alpha else (None,))]
+        return [(None, None, True)]
+    return [(alpha, t, reg) for alpha in cfg.alphas
+            for t in (cfg.temperatures if alpha else (None,))
+            for reg in (cfg.soft_regularisation if alpha else (True,))]
 
 
 def train_candidates(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...], progress: bool) -> Trained:
@@ -107,8 +116,8 @@ def _candidates(cfg: RunConfig, prep: Prepared, plan: list[tuple[tuple[str, ...]
         scfg = replace(cfg, student=student)
         prefix = f"{student}: " if len(cfg.students) > 1 else ""
         prefix = f"{'+'.join(kinds)}: {prefix}" if len(plan) > 1 else prefix
-        return [(prefix + candidate_name(sg.policy.propagation, alpha, t if several_t else None),
-                 lambda sg=sg, alpha=alpha, t=t: train_student(scfg, prep, sg, kinds, alpha, progress, t))
-                for sg in candidate_graphs(scfg, prep, kinds, importance) for alpha, t in _settings(scfg, kinds)]
+        return [(prefix + candidate_name(sg.policy.propagation, alpha, t if several_t else None, reg),
+                 lambda sg=sg, alpha=alpha, t=t, reg=reg: train_student(scfg, prep, sg, kinds, alpha, progress, t, reg))
+                for sg in candidate_graphs(scfg, prep, kinds, importance) for alpha, t, reg in _settings(scfg, kinds)]
 
     return [c for kinds, students in plan for student in students for c in family(student, kinds)]

@@ -17,7 +17,7 @@ TINY = "synthetic:nodes=200,avg_degree=8,features=6,seed=3"
 @pytest.fixture(scope="module")
 def prep_and_cfg():
     cfg = RunConfig(dataset=TINY, teacher="gat-sep", teacher_layers=2, teacher_hidden=16, epochs=10, patience=5,
-                    min_epochs=0, student="gcn", alpha="0.2", temperature="1", fanout=3)
+                    min_epochs=0, student="gcn", alpha="0.2", temperature="1", fanout=3, soft_regularise="on")
     return pipeline.prepare(cfg, progress=False), cfg
 
 

@@ -127,11 +127,12 @@ def test_structure_weights_candidates_and_validation_choice(weights, expected):
     prep = pipeline.prepare(cfg, progress=False)
     trained = train_candidates(cfg, prep, cfg.kd_kinds, progress=False)
     m = trained.record()
-    settings = [(0.0, None), (0.2, 1.0), (0.2, 4.0), (0.8, 1.0), (0.8, 4.0)]  # T only where soft targets weigh
-    names = [candidate_name(p, a, t) for p in expected for a, t in settings]
+    # T and the regularisation choice only where soft targets weigh in
+    settings = [(0.0, None, True)] + [(a, t, reg) for a in (0.2, 0.8) for t in (1.0, 4.0) for reg in (True, False)]
+    names = [candidate_name(p, a, t, reg) for p in expected for a, t, reg in settings]
     assert list(m["candidates_val"]) == names
     best = max(names, key=lambda k: (m["candidates_val"][k], -names.index(k)))
-    assert candidate_name(m["propagation"], m["alpha"], m["temperature"]) == best
+    assert candidate_name(m["propagation"], m["alpha"], m["temperature"], m["regularised"]) == best
     assert m["propagation"] == trained.graph.policy.propagation and m["best_val"] == m["candidates_val"][best]
     assert trained.graph.policy.score == "teacher_attention"
     scratch = train_candidates(replace(cfg, kd="none"), prep, (), progress=False)
@@ -178,7 +179,7 @@ def test_a_gat_sep_teacher_ranks_neighbours_but_offers_no_attention_propagation(
 
     cfg = RunConfig(dataset="synthetic:nodes=200,avg_degree=8,features=6,seed=3", teacher="gat-sep", teacher_layers=2,
                     teacher_hidden=16, epochs=10, patience=5, min_epochs=0, kd="response,structure", student="gcn",
-                    alpha="0.2", fanout=3)
+                    alpha="0.2", fanout=3, soft_regularise="on")
     prep = pipeline.prepare(cfg, progress=False)
     trained = train_candidates(cfg, prep, cfg.kd_kinds, progress=False)
     assert list(trained.candidates_val) == ["gcn, alpha 0.2, T 1", "gcn, alpha 0.2, T 4"]
