@@ -1,5 +1,6 @@
-"""--soft-regularise: a soft-target candidate is trained with and without weight decay and dropout
-(auto), the best on validation kept; hard-label candidates always keep both."""
+"""--soft-regularise: a soft-target candidate is trained with weight decay and dropout (on, the
+default), without (off) or both ways, the best on validation kept (auto); hard-label candidates
+always keep both."""
 
 from dataclasses import replace
 from types import SimpleNamespace
@@ -18,11 +19,12 @@ TINY = "synthetic:nodes=200,avg_degree=8,features=6,seed=3"
 def prep_and_cfg():
     cfg = RunConfig(dataset=TINY, teacher="gcn", teacher_layers=2, teacher_hidden=16, epochs=8, patience=4,
                     min_epochs=0, student="mlp", kd="response", alpha="auto", temperature="1",
-                    student_dropout=0.4, weight_decay=1e-3)
+                    student_dropout=0.4, weight_decay=1e-3, soft_regularise="auto")
     return pipeline.prepare(cfg, progress=False), cfg
 
 
 def test_auto_tries_both_only_where_soft_targets_weigh_in(prep_and_cfg):
+    assert RunConfig().soft_regularisation == (True,)  # the default: regularised, as every run before the option
     prep, cfg = prep_and_cfg
     trained = train_candidates(cfg, prep, cfg.kd_kinds, progress=False)
     assert list(trained.candidates_val) == ["none, alpha 0", "none, alpha 0.2", "none, alpha 0.2, unregularised",
