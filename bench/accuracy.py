@@ -78,7 +78,8 @@ def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfi
     and, with a cache, saved there. Keyed by every option except STUDENT_OPTIONS, and by the families
     the run trains where the dataset makes them differ from the option: on a heterogeneous graph --kd
     decides whether --teacher auto may keep a type-aware teacher (a homogeneous graph's keys are as
-    they were before that entry)."""
+    they were before that entry). A cached teacher of a family the run would not train (saved under
+    the old key, before that entry) is trained again and replaced."""
     if cache is None:
         return teachers.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
     key: dict[str, Any] = {k: v for k, v in cfg.to_dict().items() if k not in STUDENT_OPTIONS}
@@ -87,8 +88,9 @@ def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfi
         key["families"] = list(families)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / f"{ds.name}-seed{cfg.seed}-{digest}.pt"
-    if path.exists():
-        saved = torch.load(path, map_location=device)
+    saved = torch.load(path, map_location=device) if path.exists() else None
+    # (A teacher saved without its family predates --teacher auto: it is the named one.)
+    if saved is not None and saved["metrics"].get("family", cfg.teacher) in (*families, cfg.teacher):
         teacher, edges = teachers.teacher_model(cfg, ds, norm, device, family=cfg.teacher_family(saved["metrics"]))
         teacher.load_state_dict(saved["state"])
         return TrainedTeacher(teacher, edges, saved["metrics"])

@@ -37,11 +37,12 @@ ALPHA_GRID = (0.0, 0.2, 0.8)
 # GCNII's are soft (std ~1), and at T=4 its targets are nearly uniform (Cora MLP student 0.755 at
 # T=4, 0.787 at T=1, seed 0).
 TEMPERATURE_GRID = (1.0, 4.0)
-# --soft-regularise: without weight decay and dropout a student can fit the teacher's soft labels on
-# every node it is trained on (GLNN trains its MLPs so), which is all validation sees, since the
-# soft labels cover the validation nodes too. It is off by default because that fit is memorised:
+# --soft-regularise (default on): without weight decay and dropout a student can fit the teacher's
+# soft labels on every node it is trained on, which is all validation sees, since the soft labels
+# cover the validation nodes too. Unregularised training is opt-in because that fit is memorised:
 # on nodes whose soft labels it never saw (a node added after training) such a student falls far
 # below a regularised one (README "Soft labels without weight decay").
+
 # --student auto: the 2-layer families tried, best on validation, for the scratch and the distilled
 # student alike. Neither wins everywhere: gcn on citation graphs (Cora scratch 0.816 vs 0.764),
 # sage-res where the node's own features and degree matter (Tolokers scratch AUROC 0.80 vs 0.72).
@@ -130,9 +131,9 @@ class RunConfig:
                       f"CE), or auto: train with each of {list(ALPHA_GRID)}, keep the best on validation")
     soft_regularise: str = _opt("distillation", "on",
                                 "weight decay and feature dropout for a student trained on soft targets (alpha > "
-                                "0): on; off (the teacher's soft labels on every node are then its only regulariser, "
-                                "as in GLNN: closer to the teacher on the nodes trained on, worse on nodes added "
-                                "later); or auto: train each soft-target candidate both ways, keep the best on "
+                                "0): on; off (the teacher's soft labels on every node are then its only regulariser: "
+                                "closer to the teacher on the nodes trained on, worse on nodes added later); or "
+                                "auto: train each soft-target candidate both ways, keep the best on "
                                 "validation (whose nodes are among those trained on)", ("auto", "on", "off"))
     tail_adjust: str = _opt("distillation", "auto", "rare classes: add a shift to the distilled student's logit "
                                                     "of the rarest class, the smallest that brings its validation "

@@ -63,6 +63,13 @@ def test_teacher_cache_keeps_apart_runs_whose_kd_changes_the_teacher_families(tm
     structure_families = teachers.teacher_families(replace(cfg, kd="response,structure"), ds)
     assert trained == [teachers.teacher_families(cfg, ds), structure_families]  # auto = response's families
     assert len(list(tmp_path.glob("*.pt"))) == 2
+    # A cache written before the key held the families: a type-aware teacher under the structure run's key.
+    structure = replace(cfg, kd="response,structure")
+    (saved,) = [p for p in tmp_path.glob("*.pt") if "families" not in torch.load(p)["options"]]
+    stale = torch.load(saved)
+    torch.save({**stale, "metrics": {**stale["metrics"], "family": "hetero-sage"}}, saved)
+    acc.teacher_for(structure, ds, norm, cfg.train_config, torch.device("cpu"), tmp_path)
+    assert trained[-1] == structure_families and torch.load(saved)["metrics"]["family"] in structure_families
 
 
 def test_paired_gain_compares_each_seed_with_its_own_scratch_run():

@@ -144,5 +144,5 @@ def wait_held(client: httpx.Client, requests: int, timeout: float = 20.0) -> Non
     handler from its start, and the cap counts a request only once its body has arrived."""
     deadline = time.monotonic() + timeout
     while metric(client, "test_scores_held") < requests:
-        assert time.monotonic() < deadline, "the request never became in flight"
+        assert time.monotonic() < deadline, "the requests never reached the slow launcher's delay"
         time.sleep(0.02)
