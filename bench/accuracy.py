@@ -89,8 +89,8 @@ def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfi
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / f"{ds.name}-seed{cfg.seed}-{digest}.pt"
     saved = torch.load(path, map_location=device) if path.exists() else None
-    # (A teacher saved without its family predates --teacher auto: it is the named one.)
-    if saved is not None and saved["metrics"].get("family", cfg.teacher) in (*families, cfg.teacher):
+    # A teacher saved without its family predates --teacher auto: it is the named one (teacher_family).
+    if saved is not None and (cfg.teacher_family(saved["metrics"]) in families or "family" not in saved["metrics"]):
         teacher, edges = teachers.teacher_model(cfg, ds, norm, device, family=cfg.teacher_family(saved["metrics"]))
         teacher.load_state_dict(saved["state"])
         return TrainedTeacher(teacher, edges, saved["metrics"])
@@ -98,6 +98,14 @@ def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfi
     cache.mkdir(parents=True, exist_ok=True)
     torch.save({"state": trained.model.state_dict(), "metrics": trained.metrics, "options": key}, path)
     return trained
+
+
+def prepared_for(cfg: RunConfig, ds: Dataset, device: torch.device, cache: Path | None) -> Prepared:
+    """What the students of one seed need: `teacher_for`'s teacher (cached or trained) and its signals."""
+    norm = teachers.feature_norm(cfg, ds)
+    trained = teacher_for(cfg, ds, norm, cfg.train_config, device, cache)
+    signals = teachers.teacher_signals(trained.model, ds, trained.edges, device)
+    return Prepared(ds, device, norm, cfg.train_config, trained.model, trained.edges, trained.metrics, signals)
 
 
 def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str],
@@ -111,12 +119,8 @@ def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str
     device = resolve_device(overrides.get("device", "auto"))
     for seed in seeds:
         cfg = RunConfig(**{**overrides, "dataset": spec, "seed": seed})
-        tcfg = cfg.train_config
-        norm = teachers.feature_norm(cfg, ds)
-        trained = teacher_for(cfg, ds, norm, tcfg, device, cache)
-        teacher, tgraph, m = trained.model, trained.edges, trained.metrics
-        signals = teachers.teacher_signals(teacher, ds, tgraph, device)
-        prep = Prepared(ds, device, norm, tcfg, teacher, tgraph, m, signals)
+        prep = prepared_for(cfg, ds, device, cache)
+        m = prep.teacher_metrics
         rows.append(_row(ds.name, cfg.teacher_name(m), "teacher", seed, m))
         _log(rows[-1])
         save()

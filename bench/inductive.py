@@ -26,10 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.accuracy import parse_set, teacher_for  # noqa: E402
+from bench.accuracy import parse_set, prepared_for  # noqa: E402
 from distill import objectives  # noqa: E402
-from distill import teacher as teachers  # noqa: E402
-from distill.artefacts import Prepared  # noqa: E402
 from distill.config import RunConfig  # noqa: E402
 from distill.data import load_dataset  # noqa: E402
 from distill.students import train_candidates  # noqa: E402
@@ -62,11 +60,8 @@ def run(spec: str, seeds: int, students: list[str], overrides: dict[str, object]
     teacher_scores = []
     for seed in range(seeds):
         cfg = RunConfig(**{**overrides, "dataset": spec, "seed": seed, "kd": "response"})
-        norm = teachers.feature_norm(cfg, ds)
-        trained = teacher_for(cfg, ds, norm, cfg.train_config, device, cache)
-        teacher_scores.append(trained.metrics[key])
-        signals = teachers.teacher_signals(trained.model, ds, trained.edges, device)
-        prep = Prepared(ds, device, norm, cfg.train_config, trained.model, trained.edges, trained.metrics, signals)
+        prep = prepared_for(cfg, ds, device, cache)
+        teacher_scores.append(prep.teacher_metrics[key])
         for student in students:
             for view in SOFT_LABELS:
                 visible = None if view == "all nodes" else ~ds.data.test_mask.to(device)
