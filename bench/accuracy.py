@@ -319,7 +319,8 @@ def main() -> int:
     for spec in args.dataset:
         ds = load_dataset(spec, overrides.get("split", 0))
         num_classes[ds.name] = ds.num_classes
-        _SUPPORT[ds.name] = np.bincount(ds.data.y.numpy(), minlength=ds.num_classes).tolist()
+        y = ds.data.y.numpy()
+        _SUPPORT[ds.name] = np.bincount(y[y >= 0], minlength=ds.num_classes).tolist()  # -1: unlabelled
         seeds = range(args.first_seed, args.first_seed + args.seeds)
         run_dataset(spec, seeds, args.students.split(","), variants, overrides, rows, save,
                     args.teacher_cache, args.logits)

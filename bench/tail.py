@@ -91,7 +91,8 @@ def _load(path: Path) -> tuple[Data, dict[str, Tensor]]:
 
 def rare_classes(data: Data, num_classes: int) -> tuple[int, int]:
     """(the class with the fewest nodes in the graph, the rarest labelled class the rule shifts)."""
-    return int(np.argmin(np.bincount(data.y.numpy(), minlength=num_classes))), tail.rarest_class(data, num_classes)
+    y = data.y.numpy()
+    return int(np.argmin(np.bincount(y[y >= 0], minlength=num_classes))), tail.rarest_class(data, num_classes)
 
 
 def measure(path: Path) -> dict[str, dict[str, float]]:

@@ -34,6 +34,7 @@ from torch_geometric.data import Data, HeteroData
 from torch_geometric.utils import coalesce
 
 from bundle import ids
+from distill import graph_checks as checks
 from distill import hetero, hetero_synthetic, sources, synthetic
 from distill.errors import DatasetError
 from distill.safe_pickle import RestrictedPickle
@@ -93,8 +94,8 @@ def _acm(spec: str, path: Path, split: int) -> Dataset:
     graph = hetero.load_acm(spec, path, split)
     paper = graph["paper"]
     masks = {name: paper[f"{name}_mask"].numpy() for name in ("train", "val", "test")}
-    data = _to_data(paper.x.numpy(), paper.y.numpy(), hetero.metapath_edges(graph).numpy(), masks)
-    classes = tuple(f"class_{i}" for i in range(int(paper.y.max()) + 1))
+    data = _to_data(spec, paper.x.numpy(), paper.y.numpy(), hetero.metapath_edges(graph).numpy(), masks)
+    classes = tuple(f"class_{i}" for i in range(int(data.y.max()) + 1))
     source = {"kind": "acm", "spec": spec, "split": split, "labels_per_class": hetero.ACM_LABELS[split],
               "view": "paper-author-paper", "files": _hashes(hetero.acm_files(spec, path, split))}
     return Dataset(data, "acm", classes, source, graph)
@@ -103,7 +104,7 @@ def _acm(spec: str, path: Path, split: int) -> Dataset:
 def _synthetic(spec: str, arg: str) -> Dataset:
     cfg = synthetic.SyntheticConfig.parse(arg)
     arrays = synthetic.generate(cfg)
-    data = _to_data(arrays["x"], arrays["y"], arrays["edge_index"], arrays)
+    data = _to_data(spec, arrays["x"], arrays["y"], arrays["edge_index"], arrays)
     source = {"kind": "synthetic", "spec": spec, "config": cfg.record()}
     return Dataset(data, "synthetic", synthetic.CLASS_NAMES, source, node_ids=synthetic.node_ids(cfg))
 
@@ -115,7 +116,7 @@ def _synthetic_hetero(spec: str, arg: str) -> Dataset:
     tx = graph[hetero_synthetic.TARGET]
     edges = torch.cat([hetero.metapath_edges(graph, via, hetero_synthetic.TARGET) for via in ("user", "device")], 1)
     masks = {name: tx[f"{name}_mask"].numpy() for name in ("train", "val", "test")}
-    data = _to_data(tx.x.numpy(), tx.y.numpy(), edges.numpy(), masks)
+    data = _to_data(spec, tx.x.numpy(), tx.y.numpy(), edges.numpy(), masks)
     source = {"kind": "synthetic-hetero", "spec": spec, "config": cfg.record(),
               "view": "transaction-user-transaction + transaction-device-transaction"}
     return Dataset(data, "synthetic-hetero", hetero_synthetic.CLASS_NAMES, source, graph)
@@ -170,7 +171,11 @@ def _pickles_restricted() -> Iterator[None]:
 
 def _npz(spec: str, path: Path, split: int) -> Dataset:
     try:
-        with np.load(path) as z:
+        loaded = np.load(path)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DatasetError(f"dataset spec {spec!r}: {path} holds one array, not an npz archive of "
+                               f"{list(NPZ_KEYS)} (numpy.savez writes one)")
+        with loaded as z:
             missing = [k for k in NPZ_KEYS if k not in z.files]
             if missing:
                 raise DatasetError(f"dataset spec {spec!r}: npz lacks keys {missing}; expected {list(NPZ_KEYS)}")
@@ -182,21 +187,19 @@ def _npz(spec: str, path: Path, split: int) -> Dataset:
             f"dataset spec {spec!r}: cannot read {path} as npz ({type(exc).__name__}: {exc})"
         ) from None
     x, y, edges = arrays["node_features"], arrays["node_labels"], arrays["edges"]
-    n = len(y)
-    if x.ndim != 2 or x.shape[0] != n or edges.ndim != 2 or edges.shape[1] != 2:
+    n = len(x)
+    if edges.ndim == 2 and edges.shape[0] == 2 and edges.shape[1] != 2:
+        edges = edges.T  # PyG's edge_index layout [2, E]
+    if x.ndim != 2 or y.shape != (n,) or edges.ndim != 2 or edges.shape[1] != 2:
         raise DatasetError(
-            f"dataset spec {spec!r}: expected node_features [N, F], node_labels [N], edges [E, 2]; "
+            f"dataset spec {spec!r}: expected node_features [N, F], node_labels [N], edges [E, 2] or [2, E]; "
             f"got {x.shape}, {y.shape}, {edges.shape}"
         )
-    if edges.size and (edges.min() < 0 or edges.max() >= n):
-        raise DatasetError(f"dataset spec {spec!r}: edges reference nodes outside 0..{n - 1}")
-    num_splits = arrays["train_masks"].shape[0]
-    if not 0 <= split < num_splits:
-        raise DatasetError(f"dataset spec {spec!r}: --split {split} out of range; the file has {num_splits} splits")
+    edges = checks.edges(spec, edges, n)
+    masks = checks.split_masks(spec, arrays, split, n)
     both = np.concatenate([edges.T, edges.T[::-1]], axis=1)
-    masks = {m: arrays[f"{m}_masks"][split] for m in ("train", "val", "test")}
-    data = _to_data(x, y, both, masks)  # _to_data coalesces: duplicates from listing both directions go
-    num_classes = int(y.max()) + 1
+    data = _to_data(spec, x, y, both, masks)  # _to_data coalesces: duplicates from listing both directions go
+    num_classes = int(data.y.max()) + 1
     classes = ("not_banned", "banned") if path.stem == "tolokers" else tuple(f"class_{i}" for i in range(num_classes))
     source = {"kind": "npz", "spec": spec, "split": split, "files": _hashes([path])}
     node_ids = _npz_ids(spec, arrays[NPZ_IDS], n) if NPZ_IDS in arrays else None
@@ -209,6 +212,9 @@ def _npz_ids(spec: str, raw: np.ndarray, n: int) -> np.ndarray:
         raise DatasetError(f"dataset spec {spec!r}: node_ids must be [N] = [{n}], got {list(raw.shape)}")
     if raw.dtype.kind not in "iuUS":
         raise DatasetError(f"dataset spec {spec!r}: node_ids must hold integers or strings, not {raw.dtype}")
+    if raw.dtype.kind == "u" and len(raw) and int(raw.max()) > np.iinfo(np.int64).max:
+        raise DatasetError(f"dataset spec {spec!r}: node_ids hold {int(raw.max())}, beyond the int64 ids a bundle "
+                           "stores; store such ids as strings")
     converted = raw.astype(np.int64) if raw.dtype.kind in "iu" else _text_ids(spec, raw)
     try:
         ids.check(converted)
@@ -241,17 +247,22 @@ def _mat(spec: str, path: Path, split: int) -> Dataset:
     missing = [k for k in MAT_KEYS if k not in raw]
     if missing:
         raise DatasetError(f"dataset spec {spec!r}: the file lacks keys {missing}; expected {list(MAT_KEYS)}")
-    y = np.asarray(raw["Label"]).reshape(-1).astype(np.int64)
+    y = np.asarray(raw["Label"]).reshape(-1)
     x = raw["Attributes"].toarray() if sp.issparse(raw["Attributes"]) else np.asarray(raw["Attributes"])
     adj = sp.coo_matrix(raw["Network"])
+    adj.eliminate_zeros()  # a stored 0 is not an edge
     n = len(y)
-    if x.shape[0] != n or adj.shape != (n, n) or y.min() < 0:
-        raise DatasetError(f"dataset spec {spec!r}: expected Attributes [N, F], Network [N, N] and Label [N] >= 0; "
+    if x.ndim != 2 or x.shape[0] != n or adj.shape != (n, n):
+        raise DatasetError(f"dataset spec {spec!r}: expected Attributes [N, F], Network [N, N] and Label [N]; "
                            f"got {x.shape}, {adj.shape}, {y.shape}")
+    if y.dtype.kind not in "biuf" or not (np.isfinite(y.astype(np.float64)).all() and (y == np.round(y)).all()):
+        raise DatasetError(f"dataset spec {spec!r}: Label must hold integer class indices; got {y.dtype} "
+                           "values that are not")
     edges = np.stack([adj.row, adj.col]).astype(np.int64)
     both = np.concatenate([edges, edges[::-1]], axis=1)  # symmetric by format; listed both ways to be sure
-    data = _to_data(x, y, both, stratified_split(y, split))
-    names = ("normal", "anomaly") if int(y.max()) == 1 else tuple(f"class_{i}" for i in range(int(y.max()) + 1))
+    data = _to_data(spec, x, y, both, stratified_split(y.astype(np.int64), split))
+    top = int(data.y.max())
+    names = ("normal", "anomaly") if top == 1 else tuple(f"class_{i}" for i in range(top + 1))
     source = {"kind": "mat", "spec": spec, "split_seed": split, "split_shares": list(SPLIT_SHARES),
               "files": _hashes([path])}
     return Dataset(data, path.stem.lower(), names, source)
@@ -271,12 +282,17 @@ def stratified_split(y: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     return masks
 
 
-def _to_data(x: np.ndarray, y: np.ndarray, edge_index: np.ndarray, masks: dict[str, np.ndarray]) -> Data:
+def _to_data(spec: str, x: np.ndarray, y: np.ndarray, edge_index: np.ndarray, masks: dict[str, np.ndarray]) -> Data:
+    """The checked graph (distill.graph_checks): features float32 [N, F], labels int64 [N], masks bool [N]."""
+    x = checks.features(spec, np.asarray(x))
+    masks = {m: np.asarray(masks[m], dtype=bool) for m in checks.SPLITS}
+    y = checks.labels(spec, np.asarray(y), masks)
+    checks.splits(spec, y, masks)
     return Data(
-        x=torch.as_tensor(np.asarray(x, dtype=np.float32)),
-        y=torch.as_tensor(np.asarray(y, dtype=np.int64)),
+        x=torch.from_numpy(x),
+        y=torch.from_numpy(y),
         # Coalesced (sorted, no duplicate edges): the bundle's CSR of P then has one entry per edge.
-        edge_index=coalesce(torch.as_tensor(np.asarray(edge_index, dtype=np.int64)), num_nodes=len(y)),
+        edge_index=coalesce(torch.from_numpy(checks.edges(spec, np.asarray(edge_index), len(y))), num_nodes=len(y)),
         train_mask=torch.as_tensor(masks["train"]),
         val_mask=torch.as_tensor(masks["val"]),
         test_mask=torch.as_tensor(masks["test"]),

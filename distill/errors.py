@@ -15,3 +15,7 @@ class ConfigError(DistillError):
 
 class ParityError(DistillError):
     """The exported ONNX student does not reproduce the torch student."""
+
+
+class TrainingError(DistillError):
+    """Training produced no usable model (no finite validation score in any epoch)."""

@@ -75,6 +75,7 @@ class HeteroSyntheticConfig:
             "noise": self.noise >= 0,
             "power": self.power > 1.0,
             "train_share": 0 < self.train_share <= 0.7,
+            "seed": self.seed >= 0,  # numpy's generators take no negative seed
         }
         for key, ok in checks.items():
             if not ok:

@@ -125,15 +125,15 @@ def markdown(rep: dict[str, Any]) -> str:
 def _tail_line(t: dict[str, Any], names: list[str], metric: str) -> str:
     """One sentence on the tail-class logit shift (distill.tail) the shipped student carries."""
     rare = names[t["rare_class"]]
-    floor = (f"; the scratch student recalls {t['floor']:.4f} of {rare} on validation and predicts it "
-             f"for {t['rate_floor']:.4f} of all nodes" if t.get("floor") is not None else "")
+    floor = (f"; the scratch student recalls {_fmt(t['floor'])} of {rare} on validation and predicts it "
+             f"for {_fmt(t['rate_floor'])} of all nodes" if "floor" in t and t.get("rate_floor") is not None else "")
     if not t["shift"]:
         return f"Tail-class logit shift: none needed or none helped on validation{floor}."
     return (f"Tail-class logit shift +{t['shift']:g} on {rare}, chosen on validation{floor}: "
-            f"recall of {rare} {t['val_rare_before']:.4f} -> {t['val_rare_after']:.4f}, share of nodes "
-            f"predicted {rare} {t['rate_before']:.4f} -> {t['rate_after']:.4f}, balanced accuracy "
-            f"{t['val_balanced_before']:.4f} -> {t['val_balanced_after']:.4f}, {metric} "
-            f"{t['val_metric_before']:.4f} -> {t['val_metric_after']:.4f}. The distilled row includes it.")
+            f"recall of {rare} {_fmt(t['val_rare_before'])} -> {_fmt(t['val_rare_after'])}, share of nodes "
+            f"predicted {rare} {_fmt(t['rate_before'])} -> {_fmt(t['rate_after'])}, balanced accuracy "
+            f"{_fmt(t['val_balanced_before'])} -> {_fmt(t['val_balanced_after'])}, {metric} "
+            f"{_fmt(t['val_metric_before'])} -> {_fmt(t['val_metric_after'])}. The distilled row includes it.")
 
 
 def _fmt(value: float | None) -> str:

@@ -59,6 +59,7 @@ class SyntheticConfig:
             "signal": self.signal >= 0,
             "power": self.power > 1.0,
             "train_share": 0 < self.train_share <= 1 - VAL_SHARE - 0.1,
+            "seed": self.seed >= 0,  # numpy's generators take no negative seed
         }
         if self.ids not in ID_KINDS:
             raise DatasetError(f"synthetic: ids={self.ids!r}; expected one of {list(ID_KINDS)}")

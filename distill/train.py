@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from distill.errors import ConfigError
+from distill.errors import ConfigError, TrainingError
 from distill.metrics import evaluate
 from distill.models import NodeOutputs
 
@@ -97,6 +97,10 @@ def fit(model: nn.Module, data: Data, graph: Edges, loss_fn: LossFn, cfg: TrainC
         model.train()
         opt.zero_grad()
         loss = loss_fn(model.run(data.x, graph.edge_index, graph.edge_weight))
+        if not torch.isfinite(loss):  # one step on it would make every weight NaN
+            raise TrainingError(f"{desc}: the training loss is {loss.item()} at epoch {epoch + 1}; the largest "
+                                f"input feature magnitude is {float(data.x.abs().max()):.3g}: rescale extreme "
+                                "features, or lower --lr")
         loss.backward()
         opt.step()
         score = _validate(model, data, graph, metric)
@@ -106,6 +110,11 @@ def fit(model: nn.Module, data: Data, graph: Edges, loss_fn: LossFn, cfg: TrainC
         elif epoch - best_epoch >= cfg.patience and epoch >= cfg.min_epochs:
             break
         bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{best[0]:.3f}", refresh=False)
+    if not np.isfinite(best[0]):
+        # Never a finite validation score: the kept state would be the untrained initialisation.
+        raise TrainingError(f"{desc}: the validation {metric} was never finite in {epoch + 1} epochs "
+                            f"(last loss {loss.item():.4g}); the model did not train. Lower --lr, or check "
+                            "the features for extreme values")
     model.load_state_dict(best_state)
     return FitResult(epoch + 1, best_epoch, float(best[0]), time.perf_counter() - start)
 

@@ -52,6 +52,10 @@ def check_target(out: Path, force: bool, cfg: RunConfig | None = None) -> None:
         raise ConfigError(f"--out {out} already exists; choose a new directory or pass --force to replace it")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
+    if force and out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        # --force replaces a bundle; a folder of something else (`--out . --force`) is never deleted.
+        raise ConfigError(f"--out {out} holds files but no bundle (no manifest.json); --force replaces only "
+                          "a bundle: choose a new or empty directory")
     # Missing parents are created when the bundle is written (after the work succeeded); the nearest
     # existing ancestor must be a writable directory.
     ancestor = out.resolve().parent

@@ -46,3 +46,18 @@ def write_npz(path: Path, splits: int = 2, **override: np.ndarray) -> Path:
     arrays.update(override)
     np.savez(path, **arrays)
     return path
+
+
+def write_mat(path: Path, n: int = 50, positives: int = 5, **override: object) -> Path:
+    """An n-node ring in the graph-anomaly-detection MATLAB layout (sparse column-major arrays, as
+    scipy writes and reads them), the first `positives` nodes labelled 1."""
+    import scipy.io
+
+    rows = np.arange(n)
+    net = sp.csc_matrix((np.ones(n), (rows, (rows + 1) % n)), shape=(n, n))
+    arrays: dict[str, object] = {
+        "Network": net + net.T, "Attributes": sp.csc_matrix(np.arange(n * 3, dtype=float).reshape(n, 3)),
+        "Label": (np.arange(n) < positives).astype(np.uint8).reshape(n, 1)}
+    arrays.update(override)
+    scipy.io.savemat(path, arrays)
+    return path

@@ -4,7 +4,7 @@ import torch
 
 from distill.data import load_dataset
 from distill.errors import DatasetError
-from tests.distill.fixtures import write_npz, write_planetoid
+from tests.distill.fixtures import write_mat, write_npz, write_planetoid
 
 
 def test_synthetic_is_deterministic_imbalanced_and_undirected():
@@ -112,21 +112,8 @@ def test_real_tolokers(tolokers_npz):
     assert ds.class_names == ("not_banned", "banned") and int(d.y.sum()) == 2566
 
 
-def _write_mat(path, n=50, positives=5, **override):
-    import scipy.io
-    import scipy.sparse as sp
-
-    rows = np.arange(n)
-    net = sp.csc_matrix((np.ones(n), (rows, (rows + 1) % n)), shape=(n, n))
-    arrays = {"Network": net + net.T, "Attributes": sp.csc_matrix(np.arange(n * 3, dtype=float).reshape(n, 3)),
-              "Label": (np.arange(n) < positives).astype(np.uint8).reshape(n, 1)}
-    arrays.update(override)
-    scipy.io.savemat(path, arrays)
-    return path
-
-
 def test_mat_layout_gets_a_seeded_stratified_split(tmp_path):
-    path = _write_mat(tmp_path / "Tiny.mat")
+    path = write_mat(tmp_path / "Tiny.mat")
     a, b, c = (load_dataset(f"mat:{path}", split=s).data for s in (0, 0, 1))
     assert a.num_edges == 2 * 50 and ds_classes(path) == ("normal", "anomaly")
     for mask, share in (("train_mask", 0.4), ("val_mask", 0.2), ("test_mask", 0.4)):

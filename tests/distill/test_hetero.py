@@ -28,8 +28,8 @@ def write_tiny_acm(root: Path) -> Path:
     np.save(root / "labels.npy", np.array([0, 1, 0, 1, 0], dtype=np.float64))
     for k in (20, 40, 60):
         np.save(root / f"train_{k}.npy", np.array([0, 1]))
-        np.save(root / f"val_{k}.npy", np.array([2]))
-        np.save(root / f"test_{k}.npy", np.array([3, 4]))
+        np.save(root / f"val_{k}.npy", np.array([2, 3]))  # both classes: a binary task selects on AUROC
+        np.save(root / f"test_{k}.npy", np.array([4]))
     return root
 
 
