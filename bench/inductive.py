@@ -44,7 +44,8 @@ def hidden_soft_labels(visible: torch.Tensor | None) -> Iterator[None]:
     calls through its module, and puts it back however the block ends."""
     real = objectives.soft_target_kl
     if visible is not None:
-        objectives.soft_target_kl = lambda s, t, temperature: real(s[visible], t[visible], temperature)
+        objectives.soft_target_kl = lambda s, t, temperature, weight=None: real(
+            s[visible], t[visible], temperature, None if weight is None else weight[visible])
     try:
         yield
     finally:

@@ -81,11 +81,12 @@ class Trained:
     tail: TailAdjustment | None = None
     temperature: float | None = None  # the distillation temperature, where soft targets weighed in
     regularised: bool = True  # trained with weight decay and dropout (--soft-regularise)
+    balanced: bool = False  # soft targets weighted by class (--kd-balance on), where they weighed in
 
     def record(self) -> dict[str, Any]:
         """The report's entry: test metrics, training record and the validation choice."""
         return {**self.test, **self.fit.__dict__, "student": self.student, "kd": list(self.kd), "alpha": self.alpha,
-                "temperature": self.temperature, "regularised": self.regularised,
+                "temperature": self.temperature, "regularised": self.regularised, "balanced": self.balanced,
                 "propagation": self.graph.policy.propagation,
                 "candidates_val": dict(self.candidates_val),
                 **({"tail": asdict(self.tail)} if self.tail is not None else {})}

@@ -135,6 +135,10 @@ class RunConfig:
                                 "closer to the teacher on the nodes trained on, worse on nodes added later); or "
                                 "auto: train each soft-target candidate both ways, keep the best on "
                                 "validation (whose nodes are among those trained on)", ("auto", "on", "off"))
+    kd_balance: str = _opt("distillation", "off",
+                           "class-balanced soft targets: on weighs each node's soft-target KL by the inverse "
+                           "share of its teacher-predicted class, so the rare classes the teacher predicts least "
+                           "are not outweighed by frequent ones; off: every node weighs the same", ("on", "off"))
     tail_adjust: str = _opt("distillation", "auto", "rare classes: add a shift to the distilled student's logit "
                                                     "of the rarest class, the smallest that brings its validation "
                                                     "recall and its share of predictions over all nodes up to the "

@@ -20,24 +20,41 @@ def supervised(logits: Tensor, y: Tensor, train_mask: Tensor) -> Tensor:
     return F.cross_entropy(logits[train_mask], y[train_mask])
 
 
-def soft_target_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """KL(softmax(t/T) || softmax(s/T)) * T^2, averaged over nodes. Both [N, C] -> scalar.
+def soft_target_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float,
+                   weight: Tensor | None = None) -> Tensor:
+    """KL(softmax(t/T) || softmax(s/T)) * T^2, averaged over nodes (weighted by `weight` [N], mean 1,
+    when given). Both logits [N, C] -> scalar.
 
     The T^2 factor keeps the gradient scale independent of T (Hinton et al., 2015).
     """
     log_s = F.log_softmax(student_logits / temperature, dim=-1)
     log_t = F.log_softmax(teacher_logits / temperature, dim=-1)
-    return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * temperature**2
+    if weight is None:
+        return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * temperature**2
+    per_node = F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(-1)
+    return (weight * per_node).mean() * temperature**2
+
+
+def class_balanced_weights(teacher_logits: Tensor) -> Tensor:
+    """Per-node weights [N] of the soft-target KL under --kd-balance on: the inverse share of the
+    node's teacher-predicted class, scaled to mean 1, so every predicted class carries the same total
+    weight (class-balanced loss, Cui et al. 2019, with the teacher's argmax standing in for labels
+    the unlabelled nodes lack). teacher_logits [N, C] -> [N]."""
+    predicted = teacher_logits.argmax(dim=-1)
+    share = torch.bincount(predicted, minlength=teacher_logits.size(1)).float() / predicted.numel()
+    weight = 1.0 / share[predicted]
+    return weight / weight.mean()
 
 
 def response_kd(student_logits: Tensor, teacher_logits: Tensor, y: Tensor, train_mask: Tensor,
-                temperature: float, alpha: float) -> Tensor:
+                temperature: float, alpha: float, weight: Tensor | None = None) -> Tensor:
     """alpha * KL(softmax(t/T) || softmax(s/T)) * T^2 + (1 - alpha) * CE(s, y).
 
-    The KL term covers every node passed in (unlabelled ones too, as GLNN / CPF do); CE only the
-    training nodes. student_logits, teacher_logits [N, C]; y, train_mask [N] -> scalar.
+    The KL term covers every node passed in (unlabelled ones too, as GLNN / CPF do), each weighted
+    by `weight` [N] when given (`class_balanced_weights`); CE only the training nodes.
+    student_logits, teacher_logits [N, C]; y, train_mask [N] -> scalar.
     """
-    kd = soft_target_kl(student_logits, teacher_logits, temperature)
+    kd = soft_target_kl(student_logits, teacher_logits, temperature, weight)
     return alpha * kd + (1 - alpha) * supervised(student_logits, y, train_mask)
 
 
@@ -56,9 +73,10 @@ class Objective(nn.Module):
     bridge student and teacher widths (trained with the student, not exported)."""
 
     def __init__(self, kinds: tuple[str, ...], pairs: list[tuple[int, int]], student_widths: list[int],
-                 teacher_widths: list[int], alpha: float, temperature: float, beta: float, gamma: float) -> None:
+                 teacher_widths: list[int], alpha: float, temperature: float, beta: float, gamma: float,
+                 kd_weight: Tensor | None = None) -> None:
         super().__init__()
-        self.kinds, self.pairs = kinds, pairs
+        self.kinds, self.pairs, self.kd_weight = kinds, pairs, kd_weight
         self.alpha, self.temperature, self.beta, self.gamma = alpha, temperature, beta, gamma
         self.proj = nn.ModuleList(
             nn.Linear(student_widths[s - 1], teacher_widths[t - 1]) for t, s in pairs
@@ -70,7 +88,8 @@ class Objective(nn.Module):
         """Total loss; `edge_index` [2, E] = the student's kept edges without self-loops (for LSP)."""
         terms: dict[str, Tensor] = {}
         if "response" in self.kinds and teacher is not None:
-            terms["response"] = response_kd(out.logits, teacher.logits, y, train_mask, self.temperature, self.alpha)
+            terms["response"] = response_kd(out.logits, teacher.logits, y, train_mask, self.temperature, self.alpha,
+                                            self.kd_weight)
         else:
             terms["ce"] = supervised(out.logits, y, train_mask)
         if "feature" in self.kinds and teacher is not None:

@@ -110,6 +110,7 @@ def markdown(rep: dict[str, Any]) -> str:
         alpha = f", soft-target weight alpha {d['alpha']:g}" if d.get("alpha") is not None else ""
         alpha += f", temperature {d['temperature']:g}" if d.get("temperature") is not None else ""
         alpha += ", without weight decay or dropout" if d.get("regularised") is False else ""
+        alpha += ", class-balanced soft targets" if d.get("balanced") else ""
         family = f"`{d['student']}` student, " if d.get("student") else ""
         kd = f", objectives {'+'.join(d['kd'])}" if d.get("kd") else ""
         lines.append(f"Distilled student: {family}`{d['propagation']}` propagation{kd}{alpha}, chosen on validation "

@@ -13,7 +13,7 @@ from distill.artefacts import Prepared, Trained
 from distill.choose import best_on_validation
 from distill.config import RunConfig
 from distill.models import FeatureNorm, build_student, propagation_of
-from distill.objectives import Objective
+from distill.objectives import Objective, class_balanced_weights
 from distill.policy import StudentGraph
 from distill.structure import candidate_graphs, teacher_importance
 from distill.teacher_models import HETERO_TEACHERS
@@ -42,8 +42,9 @@ def train_student(cfg: RunConfig, prep: Prepared, sg: StudentGraph, kinds: tuple
     teacher_widths = [h.size(1) for h in teacher.hidden] if teacher is not None else []
     # Pairs by the kept teacher's own depth (a 16-layer gcnii under auto, not --teacher-layers).
     pairs = cfg.layer_pairs_for(len(teacher.hidden)) if teacher is not None else cfg.layer_pairs
+    balance = class_balanced_weights(teacher.logits) if teacher is not None and cfg.kd_balance == "on" else None
     objective = Objective(kinds, pairs, widths, teacher_widths, alpha if alpha is not None else 0.0,
-                          temperature, cfg.beta, cfg.gamma).to(prep.device)
+                          temperature, cfg.beta, cfg.gamma, balance).to(prep.device)
     student.to(prep.device)
     edges, kept = sg.edges.to(prep.device), sg.kept.to(prep.device)
     result = fit(student, data, edges, lambda out: objective(out, data.y, data.train_mask, teacher, kept),
@@ -52,7 +53,7 @@ def train_student(cfg: RunConfig, prep: Prepared, sg: StudentGraph, kinds: tuple
     soft = "response" in kinds and bool(alpha)
     return Trained(student.cpu().eval(), logits.cpu(), sg, result, test_metrics(logits, data), kinds,
                    alpha if "response" in kinds else None, temperature=temperature if soft else None,
-                   student=cfg.student, regularised=regularised)
+                   student=cfg.student, regularised=regularised, balanced=soft and balance is not None)
 
 
 def candidate_name(propagation: str, alpha: float | None, temperature: float | None = None,
