@@ -17,7 +17,7 @@ import hashlib
 import json
 import sys
 from collections import Counter
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +66,9 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 
 # Options that only shape the students: a teacher trained under any values of these is the same teacher.
-STUDENT_OPTIONS = {"student", "student_layers", "student_hidden", "student_dropout", "fanout", "kd", "temperature",
-                   "alpha", "beta", "gamma", "structure_weights", "layer_map", "tail_adjust",
-                   "soft_regularise"}
+# Options a cached teacher does not depend on: every student and distillation option, derived so that a
+# new one cannot be missed (a missed one changes the key, and every cached teacher is trained again).
+STUDENT_OPTIONS = {f.name for f in fields(RunConfig) if f.metadata["group"] in ("student", "distillation")}
 
 
 def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,

@@ -25,11 +25,11 @@ def feature_norm(cfg: RunConfig, ds: Dataset) -> FeatureNorm:
     mode = cfg.feature_norm
     if mode == "auto":
         mode = "row" if bag_of_words(ds.data.x) else "standard"
-    x = ds.data.x[ds.data.train_mask].double()  # float64: a column near float32's limit must not overflow to inf
+    x = ds.data.x[ds.data.train_mask]
     std = x.std(0) if len(x) > 1 else x.new_zeros(x.size(1))
     # A column (nearly) constant on the training rows is left unscaled: dividing by its tiny std
     # would blow up the rows where it differs (a category no labelled node has) by orders of magnitude.
-    return FeatureNorm(mode, x.mean(0).float(), torch.where(std < 1e-6, torch.ones_like(std), std).float())
+    return FeatureNorm(mode, x.mean(0), torch.where(std < 1e-6, torch.ones_like(std), std))
 
 
 def bag_of_words(x: torch.Tensor) -> bool:

@@ -101,3 +101,9 @@ def test_pick_default_keeps_the_better_validation_row_per_seed_and_the_first_of_
     assert rows[3]["variant"] == "response"  # the source rows are left as they were
     typed = [{**r, "student": "hetero-sage-2"} if r["variant"] == "teacher" else r for r in rows]
     assert [r["auroc"] for r in acc.pick_default(typed)][:2] == [0.81, 0.80]
+
+
+def test_the_cache_key_leaves_out_exactly_the_student_and_distillation_options():
+    options = _bench().STUDENT_OPTIONS
+    assert {"student", "fanout", "alpha", "soft_regularise", "kd_balance", "tail_adjust"} <= options
+    assert not {"dataset", "teacher", "teacher_layers", "epochs", "lr", "seed", "feature_norm"} & options
