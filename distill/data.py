@@ -195,10 +195,10 @@ def _npz(spec: str, path: Path, split: int) -> Dataset:
             f"dataset spec {spec!r}: expected node_features [N, F], node_labels [N], edges [E, 2] or [2, E]; "
             f"got {x.shape}, {y.shape}, {edges.shape}"
         )
-    edges = checks.edges(spec, edges, n)
     masks = checks.split_masks(spec, arrays, split, n)
     both = np.concatenate([edges.T, edges.T[::-1]], axis=1)
-    data = _to_data(spec, x, y, both, masks)  # _to_data coalesces: duplicates from listing both directions go
+    # _to_data checks the edges and coalesces: duplicates from listing both directions go.
+    data = _to_data(spec, x, y, both, masks)
     num_classes = int(data.y.max()) + 1
     classes = ("not_banned", "banned") if path.stem == "tolokers" else tuple(f"class_{i}" for i in range(num_classes))
     source = {"kind": "npz", "spec": spec, "split": split, "files": _hashes([path])}

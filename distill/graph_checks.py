@@ -99,8 +99,10 @@ def labels(spec: str, y: np.ndarray, masks: dict[str, np.ndarray]) -> np.ndarray
         shown = unused[:10] + (["..."] if len(unused) > 10 else [])
         raise DatasetError(f"dataset spec {spec!r}: labels run to class {num_classes - 1} but no node of the split "
                            f"has class {shown}; renumber the classes as 0..K-1")
+    out = np.full(len(y), -1, dtype=np.int64)
     known = whole & (as_float < num_classes)
-    return np.where(known, np.where(known, as_float, 0).astype(np.int64), -1)
+    out[known] = as_float[known]
+    return out
 
 
 def splits(spec: str, y: np.ndarray, masks: dict[str, np.ndarray]) -> None:
