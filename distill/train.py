@@ -80,6 +80,9 @@ def fit(model: nn.Module, data: Data, graph: Edges, loss_fn: LossFn, cfg: TrainC
         desc: str, progress: bool = True, extra: nn.Module | None = None) -> FitResult:
     """Train `model` in place on `data` (already on the device); keep the best validation state.
 
+    A loss that turns non-finite after a finite validation score ends training there, on the best
+    state so far; before one, it raises TrainingError (the kept state would be the initialisation).
+
     Never stops before `cfg.min_epochs`: a distillation term can hold validation flat for the first
     tens of epochs (the LSP term on Cora, seed 2) and patience alone then stops at the initial state.
 
@@ -98,6 +101,8 @@ def fit(model: nn.Module, data: Data, graph: Edges, loss_fn: LossFn, cfg: TrainC
         opt.zero_grad()
         loss = loss_fn(model.run(data.x, graph.edge_index, graph.edge_weight))
         if not torch.isfinite(loss):  # one step on it would make every weight NaN
+            if np.isfinite(best[0]):  # a late divergence: the best state so far was never touched by it
+                break
             raise TrainingError(f"{desc}: the training loss is {loss.item()} at epoch {epoch + 1}; the largest "
                                 f"input feature magnitude is {float(data.x.abs().max()):.3g}: rescale extreme "
                                 "features, or lower --lr")
@@ -141,6 +146,8 @@ def _validate(model: nn.Module, data: Data, graph: Edges, metric: str) -> tuple[
     model.eval()
     logits = model(data.x, graph.edge_index, graph.edge_weight)
     mask = data.val_mask
+    if not torch.isfinite(logits[mask]).all():  # argmax of NaN still scores; such a state is never kept
+        return float("nan"), float("nan")
     probs = F.softmax(logits[mask], dim=-1).cpu().numpy()
     value = evaluate(probs, data.y[mask].cpu().numpy())[metric]
     return float(value), -float(F.cross_entropy(logits[mask], data.y[mask]))

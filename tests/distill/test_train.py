@@ -58,3 +58,49 @@ def test_teacher_restarts_keep_the_best_on_validation():
     single = teachers.train_teacher(replace(cfg, teacher_restarts=1), ds, norm, cfg.train_config,
                                     torch.device("cpu"), progress=False).metrics
     assert single["restarts_val"] == m["restarts_val"][:1]
+
+
+class _Probe(torch.nn.Module):
+    """A linear model whose loss the test controls by epoch; in eval mode it can emit NaN logits."""
+
+    def __init__(self, nan_in_eval: bool = False) -> None:
+        super().__init__()
+        self.lin, self.nan_in_eval, self.calls = torch.nn.Linear(3, 2), nan_in_eval, 0
+
+    def forward(self, x, edge_index=None, edge_weight=None):
+        out = self.lin(x)
+        return out * float("nan") if self.nan_in_eval and not self.training else out
+
+    def run(self, x, edge_index, edge_weight=None):
+        self.calls += 1
+        return self(x)
+
+
+def test_a_late_non_finite_loss_ends_training_on_the_best_state():
+    torch.manual_seed(0)
+    data, model = _data(), _Probe()
+    snapshots = []
+
+    def loss(out):
+        snapshots.append({k: v.clone() for k, v in model.state_dict().items()})
+        ce = torch.nn.functional.cross_entropy(out[data.train_mask], data.y[data.train_mask])
+        return ce * float("nan") if model.calls == 4 else ce  # diverges at the fourth epoch
+
+    res = fit(model, data, Edges(EDGES), loss, TrainConfig(50, 50, 0.1, 0.0, 0), "t", False)
+    assert res.epochs_run == 4 and res.best_epoch <= 2
+    # The kept weights are those after the best epoch's step, i.e. before the next epoch's forward.
+    kept = snapshots[res.best_epoch + 1]
+    assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_a_validation_score_never_finite_is_a_training_error():
+    import pytest
+
+    from distill.errors import TrainingError
+
+    data, model = _data(), _Probe(nan_in_eval=True)
+    ce = torch.nn.functional.cross_entropy
+    with pytest.raises(TrainingError, match="validation auroc was never finite in 3 epochs"):
+        fit(model, data, Edges(EDGES), lambda out: ce(out[data.train_mask], data.y[data.train_mask]),
+            TrainConfig(3, 50, 0.1, 0.0, 0), "t", False)
