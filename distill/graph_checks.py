@@ -49,8 +49,12 @@ def edges(spec: str, e: np.ndarray, n: int) -> np.ndarray:
 
 def split_masks(spec: str, arrays: dict[str, np.ndarray], split: int, n: int) -> dict[str, np.ndarray]:
     """The `split`-th of an npz file's `train_masks`, `val_masks`, `test_masks`, each [K, N] (the
-    heterophilous-graphs layout), [N, K] (PyG's) or [N] (one split), bool or 0/1 -> bool masks [N]."""
+    heterophilous-graphs layout), [N, K] (PyG's) or [N] (one split, used with every split of the
+    others), bool or 0/1 -> bool masks [N]."""
     stacked = {m: _splits(spec, f"{m}_masks", arrays[f"{m}_masks"], n) for m in SPLITS}
+    # One fixed mask beside K-split ones (WikiCS: 20 train/val splits, one test set) serves every split.
+    most = max(len(v) for v in stacked.values())
+    stacked = {m: np.repeat(v, most, axis=0) if len(v) == 1 else v for m, v in stacked.items()}
     counts = {len(v) for v in stacked.values()}
     if len(counts) != 1:
         raise DatasetError(f"dataset spec {spec!r}: train/val/test masks hold different numbers of splits "

@@ -27,9 +27,11 @@ def feature_norm(cfg: RunConfig, ds: Dataset) -> FeatureNorm:
         mode = "row" if bag_of_words(ds.data.x) else "standard"
     x = ds.data.x[ds.data.train_mask]
     std = x.std(0) if len(x) > 1 else x.new_zeros(x.size(1))
-    # A column (nearly) constant on the training rows is left unscaled: dividing by its tiny std
-    # would blow up the rows where it differs (a category no labelled node has) by orders of magnitude.
-    return FeatureNorm(mode, x.mean(0), torch.where(std < 1e-6, torch.ones_like(std), std))
+    # A column (nearly) constant on the training rows, relative to its own magnitude there, is only
+    # centred: dividing by its tiny std would blow up the rows where it differs (a category no labelled
+    # node has) by orders of magnitude. Relative, so a column on a 1e-8 scale is still standardised.
+    flat = std <= 1e-4 * x.abs().amax(0) if len(x) else torch.ones_like(std, dtype=torch.bool)
+    return FeatureNorm(mode, x.mean(0), torch.where(flat, torch.ones_like(std), std))
 
 
 def bag_of_words(x: torch.Tensor) -> bool:

@@ -45,6 +45,18 @@ def test_mask_layouts_all_mean_the_same_split(tmp_path, masks):
     assert data.test_mask.nonzero().flatten().tolist() == [7, 8, 9]
 
 
+def test_one_fixed_test_mask_serves_every_split_of_the_others(tmp_path):
+    """PyG's WikiCS: train/val masks [N, 20], one test mask [N]."""
+    train = np.stack([TRAIN, np.arange(N) < 4, TRAIN], 1)  # split 1 trains on nodes 0-3
+    val = np.stack([(np.arange(N) >= 5) & (np.arange(N) < 7)] * 3, 1)
+    val[4, 1] = True
+    path = write_npz(tmp_path / "w.npz", train_masks=train, val_masks=val, test_masks=np.arange(N) >= 7)
+    data = load_dataset(f"npz:{path}", split=1).data
+    assert data.train_mask.nonzero().flatten().tolist() == [0, 1, 2, 3]
+    assert data.val_mask.nonzero().flatten().tolist() == [4, 5, 6]
+    assert data.test_mask.nonzero().flatten().tolist() == [7, 8, 9]
+
+
 def test_pyg_edge_index_layout_is_read(tmp_path):
     ring = np.array([[i, (i + 1) % N] for i in range(N)])
     assert torch.equal(_load(tmp_path, edges=ring.T).data.edge_index, _load(tmp_path, edges=ring).data.edge_index)
@@ -111,6 +123,16 @@ def test_a_column_constant_on_training_rows_is_not_blown_up(tmp_path):
     norm = feature_norm(RunConfig(feature_norm="standard"), _load(tmp_path, node_features=x))
     assert norm.std[2] == 1.0 and norm.std[:2].min() > 0.1
     assert float(((torch.as_tensor(x, dtype=torch.float32) - norm.mean) / norm.std).abs().max()) < 10
+
+
+def test_the_flat_column_cutoff_is_relative_to_the_column_scale(tmp_path):
+    rng = np.random.default_rng(0)
+    tiny = rng.normal(size=N) * 1e-8  # a column on a 1e-8 scale: standardised like any other
+    near_flat = np.where(TRAIN, 1.0 + rng.normal(size=N) * 2e-6, 0.0)  # 1 ± 2e-6 on training rows
+    x = np.c_[rng.normal(size=(N, 2)), tiny, near_flat]
+    norm = feature_norm(RunConfig(feature_norm="standard"), _load(tmp_path, node_features=x))
+    assert norm.std[2] == pytest.approx(float(np.std(tiny[TRAIN].astype(np.float32), ddof=1)), rel=1e-3)
+    assert norm.std[3] == 1.0
 
 
 def test_a_non_finite_loss_stops_training_with_a_domain_error(tmp_path):
