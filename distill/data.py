@@ -146,10 +146,9 @@ def _planetoid(spec: str, path: Path, split: int) -> Dataset:
             f"dataset spec {spec!r}: malformed Planetoid files in {raw} ({type(exc).__name__}: {exc}); "
             "expected the raw ind.<name>.* pickles of kimiyoung/planetoid"
         ) from None
-    data = Data(
-        x=data.x, y=data.y, edge_index=data.edge_index,
-        train_mask=data.train_mask, val_mask=data.val_mask, test_mask=data.test_mask,
-    )
+    masks = {m: data[f"{m}_mask"].numpy() for m in checks.SPLITS}
+    # PyG already removed duplicate edges; its order (by target) is kept, so numbers match earlier runs.
+    data = _to_data(spec, data.x.numpy(), data.y.numpy(), data.edge_index.numpy(), masks, keep_edge_order=True)
     classes = tuple(f"class_{i}" for i in range(int(data.y.max()) + 1))
     source = {"kind": "planetoid", "spec": spec, "name": name, "files": _hashes(files)}
     return Dataset(data, name, classes, source)
@@ -282,17 +281,20 @@ def stratified_split(y: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     return masks
 
 
-def _to_data(spec: str, x: np.ndarray, y: np.ndarray, edge_index: np.ndarray, masks: dict[str, np.ndarray]) -> Data:
-    """The checked graph (distill.graph_checks): features float32 [N, F], labels int64 [N], masks bool [N]."""
+def _to_data(spec: str, x: np.ndarray, y: np.ndarray, edge_index: np.ndarray, masks: dict[str, np.ndarray],
+             keep_edge_order: bool = False) -> Data:
+    """The checked graph (distill.graph_checks): features float32 [N, F], labels int64 [N], masks bool [N],
+    edge_index int64 [2, E] coalesced unless `keep_edge_order` (a reader that already dropped duplicates)."""
     x = checks.features(spec, np.asarray(x))
     masks = {m: np.asarray(masks[m], dtype=bool) for m in checks.SPLITS}
     y = checks.labels(spec, np.asarray(y), masks)
     checks.splits(spec, y, masks)
+    edge_index_t = torch.from_numpy(checks.edges(spec, np.asarray(edge_index), len(y)))
     return Data(
         x=torch.from_numpy(x),
         y=torch.from_numpy(y),
         # Coalesced (sorted, no duplicate edges): the bundle's CSR of P then has one entry per edge.
-        edge_index=coalesce(torch.from_numpy(checks.edges(spec, np.asarray(edge_index), len(y))), num_nodes=len(y)),
+        edge_index=edge_index_t if keep_edge_order else coalesce(edge_index_t, num_nodes=len(y)),
         train_mask=torch.as_tensor(masks["train"]),
         val_mask=torch.as_tensor(masks["val"]),
         test_mask=torch.as_tensor(masks["test"]),

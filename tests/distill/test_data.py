@@ -1,5 +1,8 @@
+import pickle
+
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from distill.data import load_dataset
@@ -93,6 +96,16 @@ def test_planetoid_problems(tmp_path):
     root = write_planetoid(tmp_path / "q")
     (root / "raw" / "ind.tiny.allx").write_bytes(b"\x80\x04garbage")
     with pytest.raises(DatasetError, match="malformed"):
+        load_dataset(f"planetoid:{root}")
+
+
+def test_planetoid_goes_through_the_graph_checks(tmp_path):
+    root = write_planetoid(tmp_path / "p")
+    allx = sp.lil_matrix((510, 5), dtype=np.float32)
+    allx[3, 2] = np.nan
+    with open(root / "raw" / "ind.tiny.allx", "wb") as fh:
+        pickle.dump(allx.tocsr(), fh)
+    with pytest.raises(DatasetError, match="NaN or infinite values .* node 3, column 2"):
         load_dataset(f"planetoid:{root}")
 
 
