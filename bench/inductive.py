@@ -40,8 +40,9 @@ SOFT_LABELS = ("all nodes", "test hidden")
 @contextmanager
 def hidden_soft_labels(visible: torch.Tensor | None) -> Iterator[None]:
     """While active, the soft-target KL of every student covers only the `visible` nodes [N] (bool),
-    its class-balanced weights (if any) counted over them alone; None leaves it as `distill run` has it. Swaps `objectives.soft_target_kl`, which the objective
-    calls through its module, and puts it back however the block ends."""
+    its class-balanced weights (if any) counted over them alone; None leaves it as `distill run` has
+    it. Swaps `objectives.soft_target_kl`, which the objective calls through its module, and puts it
+    back however the block ends."""
     real = objectives.soft_target_kl
     if visible is not None:
         # Class shares under --kd-balance on are recounted over the visible nodes: the hidden ones
