@@ -11,8 +11,9 @@ from typing import Any
 from bundle import signing
 from bundle.errors import BundleInvalid
 from bundle.publish import PublishError
-from distill.config import GROUPS, RunConfig, cli_fields, load_config_file
+from distill.config import GROUPS, RunConfig
 from distill.errors import ConfigError, DistillError
+from distill.options import cli_fields, load_config_file
 
 
 def _bool(text: str) -> bool | None:

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from distill import config
+from distill import options
 from distill.cli import main, parser, run_config
-from distill.config import GROUPS, RunConfig, load_config_file
+from distill.config import GROUPS, RunConfig
+from distill.options import load_config_file
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "job.example.toml"
 
@@ -82,7 +83,7 @@ def test_missing_file_exits_2(tmp_path, capsys):
 
 
 def test_python_without_tomllib_refuses_config(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(config, "tomllib", None)
+    monkeypatch.setattr(options, "tomllib", None)
     assert "needs Python 3.11" in _exit_2(tmp_path, "epochs = 5\n", capsys)
 
 
@@ -91,7 +92,7 @@ def test_example_file_loads_and_validates():
     cfg = RunConfig.from_dict(values)
     assert cfg.dataset == "npz:tolokers" and cfg.kd == "auto"
     assert cfg.kd_sets == (("response",), ("response", "structure"))
-    assert set(values) <= {f.name for f in config.cli_fields()}
+    assert set(values) <= {f.name for f in options.cli_fields()}
 
 
 def test_boolean_flags(tmp_path, capsys):
