@@ -70,6 +70,20 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 # new one cannot be missed (a missed one changes the key, and every cached teacher is trained again).
 STUDENT_OPTIONS = {f.name for f in fields(RunConfig) if f.metadata["group"] in ("student", "distillation")}
 
+# Teacher options added after teachers were cached: at these values (their defaults, the behaviour
+# before they existed) they stay out of the key, so the cached teachers remain valid.
+KEYED_ONLY_OFF_DEFAULT = {("teacher_keep_on", "metric")}
+
+
+def teacher_key(cfg: RunConfig, families: tuple[str, ...]) -> dict[str, Any]:
+    """What a cached teacher is keyed by: every option but STUDENT_OPTIONS and KEYED_ONLY_OFF_DEFAULT's
+    pairs, and the families trained where they differ from cfg.families."""
+    key: dict[str, Any] = {k: v for k, v in cfg.to_dict().items()
+                           if k not in STUDENT_OPTIONS and (k, v) not in KEYED_ONLY_OFF_DEFAULT}
+    if families != cfg.families:
+        key["families"] = list(families)
+    return key
+
 
 def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,
                 cache: Path | None) -> TrainedTeacher:
@@ -82,10 +96,8 @@ def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfi
     the old key, before that entry) is trained again and replaced."""
     if cache is None:
         return teachers.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
-    key: dict[str, Any] = {k: v for k, v in cfg.to_dict().items() if k not in STUDENT_OPTIONS}
     families = teachers.teacher_families(cfg, ds)
-    if families != cfg.families:
-        key["families"] = list(families)
+    key = teacher_key(cfg, families)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / f"{ds.name}-seed{cfg.seed}-{digest}.pt"
     saved = torch.load(path, map_location=device) if path.exists() else None

@@ -20,16 +20,17 @@ class Best(Generic[T]):
 
 
 def best_on_validation(candidates: Iterable[tuple[str, Callable[[], T]]],
-                       key: Callable[[T], tuple[float, ...]]) -> Best[T]:
+                       key: Callable[[T], tuple[float, ...]], shown: Callable[[T], float] | None = None) -> Best[T]:
     """Build each candidate in turn (only the best so far is kept alive) and keep the one with the
-    highest `key` (validation score first, then tie-breaks); the first wins an exact tie.
-    Raises ValueError when there is no candidate."""
+    highest `key` (validation score first, then tie-breaks); the first wins an exact tie. `scores`
+    records `shown` of each (default: its key's first element). Raises ValueError when there is no
+    candidate."""
     best: tuple[tuple[float, ...], str, T] | None = None
     scores: dict[str, float] = {}
     for name, build in candidates:
         item = build()
         k = key(item)
-        scores[name] = float(k[0])
+        scores[name] = float(shown(item) if shown is not None else k[0])
         if best is None or k > best[0]:
             best = (k, name, item)
     if best is None:

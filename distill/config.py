@@ -101,6 +101,10 @@ class RunConfig:
                                                "validation")
     teacher_budget: float = _opt("teacher", 0.0, "seconds of teacher training after which --teacher auto starts no "
                                                  "further family (the first always runs; 0 = no limit)")
+    teacher_keep_on: str = _opt("teacher", "metric",
+                                "which validation epoch, restart and family of the teacher is kept: metric, the "
+                                "best validation accuracy / AUROC (ties to the lower loss); loss, the lowest "
+                                "validation cross-entropy (GCNII's and GAT's own rule)", ("metric", "loss"))
     teacher_fanout: int = _opt("teacher", 0, "cap on in-neighbours the teacher sees (0 = full graph; useful on CPU "
                                              "for big graphs)")
     student: str = _opt("student", "auto",

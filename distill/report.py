@@ -95,13 +95,15 @@ def markdown(rep: dict[str, Any]) -> str:
         m = rep[role]
         cells = [_fmt(m.get(k)) for k in metrics] + [_fmt(r) for r in m["per_class_recall"]]
         lines.append(f"| {role} | " + " | ".join(cells) + f" | {m['epochs_run']} |")
-    lines += ["", "Test set. Early stopping on validation " + rep["selection_metric"] + "."]
+    teacher_rule = " (the teacher's on validation loss)" if rep["teacher"].get("keep_on") == "loss" else ""
+    lines += ["", "Test set. Early stopping on validation " + rep["selection_metric"] + teacher_rule + "."]
     families = rep["teacher"].get("families_val") or {}
     if len(families) > 1:
         vals = ", ".join(f"{k} {v:.4f}" for k, v in families.items())
         skipped = rep["teacher"].get("families_skipped") or []
+        rule = "loss" if rep["teacher"].get("keep_on") == "loss" else rep["selection_metric"]
         lines.append(f"Teacher: `{rep['teacher_name']}`, the best of the families trained on validation "
-                     f"{rep['selection_metric']} ({vals})" + (f"; skipped by --teacher-budget: "
+                     f"{rule} (validation {rep['selection_metric']}: {vals})" + (f"; skipped by --teacher-budget: "
                                                               f"{', '.join(skipped)}" if skipped else "") + ".")
     d = rep["distilled"]
     candidates = d.get("candidates_val", {})

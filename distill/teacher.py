@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
 
 import torch
 
@@ -17,7 +19,7 @@ from distill.models import FeatureNorm
 from distill.objectives import supervised
 from distill.policy import prune
 from distill.teacher_models import HETERO_TEACHERS, build_teacher
-from distill.train import Edges, TrainConfig, fit, predict, test_metrics
+from distill.train import Edges, TrainConfig, fit, predict, test_metrics, val_rank
 
 
 def feature_norm(cfg: RunConfig, ds: Dataset) -> FeatureNorm:
@@ -77,7 +79,7 @@ def train_family(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConf
         return TrainedTeacher(teacher, edges, result.__dict__)
 
     best = best_on_validation(((f"restart {i}", lambda i=i: restart(i)) for i in range(cfg.teacher_restarts)),
-                              key=lambda t: (t.metrics["best_val"],))
+                              key=lambda t: _rank(t.metrics, tcfg.keep_on), shown=lambda t: t.metrics["best_val"])
     kept = best.item
     return TrainedTeacher(kept.model, kept.edges,
                           {**kept.metrics, "restarts_val": list(best.scores.values()), "family": family})
@@ -108,6 +110,7 @@ def train_teacher(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainCon
     Metrics: test metrics of the kept teacher, its training record, `family`, `families_val` (the
     validation score of every family trained) and `families_skipped` (those the budget left out)."""
     start, order, skipped = time.perf_counter(), teacher_families(cfg, ds), []
+    tcfg = replace(tcfg, keep_on=cfg.teacher_keep_on)
 
     def candidates() -> Iterator[tuple[str, Callable[[], TrainedTeacher]]]:
         for i, family in enumerate(order):
@@ -116,11 +119,12 @@ def train_teacher(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainCon
                 return
             yield family, lambda family=family: train_family(cfg, ds, norm, tcfg, device, progress, family)
 
-    best = best_on_validation(candidates(), key=lambda t: (t.metrics["best_val"],))
+    best = best_on_validation(candidates(), key=lambda t: _rank(t.metrics, tcfg.keep_on),
+                              shown=lambda t: t.metrics["best_val"])
     kept, data = best.item, ds.data.to(device)
     logits = predict(kept.model, data, kept.edges)
     metrics = {**test_metrics(logits, data), **kept.metrics, "families_val": best.scores,
-               "families_skipped": skipped}
+               "families_skipped": skipped, "keep_on": tcfg.keep_on}
     return TrainedTeacher(kept.model, kept.edges, metrics)
 
 
@@ -130,3 +134,7 @@ def teacher_signals(teacher: torch.nn.Module, ds: Dataset, edges: Edges, device:
     teacher.eval()
     out = teacher.run(ds.data.x.to(device), edges.edge_index, edges.edge_weight)
     return TeacherSignals(out.logits.detach(), [h.detach() for h in out.hidden])
+
+
+def _rank(metrics: dict[str, Any], keep_on: str) -> tuple[float, ...]:
+    return val_rank(metrics["best_val"], metrics.get("best_val_loss", float("nan")), keep_on)

@@ -24,6 +24,13 @@ from distill.models import NodeOutputs
 LossFn = Callable[[NodeOutputs], Tensor]
 
 
+# Which validation epoch `fit` keeps: "metric", the best validation metric (accuracy or AUROC), ties to
+# the lower validation loss; "loss", the lowest validation cross-entropy (GCNII's and GAT's own rule),
+# ties to the higher metric. Accuracy on a few hundred nodes moves in coarse steps, so many epochs tie
+# on it, and the loss separates them by how confident the model is where it is right and wrong.
+KEEP_ON = ("metric", "loss")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation budget, identical for teacher, scratch and distilled runs."""
@@ -33,10 +40,13 @@ class TrainConfig:
     lr: float = 0.01
     weight_decay: float = 5e-4
     min_epochs: int = 100
+    keep_on: str = "metric"  # see KEEP_ON
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.patience < 1 or self.lr <= 0 or self.weight_decay < 0 or self.min_epochs < 0:
             raise ConfigError(f"bad training budget {self}; epochs, patience, lr must be positive")
+        if self.keep_on not in KEEP_ON:
+            raise ConfigError(f"keep_on {self.keep_on!r}: choose one of {list(KEEP_ON)}")
 
 
 @dataclass(frozen=True)
@@ -55,8 +65,16 @@ class Edges:
 class FitResult:
     epochs_run: int
     best_epoch: int
-    best_val: float
+    best_val: float  # the validation metric at best_epoch
     seconds: float
+    best_val_loss: float = float("nan")  # the validation cross-entropy at best_epoch
+
+
+
+def val_rank(best_val: float, best_val_loss: float, keep_on: str) -> tuple[float, ...]:
+    """Higher is better: how `fit` ranks a kept epoch under `keep_on` (KEEP_ON), so that restarts and
+    teacher families are compared by the same rule as epochs."""
+    return (-best_val_loss, best_val) if keep_on == "loss" else (best_val,)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,20 +126,22 @@ def fit(model: nn.Module, data: Data, graph: Edges, loss_fn: LossFn, cfg: TrainC
                                 "features, or lower --lr")
         loss.backward()
         opt.step()
-        score = _validate(model, data, graph, metric)
+        metric_score, neg_loss = _validate(model, data, graph, metric)
+        score = (neg_loss, metric_score) if cfg.keep_on == "loss" else (metric_score, neg_loss)
         if score > best:
             best, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= cfg.patience and epoch >= cfg.min_epochs:
             break
-        bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{best[0]:.3f}", refresh=False)
+        bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{best[cfg.keep_on == 'loss']:.3f}", refresh=False)
     if not np.isfinite(best[0]):
         # Never a finite validation score: the kept state would be the untrained initialisation.
         raise TrainingError(f"{desc}: the validation {metric} was never finite in {epoch + 1} epochs "
                             f"(last loss {loss.item():.4g}); the model did not train. Lower --lr, or check "
                             "the features for extreme values")
     model.load_state_dict(best_state)
-    return FitResult(epoch + 1, best_epoch, float(best[0]), time.perf_counter() - start)
+    kept_metric, kept_neg_loss = best if cfg.keep_on == "metric" else best[::-1]
+    return FitResult(epoch + 1, best_epoch, float(kept_metric), time.perf_counter() - start, -float(kept_neg_loss))
 
 
 def param_groups(model: nn.Module, weight_decay: float, extra: nn.Module | None = None) -> list[dict[str, object]]:

@@ -107,3 +107,10 @@ def test_the_cache_key_leaves_out_exactly_the_student_and_distillation_options()
     options = _bench().STUDENT_OPTIONS
     assert {"student", "fanout", "alpha", "soft_regularise", "kd_balance", "tail_adjust"} <= options
     assert not {"dataset", "teacher", "teacher_layers", "epochs", "lr", "seed", "feature_norm"} & options
+
+
+def test_an_option_added_after_teachers_were_cached_keys_them_only_off_its_default():
+    bench = _bench()
+    cfg = RunConfig()
+    assert "teacher_keep_on" not in bench.teacher_key(cfg, cfg.families)
+    assert bench.teacher_key(replace(cfg, teacher_keep_on="loss"), cfg.families)["teacher_keep_on"] == "loss"

@@ -104,3 +104,25 @@ def test_a_validation_score_never_finite_is_a_training_error():
     with pytest.raises(TrainingError, match="validation auroc was never finite in 3 epochs"):
         fit(model, data, Edges(EDGES), lambda out: ce(out[data.train_mask], data.y[data.train_mask]),
             TrainConfig(3, 50, 0.1, 0.0, 0), "t", False)
+
+
+def test_keep_on_loss_keeps_the_lowest_validation_loss_where_the_metric_ties(monkeypatch):
+    """Accuracy ties across epochs: "metric" breaks ties by loss only among the best-accuracy epochs,
+    "loss" keeps the lowest validation loss outright."""
+    import pytest
+
+    from distill import train
+
+    # (validation metric, -validation loss) per epoch
+    scores = [(0.5, -0.9), (0.75, -0.8), (0.5, -0.3), (0.75, -0.7), (0.5, -0.6)]
+    kept = {}
+    for rule in ("metric", "loss"):
+        epochs = iter(scores)
+        monkeypatch.setattr(train, "_validate", lambda *a, epochs=epochs: next(epochs))
+        res = fit(_Probe(), _data(), Edges(EDGES), lambda out: out.sum() * 0,
+                  TrainConfig(5, 50, 0.1, 0.0, 0, keep_on=rule), "t", False)
+        kept[rule] = (res.best_epoch, res.best_val, res.best_val_loss)
+    assert kept["metric"] == (3, 0.75, pytest.approx(0.7))
+    assert kept["loss"] == (2, 0.5, pytest.approx(0.3))
+    assert train.val_rank(0.5, 0.3, "loss") > train.val_rank(0.75, 0.7, "loss")
+    assert train.val_rank(0.75, 0.7, "metric") > train.val_rank(0.5, 0.3, "metric")
