@@ -70,7 +70,6 @@ class FitResult:
     best_val_loss: float = float("nan")  # the validation cross-entropy at best_epoch
 
 
-
 def val_rank(best_val: float, best_val_loss: float, keep_on: str) -> tuple[float, ...]:
     """Higher is better: how `fit` ranks a kept epoch under `keep_on` (KEEP_ON), so that restarts and
     teacher families are compared by the same rule as epochs."""
@@ -133,7 +132,8 @@ def fit(model: nn.Module, data: Data, graph: Edges, loss_fn: LossFn, cfg: TrainC
             best_state = copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= cfg.patience and epoch >= cfg.min_epochs:
             break
-        bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{best[cfg.keep_on == 'loss']:.3f}", refresh=False)
+        shown = best[1] if cfg.keep_on == "loss" else best[0]  # the metric either way
+        bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{shown:.3f}", refresh=False)
     if not np.isfinite(best[0]):
         # Never a finite validation score: the kept state would be the untrained initialisation.
         raise TrainingError(f"{desc}: the validation {metric} was never finite in {epoch + 1} epochs "
