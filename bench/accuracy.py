@@ -72,7 +72,7 @@ STUDENT_OPTIONS = {f.name for f in fields(RunConfig) if f.metadata["group"] in (
 
 # Teacher options added after teachers were cached: at these values (their defaults, the behaviour
 # before they existed) they stay out of the key, so the cached teachers remain valid.
-KEYED_ONLY_OFF_DEFAULT = {("teacher_keep_on", "metric")}
+KEYED_ONLY_OFF_DEFAULT = {("teacher_keep_on", "metric"), ("teacher_ensemble", 1)}
 
 
 def teacher_key(cfg: RunConfig, families: tuple[str, ...]) -> dict[str, Any]:
@@ -94,6 +94,12 @@ def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfi
     decides whether --teacher auto may keep a type-aware teacher (a homogeneous graph's keys are as
     they were before that entry). A cached teacher of a family the run would not train (saved under
     the old key, before that entry) is trained again and replaced."""
+    if cfg.teacher_ensemble > 1:  # each member cached as the single teacher it is
+        first = teacher_for(teachers.member_config(cfg, 0), ds, norm, tcfg, device, cache)
+        family = cfg.teacher_family(first.metrics)
+        rest = [teacher_for(teachers.member_config(cfg, i, family), ds, norm, tcfg, device, cache)
+                for i in range(1, cfg.teacher_ensemble)]
+        return teachers.mean_teacher([first, *rest], [cfg.seed + i for i in range(cfg.teacher_ensemble)], ds, device)
     if cache is None:
         return teachers.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
     families = teachers.teacher_families(cfg, ds)

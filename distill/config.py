@@ -105,6 +105,10 @@ class RunConfig:
                                 "which validation epoch, restart and family of the teacher is kept: metric, the "
                                 "best validation accuracy / AUROC (ties to the lower loss); loss, the lowest "
                                 "validation cross-entropy (GCNII's and GAT's own rule)", ("metric", "loss"))
+    teacher_ensemble: int = _opt("teacher", 1,
+                                 "train the teacher this many times (seeds seed, seed+1, ...; members after the "
+                                 "first use the family the first kept) and distil from their mean prediction "
+                                 "(Hinton et al. 2015), at that many times the teacher's cost; 1 = one teacher")
     teacher_fanout: int = _opt("teacher", 0, "cap on in-neighbours the teacher sees (0 = full graph; useful on CPU "
                                              "for big graphs)")
     student: str = _opt("student", "auto",
@@ -166,6 +170,7 @@ class RunConfig:
             if choices and value not in choices:
                 raise ConfigError(f"{flag(f.name)} {value!r} is not one of {list(choices)}")
         positive = ("teacher_layers", "gcnii_layers", "teacher_hidden", "teacher_heads", "teacher_restarts",
+                    "teacher_ensemble",
                     "student_layers", "student_hidden", "fanout", "epochs", "patience")
         if self.min_epochs < 0:
             raise ConfigError(f"--min-epochs {self.min_epochs} must be >= 0")
@@ -181,6 +186,10 @@ class RunConfig:
                               f"{self.gcnii_theta} be > 0")
         if self.teacher_fanout < 0:
             raise ConfigError(f"--teacher-fanout {self.teacher_fanout} must be >= 0 (0 = full graph)")
+        if self.teacher_ensemble > 1 and self.teacher_fanout:
+            # Each member's sample would follow its own seed; the mean teacher is read on one graph.
+            raise ConfigError(f"--teacher-ensemble {self.teacher_ensemble} needs the full graph for the teacher; "
+                              f"drop --teacher-fanout {self.teacher_fanout}, or use --teacher-ensemble 1")
         object.__setattr__(self, "alpha", str(self.alpha))  # manifests before `auto` hold a float
         parse_alpha(self.alpha)
         if self.kd != "auto":
@@ -226,9 +235,11 @@ class RunConfig:
         return str(teacher_metrics.get("family", self.teacher))
 
     def teacher_name(self, teacher_metrics: dict[str, Any]) -> str:
-        """The kept teacher as reports name it, family and depth: `gat-6`, `gcnii-16`."""
+        """The kept teacher as reports name it, family and depth: `gat-6`, `gcnii-16`; an ensemble
+        adds its size: `gcnii-64 x3`."""
         family = self.teacher_family(teacher_metrics)
-        return f"{family}-{self.teacher_depth(family)}"
+        members = len(teacher_metrics.get("members") or ())
+        return f"{family}-{self.teacher_depth(family)}" + (f" x{members}" if members > 1 else "")
 
     @property
     def train_config(self) -> TrainConfig:

@@ -105,6 +105,11 @@ def markdown(rep: dict[str, Any]) -> str:
         lines.append(f"Teacher: `{rep['teacher_name']}`, the best of the families trained on validation "
                      f"{rule} (validation {rep['selection_metric']}: {vals})" + (f"; skipped by --teacher-budget: "
                                                               f"{', '.join(skipped)}" if skipped else "") + ".")
+    members = rep["teacher"].get("members") or []
+    if len(members) > 1:
+        alone = ", ".join(f"seed {r['seed']} {_fmt(r.get(rep['selection_metric']))}" for r in members)
+        lines.append(f"Teacher: the mean prediction of {len(members)} teachers (--teacher-ensemble), each alone "
+                     f"on test {rep['selection_metric']}: {alone}.")
     d = rep["distilled"]
     candidates = d.get("candidates_val", {})
     if len(candidates) > 1:

@@ -18,8 +18,8 @@ from distill.errors import ConfigError
 from distill.models import FeatureNorm
 from distill.objectives import supervised
 from distill.policy import prune
-from distill.teacher_models import HETERO_TEACHERS, build_teacher
-from distill.train import Edges, TrainConfig, fit, predict, test_metrics, val_rank
+from distill.teacher_models import HETERO_TEACHERS, MeanTeacher, build_teacher
+from distill.train import Edges, TrainConfig, fit, predict, test_metrics, val_rank, validate
 
 
 def feature_norm(cfg: RunConfig, ds: Dataset) -> FeatureNorm:
@@ -43,7 +43,24 @@ def bag_of_words(x: torch.Tensor) -> bool:
     return bool((x >= 0).all()) and float((x == 0).float().mean()) > 0.5
 
 
-def teacher_model(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.device, restart: int = 0,
+def teacher_model(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.device,
+                  family: str | None = None) -> tuple[torch.nn.Module, Edges]:
+    """An untrained teacher of `family` (default: the config's, which must then name one) to load a
+    trained one's state into: under --teacher-ensemble K, a MeanTeacher of K members of it."""
+    if cfg.teacher_ensemble == 1:
+        return _single_model(cfg, ds, norm, device, 0, family)
+    members = [_single_model(member_config(cfg, i, family), ds, norm, device, 0, family)
+               for i in range(cfg.teacher_ensemble)]
+    return MeanTeacher([m for m, _ in members]).to(device), members[0][1]
+
+
+def member_config(cfg: RunConfig, i: int, family: str | None = None) -> RunConfig:
+    """The config of member `i` of --teacher-ensemble: one teacher of seed cfg.seed + i, of `family`
+    when given (members after the first keep the family the first chose under --teacher auto)."""
+    return replace(cfg, seed=cfg.seed + i, teacher_ensemble=1, teacher=family or cfg.teacher)
+
+
+def _single_model(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.device, restart: int = 0,
                   family: str | None = None) -> tuple[torch.nn.Module, Edges]:
     """An untrained teacher of `family` (default: the config's, which must then name one),
     initialisation `restart` of this seed, and the edges it sees (the full graph, or capped by
@@ -73,7 +90,7 @@ def train_family(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConf
     data = ds.data.to(device)
 
     def restart(i: int) -> TrainedTeacher:
-        teacher, edges = teacher_model(cfg, ds, norm, device, i, family)
+        teacher, edges = _single_model(cfg, ds, norm, device, i, family)
         result = fit(teacher, data, edges, lambda out: supervised(out.logits, data.y, data.train_mask), tcfg,
                      f"teacher {family} {i + 1}/{cfg.teacher_restarts}", progress)
         return TrainedTeacher(teacher, edges, result.__dict__)
@@ -105,6 +122,33 @@ def teacher_families(cfg: RunConfig, ds: Dataset) -> tuple[str, ...]:
 
 def train_teacher(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,
                   progress: bool) -> TrainedTeacher:
+    """`train_single`, or under --teacher-ensemble K, K of them (`member_config`) read as one
+    (`mean_teacher`)."""
+    first = train_single(member_config(cfg, 0), ds, norm, tcfg, device, progress)
+    if cfg.teacher_ensemble == 1:
+        return first
+    family = first.metrics["family"]
+    rest = [train_single(member_config(cfg, i, family), ds, norm, tcfg, device, progress)
+            for i in range(1, cfg.teacher_ensemble)]
+    return mean_teacher([first, *rest], [cfg.seed + i for i in range(cfg.teacher_ensemble)], ds, device)
+
+
+def mean_teacher(members: list[TrainedTeacher], seeds: list[int], ds: Dataset, device: torch.device) -> TrainedTeacher:
+    """Trained teachers of one family on one graph (the seeds they were trained with) as one
+    MeanTeacher. Metrics: its test metrics and validation score, the first member's family record,
+    the members' summed training record and, under `members`, each one's seed and scores."""
+    model, edges, data = MeanTeacher([m.model for m in members]), members[0].edges, ds.data.to(device)
+    best_val, neg_loss = validate(model, data, edges)
+    summed = {k: sum(m.metrics[k] for m in members) for k in ("epochs_run", "seconds")}
+    record = [{"seed": seed, **{k: m.metrics.get(k) for k in ("family", "best_val", "accuracy", "auroc")}}
+              for seed, m in zip(seeds, members, strict=True)]
+    metrics = {**members[0].metrics, **summed, **test_metrics(predict(model, data, edges), data),
+               "best_val": best_val, "best_val_loss": -neg_loss, "members": record}
+    return TrainedTeacher(model, edges, metrics)
+
+
+def train_single(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,
+                 progress: bool) -> TrainedTeacher:
     """Train every family of `cfg.families` in order (each with its restarts) and keep the best on
     validation. Past `cfg.teacher_budget` seconds no further family is started; the first always is.
     Metrics: test metrics of the kept teacher, its training record, `family`, `families_val` (the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GATConv, GCN2Conv, JumpingKnowledge
@@ -102,6 +103,25 @@ class GCNII(nn.Module):
         dense = [p for name, p in self.named_parameters() if not name.startswith("convs.")]
         return [{"params": list(self.convs.parameters()), "weight_decay": self.conv_weight_decay},
                 {"params": dense, "weight_decay": weight_decay}]
+
+
+class MeanTeacher(nn.Module):
+    """Several trained teachers read as one: logits are the log of their mean softmax (the ensemble
+    a student is distilled from, Hinton et al. 2015); hidden states and attention are the first
+    member's, for the feature and structure terms, which pair one network's layers."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
+        """x [N, F], edge_index [2, E], edge_weight [E] or None -> log mean probabilities [N, C]."""
+        outs = [m.run(x, edge_index, edge_weight) for m in self.members]
+        mean = torch.stack([F.softmax(o.logits, dim=-1) for o in outs]).mean(0)
+        return NodeOutputs(mean.clamp_min(1e-30).log(), outs[0].hidden, outs[0].attention)
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        return self.run(x, edge_index, edge_weight).logits
 
 
 TEACHERS: dict[str, Callable[..., nn.Module]] = {

@@ -160,6 +160,11 @@ def param_groups(model: nn.Module, weight_decay: float, extra: nn.Module | None 
     return groups
 
 
+def validate(model: nn.Module, data: Data, graph: Edges) -> tuple[float, float]:
+    """(validation metric, -validation loss) of a trained model, as `fit` scores its epochs."""
+    return _validate(model, data, graph, selection_metric(int(data.y.max()) + 1))
+
+
 @torch.no_grad()
 def _validate(model: nn.Module, data: Data, graph: Edges, metric: str) -> tuple[float, float]:
     """(validation metric, -validation loss): ties on the metric go to the lower loss."""

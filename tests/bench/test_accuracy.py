@@ -114,3 +114,21 @@ def test_an_option_added_after_teachers_were_cached_keys_them_only_off_its_defau
     cfg = RunConfig()
     assert "teacher_keep_on" not in bench.teacher_key(cfg, cfg.families)
     assert bench.teacher_key(replace(cfg, teacher_keep_on="loss"), cfg.families)["teacher_keep_on"] == "loss"
+
+
+def test_ensemble_members_are_cached_as_the_single_teachers_they_are(tmp_path, monkeypatch):
+    acc = _bench()
+    cfg = RunConfig(dataset=TINY, teacher="gcn", teacher_layers=2, teacher_hidden=8, epochs=4, patience=2,
+                    min_epochs=0)
+    ds, cpu = load_dataset(cfg.dataset), torch.device("cpu")
+    norm = teachers.feature_norm(cfg, ds)
+    for seed in (0, 1):
+        acc.teacher_for(replace(cfg, seed=seed), ds, norm, cfg.train_config, cpu, tmp_path)
+
+    def no_training(*args, **kwargs):
+        raise RuntimeError("trained again")
+
+    monkeypatch.setattr(acc.teachers, "train_teacher", no_training)
+    ens = acc.teacher_for(replace(cfg, teacher_ensemble=2), ds, norm, cfg.train_config, cpu, tmp_path)
+    assert [m["seed"] for m in ens.metrics["members"]] == [0, 1]
+    assert len(list(tmp_path.glob("*.pt"))) == 2

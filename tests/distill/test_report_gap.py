@@ -78,3 +78,14 @@ def test_the_report_names_every_teacher_family_tried_and_any_the_budget_skipped(
     assert "Test set. Early stopping on validation accuracy (the teacher's on validation loss)." in lines
     single = report.build(ds, RunConfig(teacher="gat"), _m(0.90), _m(0.859), {**_m(0.888), "propagation": "gcn"})
     assert not any(line.startswith("Teacher:") for line in report.markdown(single).splitlines())
+
+
+def test_the_report_names_an_ensemble_teacher_and_each_member_alone():
+    ds = SimpleNamespace(num_classes=3, name="synthetic", class_names=["legit", "suspicious", "fraud"])
+    members = [{"seed": 4, "family": "gcnii", "accuracy": 0.85}, {"seed": 5, "family": "gcnii", "accuracy": 0.84}]
+    teacher = {**_m(0.90), "family": "gcnii", "members": members}
+    rep = report.build(ds, RunConfig(teacher_ensemble=2), teacher, _m(0.859), {**_m(0.888), "propagation": "gcn"})
+    lines = report.markdown(rep).splitlines()
+    assert lines[0].startswith("# synthetic: gcnii-16 x2 teacher")
+    assert ("Teacher: the mean prediction of 2 teachers (--teacher-ensemble), each alone on test accuracy: "
+            "seed 4 0.8500, seed 5 0.8400.") in lines

@@ -2,6 +2,7 @@
 (every family trained in order, the best on validation kept, a time budget on starting more)."""
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -179,3 +180,35 @@ def test_configs_of_older_manifests_still_load():
     cfg = RunConfig.from_dict(old)
     assert cfg.teacher == "gat" and cfg.families == ("gat",) and cfg.teacher_name({}) == "gat-6"
     assert RunConfig.from_dict(RunConfig().to_dict()).families == AUTO_TEACHERS
+
+
+def test_an_ensemble_teacher_is_the_mean_of_its_members_and_reloads_from_its_state():
+    cfg = RunConfig(dataset=SMALL, teacher="gcn", teacher_layers=2, teacher_hidden=8, epochs=6, patience=3,
+                    min_epochs=0, seed=3, teacher_ensemble=2)
+    ds, cpu = load_dataset(cfg.dataset), torch.device("cpu")
+    norm = teachers.feature_norm(cfg, ds)
+    ens = teachers.train_teacher(cfg, ds, norm, cfg.train_config, cpu, progress=False)
+    singles = [teachers.train_teacher(replace(cfg, teacher_ensemble=1, seed=s), ds, norm, cfg.train_config, cpu,
+                                      progress=False) for s in (3, 4)]
+    x, ei = ds.data.x, ds.data.edge_index
+    want = torch.stack([s.model.eval()(x, ei).softmax(-1) for s in singles]).mean(0).log()
+    got = ens.model.eval()(x, ei)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    m = ens.metrics
+    assert [r["seed"] for r in m["members"]] == [3, 4]
+    assert [r["accuracy"] for r in m["members"]] == [s.metrics["accuracy"] for s in singles]
+    test = ds.data.test_mask
+    assert m["accuracy"] == pytest.approx(float((got[test].argmax(-1) == ds.data.y[test]).float().mean()))
+    assert m["epochs_run"] == sum(s.metrics["epochs_run"] for s in singles)
+    assert cfg.teacher_name(m) == "gcn-2 x2"
+    # What a bundle's teacher.pt and the bench cache hold loads back into teacher_model's ensemble.
+    fresh, _ = teachers.teacher_model(cfg, ds, norm, cpu)
+    fresh.load_state_dict(ens.model.state_dict())
+    assert torch.equal(fresh.eval()(x, ei), got)
+
+
+def test_an_ensemble_needs_the_full_graph_and_at_least_one_member():
+    with pytest.raises(ConfigError, match="--teacher-ensemble 3 needs the full graph"):
+        RunConfig(teacher_ensemble=3, teacher_fanout=16)
+    with pytest.raises(ConfigError, match="--teacher-ensemble 0 must be >= 1"):
+        RunConfig(teacher_ensemble=0)
