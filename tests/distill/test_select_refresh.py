@@ -143,3 +143,15 @@ def test_refresh_refuses_tampered_parent(tmp_path, capsys):
     tamper(parent, "graph/weights.npy", lambda data: data[:-4] + b"\x00\x00\x80\x7f")  # last weight := +inf
     assert main(["refresh", "--bundle", str(parent), *TINY[:2], "--out", str(tmp_path / "v2"), "--quiet"]) == 2
     assert "graph/weights.npy: sha256" in capsys.readouterr().err
+
+
+def test_refresh_reuses_an_ensemble_teacher(tmp_path):
+    parent, child = tmp_path / "v1", tmp_path / "v2"
+    assert main(["run", "--out", str(parent), *TINY, "--teacher", "gcn", "--teacher-ensemble", "2"]) == 0
+    assert main(["refresh", "--bundle", str(parent), *TINY[:2], "--out", str(child), "--reuse-teacher", "--quiet",
+                 "--allow-worse"]) == 0
+    old = json.loads((parent / "manifest.json").read_text())
+    new = json.loads((child / "manifest.json").read_text())
+    assert [m["seed"] for m in old["metrics"]["teacher"]["members"]] == [0, 1]
+    # The reused teacher.pt is the same two-member ensemble: same test scores.
+    assert new["metrics"]["teacher"]["accuracy"] == old["metrics"]["teacher"]["accuracy"]
