@@ -103,8 +103,8 @@ class RunConfig:
                                                  "further family (the first always runs; 0 = no limit)")
     teacher_keep_on: str = _opt("teacher", "metric",
                                 "which validation epoch, restart and family of the teacher is kept: metric, the "
-                                "best validation accuracy / AUROC (ties to the lower loss); loss, the lowest "
-                                "validation cross-entropy (GCNII's and GAT's own rule)", ("metric", "loss"))
+                                "best validation accuracy / AUROC (epochs tied on it go to the lower loss); loss, "
+                                "the lowest validation cross-entropy (GCNII's and GAT's own rule)", ("metric", "loss"))
     teacher_ensemble: int = _opt("teacher", 1,
                                  "train the teacher this many times (seeds seed, seed+1, ...; members after the "
                                  "first use the family the first kept) and distil from their mean prediction "
@@ -179,6 +179,9 @@ class RunConfig:
                 raise ConfigError(f"{flag(name)} {getattr(self, name)} must be >= 1")
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"--seed {self.seed} must lie in [0, 2^63)")
+        if self.seed + self.teacher_ensemble > 2**63:  # the members' seeds run to seed + K - 1
+            raise ConfigError(f"--teacher-ensemble {self.teacher_ensemble} needs seeds up to --seed {self.seed} + "
+                              f"{self.teacher_ensemble - 1}, beyond 2^63 - 1; use a smaller --seed")
         if not 0.0 <= self.teacher_budget < float("inf"):
             raise ConfigError(f"--teacher-budget {self.teacher_budget} must be a number of seconds >= 0 (0 = no limit)")
         if not (0.0 <= self.gcnii_alpha <= 1.0 and self.gcnii_theta > 0):
@@ -238,8 +241,8 @@ class RunConfig:
         """The kept teacher as reports name it, family and depth: `gat-6`, `gcnii-16`; an ensemble
         adds its size: `gcnii-64 x3`."""
         family = self.teacher_family(teacher_metrics)
-        members = len(teacher_metrics.get("members") or ())
-        return f"{family}-{self.teacher_depth(family)}" + (f" x{members}" if members > 1 else "")
+        k = self.teacher_ensemble
+        return f"{family}-{self.teacher_depth(family)}" + (f" x{k}" if k > 1 else "")
 
     @property
     def train_config(self) -> TrainConfig:

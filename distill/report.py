@@ -103,7 +103,7 @@ def markdown(rep: dict[str, Any]) -> str:
         skipped = rep["teacher"].get("families_skipped") or []
         rule = "loss" if rep["teacher"].get("keep_on") == "loss" else rep["selection_metric"]
         lines.append(f"Teacher: `{rep['teacher_name']}`, the best of the families trained on validation "
-                     f"{rule} (validation {rep['selection_metric']}: {vals})" + (f"; skipped by --teacher-budget: "
+                     f"{rule} ({vals})" + (f"; skipped by --teacher-budget: "
                                                               f"{', '.join(skipped)}" if skipped else "") + ".")
     members = rep["teacher"].get("members") or []
     if len(members) > 1:

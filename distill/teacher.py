@@ -29,11 +29,12 @@ def feature_norm(cfg: RunConfig, ds: Dataset) -> FeatureNorm:
         mode = "row" if bag_of_words(ds.data.x) else "standard"
     x = ds.data.x[ds.data.train_mask]
     std = x.std(0) if len(x) > 1 else x.new_zeros(x.size(1))
-    # A column (nearly) constant on the training rows, relative to its own magnitude there, is only
+    # A column (nearly) constant on the training rows, next to its range over all nodes, is only
     # centred: dividing by its tiny std would blow up the rows where it differs (a category no labelled
-    # node has) by orders of magnitude. Relative, so a column on a 1e-8 scale is still standardised.
-    flat = std <= 1e-4 * x.abs().amax(0) if len(x) else torch.ones_like(std, dtype=torch.bool)
-    return FeatureNorm(mode, x.mean(0), torch.where(flat, torch.ones_like(std), std))
+    # node has) by orders of magnitude. Relative to the range, not the magnitude, so a column on a 1e-8
+    # scale and a timestamp (a large offset, a small spread) are still standardised.
+    span = ds.data.x.amax(0) - ds.data.x.amin(0)
+    return FeatureNorm(mode, x.mean(0), torch.where(std <= 1e-4 * span, torch.ones_like(std), std))
 
 
 def bag_of_words(x: torch.Tensor) -> bool:
@@ -163,8 +164,9 @@ def train_single(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConf
                 return
             yield family, lambda family=family: train_family(cfg, ds, norm, tcfg, device, progress, family)
 
+    shown = "best_val_loss" if tcfg.keep_on == "loss" else "best_val"  # families_val: what the choice read
     best = best_on_validation(candidates(), key=lambda t: _rank(t.metrics, tcfg.keep_on),
-                              shown=lambda t: t.metrics["best_val"])
+                              shown=lambda t: t.metrics[shown])
     kept, data = best.item, ds.data.to(device)
     logits = predict(kept.model, data, kept.edges)
     metrics = {**test_metrics(logits, data), **kept.metrics, "families_val": best.scores,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +119,8 @@ class MeanTeacher(nn.Module):
         """x [N, F], edge_index [2, E], edge_weight [E] or None -> log mean probabilities [N, C]."""
         outs = [m.run(x, edge_index, edge_weight) for m in self.members]
         mean = torch.stack([F.softmax(o.logits, dim=-1) for o in outs]).mean(0)
-        return NodeOutputs(mean.clamp_min(1e-30).log(), outs[0].hidden, outs[0].attention)
+        # The first member's outputs with the mean's logits: typed outputs of a heterogeneous one survive.
+        return replace(outs[0], logits=mean.clamp_min(1e-30).log())
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
         return self.run(x, edge_index, edge_weight).logits

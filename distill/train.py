@@ -71,8 +71,9 @@ class FitResult:
 
 
 def val_rank(best_val: float, best_val_loss: float, keep_on: str) -> tuple[float, ...]:
-    """Higher is better: how `fit` ranks a kept epoch under `keep_on` (KEEP_ON), so that restarts and
-    teacher families are compared by the same rule as epochs."""
+    """Higher is better: how restarts and teacher families are compared under `keep_on` (KEEP_ON): by
+    the kept epoch's validation metric alone, or by its loss, then its metric (`fit` also breaks ties
+    on the metric by the loss between epochs; between runs the first one tried wins them)."""
     return (-best_val_loss, best_val) if keep_on == "loss" else (best_val,)
 
 

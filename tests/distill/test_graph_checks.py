@@ -133,6 +133,9 @@ def test_the_flat_column_cutoff_is_relative_to_the_column_scale(tmp_path):
     norm = feature_norm(RunConfig(feature_norm="standard"), _load(tmp_path, node_features=x))
     assert norm.std[2] == pytest.approx(float(np.std(tiny[TRAIN].astype(np.float32), ddof=1)), rel=1e-3)
     assert norm.std[3] == 1.0
+    stamps = 1.7e9 + rng.uniform(0, 259_200, size=N)  # seconds over three days: a large offset, a small spread
+    norm = feature_norm(RunConfig(feature_norm="standard"), _load(tmp_path, node_features=np.c_[x[:, :2], stamps]))
+    assert norm.std[2] > 1e4
 
 
 def test_a_non_finite_loss_stops_training_with_a_domain_error(tmp_path):

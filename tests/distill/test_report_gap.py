@@ -68,13 +68,14 @@ def test_the_report_names_every_teacher_family_tried_and_any_the_budget_skipped(
     teacher = {**_m(0.90), "family": "gcnii", "families_val": {"gat": 0.81, "gcnii": 0.83},
                "families_skipped": ["gat-sep"]}
     rep = report.build(ds, RunConfig(), teacher, _m(0.859), {**_m(0.888), "propagation": "gcn"})
-    assert ("Teacher: `gcnii-16`, the best of the families trained on validation accuracy (validation accuracy: "
-            "gat 0.8100, gcnii 0.8300); skipped by --teacher-budget: gat-sep.") in report.markdown(rep).splitlines()
-    by_loss = report.build(ds, RunConfig(), {**teacher, "keep_on": "loss"}, _m(0.859),
+    assert ("Teacher: `gcnii-16`, the best of the families trained on validation accuracy (gat 0.8100, "
+            "gcnii 0.8300); skipped by --teacher-budget: gat-sep.") in report.markdown(rep).splitlines()
+    losses = {"families_val": {"gat": 0.61, "gcnii": 0.55}}  # what the loss rule records and compares
+    by_loss = report.build(ds, RunConfig(), {**teacher, **losses, "keep_on": "loss"}, _m(0.859),
                            {**_m(0.888), "propagation": "gcn"})
     lines = report.markdown(by_loss).splitlines()
     assert any(line.startswith("Teacher: `gcnii-16`, the best of the families trained on validation loss "
-                               "(validation accuracy: gat 0.8100") for line in lines)
+                               "(gat 0.6100, gcnii 0.5500)") for line in lines)
     assert "Test set. Early stopping on validation accuracy (the teacher's on validation loss)." in lines
     single = report.build(ds, RunConfig(teacher="gat"), _m(0.90), _m(0.859), {**_m(0.888), "propagation": "gcn"})
     assert not any(line.startswith("Teacher:") for line in report.markdown(single).splitlines())

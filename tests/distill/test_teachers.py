@@ -16,6 +16,7 @@ from distill.cli import main
 from distill.config import AUTO_TEACHERS, RunConfig
 from distill.data import load_dataset
 from distill.errors import ConfigError, DistillError
+from distill.models import NodeOutputs
 from distill.teacher_models import build_teacher
 from distill.train import Edges, param_groups
 
@@ -91,6 +92,9 @@ class _Fixed(nn.Module):
     def forward(self, x, edge_index, edge_weight=None):
         return torch.zeros(x.size(0), self.classes)
 
+    def run(self, x, edge_index, edge_weight=None):
+        return NodeOutputs(self(x, edge_index))
+
 
 def _fake_families(monkeypatch, val: dict[str, float]) -> list[str]:
     """Replace per-family training by fixed validation scores; returns the families trained, in order."""
@@ -99,7 +103,8 @@ def _fake_families(monkeypatch, val: dict[str, float]) -> list[str]:
     def train_family(cfg, ds, norm, tcfg, device, progress, family):
         trained.append(family)
         return TrainedTeacher(_Fixed(ds.num_classes), Edges(ds.data.edge_index),
-                              {"best_val": val[family], "family": family, "restarts_val": [val[family]]})
+                              {"best_val": val[family], "family": family, "restarts_val": [val[family]],
+                               "epochs_run": 1, "seconds": 0.0})
 
     monkeypatch.setattr(teachers, "train_family", train_family)
     return trained
@@ -212,3 +217,23 @@ def test_an_ensemble_needs_the_full_graph_and_at_least_one_member():
         RunConfig(teacher_ensemble=3, teacher_fanout=16)
     with pytest.raises(ConfigError, match="--teacher-ensemble 0 must be >= 1"):
         RunConfig(teacher_ensemble=0)
+
+
+def test_ensemble_members_after_the_first_keep_the_family_it_chose(monkeypatch):
+    trained = _fake_families(monkeypatch, {"gat": 0.81, "gat-sep": 0.80, "gcnii": 0.83})
+    m = _train(RunConfig(dataset=SMALL, teacher="auto", teacher_ensemble=3, seed=7))
+    assert trained == [*AUTO_TEACHERS, "gcnii", "gcnii"]
+    assert [(r["seed"], r["family"]) for r in m["members"]] == [(7, "gcnii"), (8, "gcnii"), (9, "gcnii")]
+
+
+def test_keep_on_loss_ranks_restarts_and_families_by_validation_loss():
+    m = _train(RunConfig(dataset=SMALL, teacher_layers=2, gcnii_layers=2, teacher_hidden=8, epochs=4, min_epochs=0,
+                         patience=2, teacher_restarts=2, teacher_keep_on="loss"))
+    assert m["keep_on"] == "loss" and list(m["families_val"]) == list(AUTO_TEACHERS)
+    assert m["best_val_loss"] == min(m["families_val"].values()) == m["families_val"][m["family"]]
+
+
+def test_an_ensemble_seed_must_stay_below_two_to_the_63():
+    with pytest.raises(ConfigError, match="--teacher-ensemble 2 needs seeds up to"):
+        RunConfig(seed=2**63 - 1, teacher_ensemble=2)
+    RunConfig(seed=2**63 - 2, teacher_ensemble=2)
