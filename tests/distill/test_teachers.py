@@ -237,3 +237,18 @@ def test_an_ensemble_seed_must_stay_below_two_to_the_63():
     with pytest.raises(ConfigError, match="--teacher-ensemble 2 needs seeds up to"):
         RunConfig(seed=2**63 - 1, teacher_ensemble=2)
     RunConfig(seed=2**63 - 2, teacher_ensemble=2)
+
+
+def test_an_ensemble_of_type_aware_teachers_keeps_their_typed_outputs():
+    from distill.hetero_models import TypedOutputs
+
+    cfg = RunConfig(dataset="synthetic-hetero", teacher="hetero-sage", teacher_layers=2, teacher_hidden=8, epochs=2,
+                    patience=2, min_epochs=0, teacher_ensemble=2)
+    ds, cpu = load_dataset(cfg.dataset), torch.device("cpu")
+    norm = teachers.feature_norm(cfg, ds)
+    ens = teachers.train_teacher(cfg, ds, norm, cfg.train_config, cpu, progress=False)
+    out = ens.model.eval().run(ds.data.x, ens.edges.edge_index)
+    assert isinstance(out, TypedOutputs) and [r["family"] for r in ens.metrics["members"]] == ["hetero-sage"] * 2
+    fresh, _ = teachers.teacher_model(cfg, ds, norm, cpu)
+    fresh.load_state_dict(ens.model.state_dict())
+    assert torch.equal(fresh.eval()(ds.data.x, ens.edges.edge_index), ens.model(ds.data.x, ens.edges.edge_index))
