@@ -95,11 +95,7 @@ def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfi
     they were before that entry). A cached teacher of a family the run would not train (saved under
     the old key, before that entry) is trained again and replaced."""
     if cfg.teacher_ensemble > 1:  # each member cached as the single teacher it is
-        first = teacher_for(teachers.member_config(cfg, 0), ds, norm, tcfg, device, cache)
-        family = cfg.teacher_family(first.metrics)
-        rest = [teacher_for(teachers.member_config(cfg, i, family), ds, norm, tcfg, device, cache)
-                for i in range(1, cfg.teacher_ensemble)]
-        return teachers.mean_teacher([first, *rest], [cfg.seed + i for i in range(cfg.teacher_ensemble)], ds, device)
+        return teachers.ensemble(cfg, lambda member: teacher_for(member, ds, norm, tcfg, device, cache), ds, device)
     if cache is None:
         return teachers.train_teacher(cfg, ds, norm, tcfg, device, progress=False)
     families = teachers.teacher_families(cfg, ds)

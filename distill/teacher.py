@@ -123,27 +123,28 @@ def teacher_families(cfg: RunConfig, ds: Dataset) -> tuple[str, ...]:
 
 def train_teacher(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,
                   progress: bool) -> TrainedTeacher:
-    """`train_single`, or under --teacher-ensemble K, K of them (`member_config`) read as one
-    (`mean_teacher`)."""
-    first = train_single(member_config(cfg, 0), ds, norm, tcfg, device, progress)
+    """`train_single`, or under --teacher-ensemble K, K of them read as one (`ensemble`)."""
+    return ensemble(cfg, lambda member: train_single(member, ds, norm, tcfg, device, progress), ds, device)
+
+
+def ensemble(cfg: RunConfig, one: Callable[[RunConfig], TrainedTeacher], ds: Dataset,
+             device: torch.device) -> TrainedTeacher:
+    """The teacher `one` gives for `cfg` (trained, or loaded from a cache), or under --teacher-ensemble
+    K the K teachers it gives for `member_config(cfg, i)` (members after the first in the family the
+    first kept) as one MeanTeacher. Metrics: its test metrics and validation score, the first
+    member's family record, the members' summed training record and, under `members`, each one's
+    seed and scores."""
+    first = one(member_config(cfg, 0))
     if cfg.teacher_ensemble == 1:
         return first
-    family = first.metrics["family"]
-    rest = [train_single(member_config(cfg, i, family), ds, norm, tcfg, device, progress)
-            for i in range(1, cfg.teacher_ensemble)]
-    return mean_teacher([first, *rest], [cfg.seed + i for i in range(cfg.teacher_ensemble)], ds, device)
-
-
-def mean_teacher(members: list[TrainedTeacher], seeds: list[int], ds: Dataset, device: torch.device) -> TrainedTeacher:
-    """Trained teachers of one family on one graph (the seeds they were trained with) as one
-    MeanTeacher. Metrics: its test metrics and validation score, the first member's family record,
-    the members' summed training record and, under `members`, each one's seed and scores."""
-    model, edges, data = MeanTeacher([m.model for m in members]), members[0].edges, ds.data.to(device)
+    family = cfg.teacher_family(first.metrics)
+    members = [first, *(one(member_config(cfg, i, family)) for i in range(1, cfg.teacher_ensemble))]
+    model, edges, data = MeanTeacher([m.model for m in members]), first.edges, ds.data.to(device)
     best_val, neg_loss = validate(model, data, edges)
     summed = {k: sum(m.metrics[k] for m in members) for k in ("epochs_run", "seconds")}
-    record = [{"seed": seed, **{k: m.metrics.get(k) for k in ("family", "best_val", "accuracy", "auroc")}}
-              for seed, m in zip(seeds, members, strict=True)]
-    metrics = {**members[0].metrics, **summed, **test_metrics(predict(model, data, edges), data),
+    record = [{"seed": cfg.seed + i, **{k: m.metrics.get(k) for k in ("family", "best_val", "accuracy", "auroc")}}
+              for i, m in enumerate(members)]
+    metrics = {**first.metrics, **summed, **test_metrics(predict(model, data, edges), data),
                "best_val": best_val, "best_val_loss": -neg_loss, "members": record}
     return TrainedTeacher(model, edges, metrics)
 
