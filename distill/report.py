@@ -95,13 +95,14 @@ def markdown(rep: dict[str, Any]) -> str:
         m = rep[role]
         cells = [_fmt(m.get(k)) for k in metrics] + [_fmt(r) for r in m["per_class_recall"]]
         lines.append(f"| {role} | " + " | ".join(cells) + f" | {m['epochs_run']} |")
-    teacher_rule = " (the teacher's on validation loss)" if rep["teacher"].get("keep_on") == "loss" else ""
+    by_loss = rep["teacher"].get("keep_on") == "loss"
+    teacher_rule = " (the teacher's on validation loss)" if by_loss else ""
     lines += ["", "Test set. Early stopping on validation " + rep["selection_metric"] + teacher_rule + "."]
     families = rep["teacher"].get("families_val") or {}
     if len(families) > 1:
         vals = ", ".join(f"{k} {v:.4f}" for k, v in families.items())
         skipped = rep["teacher"].get("families_skipped") or []
-        rule = "loss" if rep["teacher"].get("keep_on") == "loss" else rep["selection_metric"]
+        rule = "loss" if by_loss else rep["selection_metric"]
         lines.append(f"Teacher: `{rep['teacher_name']}`, the best of the families trained on validation "
                      f"{rule} ({vals})" + (f"; skipped by --teacher-budget: "
                                                               f"{', '.join(skipped)}" if skipped else "") + ".")
