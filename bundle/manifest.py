@@ -76,12 +76,20 @@ class Policy(_Strict):
     # over all neighbours, not the kept `fanout`. Needs degree_input: the count keeps the mean exact
     # when the graph grows. Left out when false, so earlier bundles keep their bytes and digest.
     mean_input: bool = False
+    # ... and with mean_restart r < 1 the mean is of the neighbours' propagated rows p = r x + (1 - r) m
+    # rather than of their raw x, where m is that same stored mean: the personalised-PageRank fixed
+    # point m = mean over in-neighbours of p (APPNP's propagation, Gasteiger et al. 2019), so one row
+    # carries what every hop of the graph says, and a new node's m is that equation over the stored
+    # rows of its given neighbours. 1 (left out): the raw neighbour mean.
+    mean_restart: float = Field(default=1.0, gt=0.0, le=1.0)
 
     @model_serializer(mode="wrap")
-    def _default_mean_input_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _defaults_left_out(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         dumped: dict[str, Any] = handler(self)
         if dumped.get("mean_input") is False:
             del dumped["mean_input"]
+        if dumped.get("mean_restart") == 1.0:
+            del dumped["mean_restart"]
         return dumped
 
     @property
@@ -98,6 +106,8 @@ class Policy(_Strict):
             raise ValueError("k_hops must be 0 exactly when propagation is none")
         if self.mean_input and not self.degree_input:
             raise ValueError("mean_input needs degree_input (the neighbour count that keeps the mean exact)")
+        if self.mean_restart < 1.0 and not self.mean_input:
+            raise ValueError("mean_restart below 1 needs mean_input (it sets what the neighbour mean is of)")
         return self
 
 

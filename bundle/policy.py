@@ -238,9 +238,19 @@ def neighbour_mean(src: I64, dst: I64, features: F32, num_nodes: int) -> F32:
     return out
 
 
+def propagated(features: F32, mean: F32, restart: float) -> F32:
+    """The rows a node passes to its out-neighbours' mean: r x + (1 - r) m for features [n, F] and
+    their stored mean [n, F] -> float32 [n, F]; the raw features themselves at restart 1."""
+    if restart >= 1.0:
+        return np.asarray(features, dtype=np.float32)
+    rows: F32 = (restart * np.asarray(features, np.float64)
+                 + (1.0 - restart) * np.asarray(mean, np.float64)).astype(np.float32)
+    return rows
+
+
 def new_node_mean(neighbour_features: F32) -> F32:
-    """The neighbour mean of a new node from its DISTINCT neighbours' raw feature rows [m, F] (the
-    caller deduplicates, as `new_node_degree` counts) -> float32 [1, F]; zeros when m == 0."""
+    """The neighbour mean of a new node from its DISTINCT neighbours' rows [m, F] (their `propagated`
+    rows; the caller deduplicates, as `new_node_degree` counts) -> float32 [1, F]; zeros when m == 0."""
     rows = np.asarray(neighbour_features, dtype=np.float64)
     if not len(rows):
         return np.zeros((1, rows.shape[1]), dtype=np.float32)

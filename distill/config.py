@@ -113,9 +113,11 @@ class RunConfig:
                                              "for big graphs)")
     student: str = _opt("student", "auto",
                         "student architecture (sage-res: input projection, separate ego and neighbour "
-                        "transforms, raw log-degree, LayerNorm, residual; auto: train each of "
+                        "transforms, raw log-degree, LayerNorm, residual; ppr-mlp: a residual MLP over the "
+                        "features and their personalised-PageRank neighbour mean, one stored row per node "
+                        "served; auto: train each of "
                         f"{', '.join(AUTO_STUDENTS)}, keep the best on validation)",
-                        ("auto", "gcn", "sage", "sage-res", "mlp"))
+                        ("auto", "gcn", "sage", "sage-res", "ppr-mlp", "mlp"))
     student_layers: int = _opt("student", 2, "student layers (= hops of the served neighbourhood for gcn/sage)")
     student_hidden: int = _opt("student", 64, "student width")
     student_dropout: float = _opt("student", 0.5, "student feature dropout")

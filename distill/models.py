@@ -234,6 +234,56 @@ class ResSAGE(LayerStack):
         return self._blocks(x, lambda conv, h: adj @ h).logits
 
 
+class PPRMLP(LayerStack):
+    """Graph-free at serving time, exact over the whole graph: a residual MLP over [features |
+    propagated neighbour mean | log1p(in-degree)] (the policy's mean_input with mean_restart
+    `MEAN_RESTART`): the mean is the personalised-PageRank fixed point of the neighbours' rows
+    (APPNP's propagation, Gasteiger et al. 2019, with SIGN's precomputed-aggregate serving, Frasca et
+    al. 2020), so one stored row carries what every hop says, weighted by restart (1 - r)^k at hop k.
+    Serving an existing node is one row lookup and a small MLP whatever its degree; a new node's mean
+    is the same equation over its given neighbours' stored rows. Blocks as ResSAGE's, with no
+    neighbour term: h = h + relu(LayerNorm(lin(h) + degree))."""
+
+    takes_degree = True
+    takes_mean = True
+    # 0.1: APPNP's teleport; hop k weighs 0.1 * 0.9^k, so a few hops dominate and far ones still count.
+    MEAN_RESTART = 0.1
+
+    def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
+                 dropout: float = 0.5, mean_input: bool = True) -> None:
+        super().__init__(dropout)
+        if num_layers < 1:
+            raise ConfigError(f"num_layers={num_layers} must be >= 1")
+        if not mean_input:
+            raise ConfigError("the ppr-mlp student reads the propagated neighbour mean (mean_input)")
+        self.in_channels = in_channels
+        self.lin_in = nn.Linear(2 * in_channels, hidden_channels)
+        self.convs = nn.ModuleList(nn.Linear(hidden_channels, hidden_channels) for _ in range(num_layers))
+        self.degree = nn.ModuleList(nn.Linear(1, hidden_channels, bias=False) for _ in range(num_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(hidden_channels) for _ in range(num_layers))
+        self.lin_out = nn.Linear(hidden_channels, out_channels)
+
+    def _blocks(self, x: Tensor) -> NodeOutputs:
+        f, log_degree = self.in_channels, x[:, -1:]
+        both = self.feature_norm(x[:, : 2 * f].reshape(-1, 2, f)).reshape(-1, 2 * f)
+        h = self.lin_in(input_dropout(both, self.dropout, self.training))
+        hidden = []
+        for lin, degree, norm in zip(self.convs, self.degree, self.norms, strict=True):
+            z = lin(F.dropout(h, self.dropout, self.training)) + degree(log_degree)
+            h = h + F.relu(norm(z))
+            hidden.append(h)
+        logits = self.with_offset(self.lin_out(F.dropout(h, self.dropout, self.training)))
+        return NodeOutputs(logits, hidden[:-1] + [logits])
+
+    def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
+        """x [N, 2F + 1] (features, propagated neighbour mean, log-degree); the edges are not read."""
+        return self._blocks(x)
+
+    def forward_dense(self, x: Tensor, adj: Tensor) -> Tensor:
+        """x [n, 2F + 1] -> logits [n, C]; `adj` is not read (a graph-free student)."""
+        return self._blocks(x).logits
+
+
 class MLP(LayerStack):
     """Graph-free student (GLNN): sees only the node's own features."""
 
@@ -267,6 +317,7 @@ STUDENTS: dict[str, tuple[Callable[..., LayerStack], str]] = {
     "sage": (SAGE, "mean"),
     "mlp": (MLP, "none"),
     "sage-res": (ResSAGE, "mean"),
+    "ppr-mlp": (PPRMLP, "none"),
 }
 
 
@@ -298,9 +349,16 @@ MEAN_INPUT_MAX_FEATURES = 512
 
 def takes_mean(student: str, num_features: int) -> bool:
     """Whether a student's input rows carry the neighbour-mean columns (the policy's mean_input):
-    families that read it, on inputs of at most MEAN_INPUT_MAX_FEATURES features."""
-    reads = bool(_registered(student)[0].takes_mean)  # type: ignore[attr-defined]
-    return reads and num_features <= MEAN_INPUT_MAX_FEATURES
+    families that read it, on inputs of at most MEAN_INPUT_MAX_FEATURES features for a graph student
+    (a graph-free one reads a single row, whatever the width)."""
+    builder, prop = _registered(student)
+    reads = bool(builder.takes_mean)  # type: ignore[attr-defined]
+    return reads and (prop == "none" or num_features <= MEAN_INPUT_MAX_FEATURES)
+
+
+def mean_restart(student: str) -> float:
+    """The policy's mean_restart for a student: its family's MEAN_RESTART, else 1 (the raw mean)."""
+    return float(getattr(_registered(student)[0], "MEAN_RESTART", 1.0))
 
 
 def propagation_of(student: str) -> str:

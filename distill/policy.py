@@ -16,13 +16,16 @@ from bundle.policy import CSR, Propagation
 from distill.errors import ConfigError
 from distill.train import Edges
 
+# The propagated neighbour mean is iterated until what is left to change, (1 - r)^k of the start, is below this.
+MEAN_TOLERANCE = 1e-4
+
 
 def make_policy(fanout: int, k_hops: int, propagation: str, seed: int, score: str = "hash",
-                degree_input: bool = False, mean_input: bool = False) -> Policy:
+                degree_input: bool = False, mean_input: bool = False, mean_restart: float = 1.0) -> Policy:
     """The typed policy of the manifest; the contract's own validation decides, as a ConfigError."""
     try:
         return Policy(fanout=fanout, k_hops=k_hops, propagation=propagation, seed=seed,  # type: ignore[arg-type]
-                      score=score, degree_input=degree_input, mean_input=mean_input)
+                      score=score, degree_input=degree_input, mean_input=mean_input, mean_restart=mean_restart)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"neighbourhood policy: {problems}") from None
@@ -73,8 +76,29 @@ def student_graph(edge_index: Tensor, num_nodes: int, policy: Policy, importance
         if x is None:
             raise ValueError("a policy with mean_input needs the raw features x to take the neighbour mean of")
         features = x.detach().cpu().numpy().astype(np.float32)
-        sg = replace(sg, neighbour_mean=kernels.neighbour_mean(src, dst, features, num_nodes))
+        sg = replace(sg, neighbour_mean=neighbour_mean(src, dst, features, num_nodes, policy.mean_restart))
     return sg
+
+
+def neighbour_mean(src: np.ndarray, dst: np.ndarray, features: np.ndarray, num_nodes: int,
+                   restart: float = 1.0) -> np.ndarray:
+    """The policy's stored mean [N, F] of raw features [N, F] over edges src, dst [E]: the contract's raw
+    neighbour mean at restart 1; below, its fixed point m = mean over in-neighbours of
+    `bundle.policy.propagated(x, m, restart)` (Policy.mean_restart), iterated from the raw mean in
+    float64 over the same distinct in-neighbours until at most MEAN_TOLERANCE of it can change."""
+    mean = kernels.neighbour_mean(src, dst, features, num_nodes)
+    if restart >= 1.0:
+        return mean
+    loop = src == dst
+    keys = np.unique(src[~loop] * np.int64(num_nodes) + dst[~loop])
+    s, d = torch.from_numpy(keys // num_nodes), torch.from_numpy(keys % num_nodes)
+    count = torch.bincount(d, minlength=num_nodes).clamp(min=1).double()
+    operator = torch.sparse_coo_tensor(torch.stack([d, s]), 1.0 / count[d], (num_nodes, num_nodes),
+                                       check_invariants=True).coalesce()
+    x, m = torch.from_numpy(features).double(), torch.from_numpy(mean).double()
+    for _ in range(int(np.ceil(np.log(MEAN_TOLERANCE) / np.log1p(-restart)))):
+        m = torch.sparse.mm(operator, restart * x + (1.0 - restart) * m)
+    return m.float().numpy()
 
 
 def weigh(kept: Tensor, edge_index: Tensor, num_nodes: int, policy: Policy,

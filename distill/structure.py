@@ -13,7 +13,7 @@ from torch_geometric.utils import softmax
 
 from distill.artefacts import EdgeImportance, Prepared
 from distill.config import RunConfig
-from distill.models import propagation_of, takes_degree, takes_mean
+from distill.models import mean_restart, propagation_of, takes_degree, takes_mean
 from distill.policy import StudentGraph, make_policy, scores_on, student_graph, weigh
 from distill.train import Edges
 
@@ -86,8 +86,8 @@ def candidate_graphs(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...],
     degree, mean = takes_degree(cfg.student), takes_mean(cfg.student, int(data.num_features))
     if "structure" not in kinds or prop == "none":
         return [student_graph(data.edge_index, data.num_nodes,
-                              make_policy(cfg.fanout, k_hops, prop, cfg.seed, degree_input=degree, mean_input=mean),
-                              x=data.x)]
+                              make_policy(cfg.fanout, k_hops, prop, cfg.seed, degree_input=degree, mean_input=mean,
+                                          mean_restart=mean_restart(cfg.student)), x=data.x)]
     importance = importance if importance is not None else teacher_importance(cfg, prep)
     family = cfg.teacher_family(prep.teacher_metrics)
     score = "teacher_attention" if family.startswith("gat") else "teacher_gradient"

@@ -13,7 +13,9 @@ Same policy as the job (bundle.policy), applied to one target row at a time (doc
 - the degree column counts a logged source as a new distinct in-neighbour unless it is already kept
   or logged (the bundle has no raw edge list: a duplicate of a pruned-away bundle edge counts again);
   the neighbour mean takes in the features of exactly the sources the degree counts (as a float64
-  sum over the count, so it stays the exact mean);
+  sum over the count, so it stays the exact mean); under a mean_restart below 1 it takes in their
+  propagated rows as stored when the edge arrives (the fixed-point equation at dst; nodes further
+  downstream keep their stored mean until the next job);
 - new nodes take internal indices N, N+1, ... in log order; self-loops change nothing.
 
 Scoring `as_of` a time sees the bundle's edges plus logged edges with time <= as_of (`past`): those
@@ -154,7 +156,7 @@ class DynamicStore(GraphStore):
             if self.neighbour_mean is not None:
                 total = self._mean_sums.get(dst)
                 total = self.base_sum(dst) if total is None else total
-                self._mean_sums[dst] = total = total + self.features[src]
+                self._mean_sums[dst] = total = total + self.passed(np.array([src]))[0]
                 self.neighbour_mean[dst] = total / self.in_degree[dst]
         return True
 
@@ -337,7 +339,7 @@ class GraphView:
                            for n, c in zip(nodes.tolist(), counted, strict=True)], dtype=np.int64)
         mean = None
         if g.neighbour_mean is not None:
-            sums = [g.base_sum(n) + g.features[c].astype(np.float64).sum(axis=0)
+            sums = [g.base_sum(n) + g.passed(np.array(c, dtype=np.int64)).astype(np.float64).sum(axis=0)
                     for n, c in zip(nodes.tolist(), counted, strict=True)]
             mean = (np.stack(sums) / np.maximum(degree, 1)[:, None]).astype(np.float32)
         return kernels.node_inputs(g.features[nodes], degree, mean)

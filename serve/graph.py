@@ -119,8 +119,14 @@ class GraphStore:
         """The input row of a new node with features [F] and internal neighbour indices [m] (repeats
         allowed): degree and mean over its distinct neighbours -> float32 [1, width]."""
         degree = None if self.in_degree is None else kernels.new_node_degree(neighbors)
-        mean = None if self.neighbour_mean is None else kernels.new_node_mean(self.features[np.unique(neighbors)])
+        mean = None if self.neighbour_mean is None else kernels.new_node_mean(self.passed(np.unique(neighbors)))
         return kernels.node_inputs(features.reshape(1, -1), degree, mean)
+
+    def passed(self, nodes: I64) -> F32:
+        """What existing nodes [n] pass to their out-neighbours' mean (bundle.policy.propagated under the
+        policy's mean_restart) -> float32 [n, F]; needs the neighbour mean."""
+        assert self.neighbour_mean is not None  # callers check the policy's mean_input
+        return kernels.propagated(self.features[nodes], self.neighbour_mean[nodes], self.policy.mean_restart)
 
     def new_node_block(self, features: F32, neighbors: I64) -> Block:
         """Block of a new node (row 0) with features [F] and internal neighbour indices [m]."""

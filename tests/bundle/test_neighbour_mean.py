@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from bundle import files
 from bundle import policy as kernels
@@ -116,3 +117,20 @@ def test_the_policy_refuses_a_mean_without_the_degree():
     with pytest.raises(ValueError, match="mean_input needs degree_input"):
         Policy(fanout=2, k_hops=2, propagation="mean", seed=0, mean_input=True)
     assert GraphFiles(features="f", node_ids="n", indptr="i", indices="j", weights="w").neighbour_mean is None
+
+
+def test_mean_restart_is_left_out_at_one_and_needs_the_mean_below_it():
+    base = dict(fanout=3, k_hops=0, propagation="none", seed=0, degree_input=True, mean_input=True)
+    assert "mean_restart" not in Policy(**base).model_dump()  # earlier bundles keep their bytes
+    assert Policy(**base, mean_restart=0.1).model_dump()["mean_restart"] == 0.1
+    with pytest.raises(ValidationError, match="mean_restart below 1 needs mean_input"):
+        Policy(**{**base, "mean_input": False}, mean_restart=0.5)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValidationError):
+            Policy(**base, mean_restart=bad)
+
+
+def test_a_node_passes_its_raw_features_at_restart_one_and_the_mix_below():
+    mean = FEATURES[::-1].copy()
+    np.testing.assert_array_equal(kernels.propagated(FEATURES, mean, 1.0), FEATURES)
+    np.testing.assert_allclose(kernels.propagated(FEATURES, mean, 0.25), 0.25 * FEATURES + 0.75 * mean, rtol=1e-6)

@@ -9,18 +9,18 @@ from distill import export, policy, served
 from distill.cli import main
 from distill.data import load_dataset
 from distill.errors import ParityError
-from distill.models import build_student
+from distill.models import build_student, mean_restart
 
 TINY = ["--teacher-layers", "2", "--teacher-hidden", "16", "--student-hidden", "16", "--epochs", "20",
         "--patience", "5", "--quiet", "--dataset", "synthetic:nodes=200"]
 
 
-@pytest.mark.parametrize("name", ["gcn", "sage", "sage-res", "mlp"])
+@pytest.mark.parametrize("name", ["gcn", "sage", "sage-res", "ppr-mlp", "mlp"])
 def test_export_is_dense_matmul_with_a_dynamic_node_axis(name):
     d = load_dataset("synthetic:nodes=300,features=6,seed=2").data
     student, kind = build_student(name, in_channels=6, hidden_channels=16, num_layers=2, out_channels=3)
     pol = policy.make_policy(5, 0 if kind == "none" else 2, kind, 0, degree_input=student.takes_degree,
-                             mean_input=student.takes_mean)
+                             mean_input=student.takes_mean, mean_restart=mean_restart(name))
     sg = policy.student_graph(d.edge_index, d.num_nodes, pol, x=d.x)
     nodes, adj = policy.neighbourhood(sg, 0)
     blob = export.export_onnx(student, sg.inputs(d.x)[torch.from_numpy(nodes)], torch.from_numpy(adj), kind == "none")

@@ -128,3 +128,30 @@ def test_wide_inputs_leave_the_neighbour_mean_out_and_res_sage_still_matches_den
         adj = torch.zeros(x.size(0), x.size(0)).index_put_(
             (sg.edges.edge_index[1], sg.edges.edge_index[0]), sg.edges.edge_weight, accumulate=True)
         torch.testing.assert_close(model.forward_dense(x, adj), sparse, atol=1e-5, rtol=0)
+
+
+def test_ppr_mlp_reads_one_row_dense_equals_sparse_and_needs_the_mean():
+    import pytest
+
+    from distill import policy
+    from distill.data import load_dataset
+    from distill.errors import ConfigError
+    from distill.models import MEAN_INPUT_MAX_FEATURES, build_student, mean_restart, takes_mean
+
+    torch.manual_seed(0)
+    d = load_dataset("synthetic:nodes=120,features=5,seed=1").data
+    model, kind = build_student("ppr-mlp", in_channels=5, hidden_channels=8, num_layers=2, out_channels=3)
+    assert kind == "none" and takes_mean("ppr-mlp", MEAN_INPUT_MAX_FEATURES + 1)  # one row: no width cap
+    pol = policy.make_policy(4, 0, kind, 0, degree_input=True, mean_input=True, mean_restart=mean_restart("ppr-mlp"))
+    sg = policy.student_graph(d.edge_index, d.num_nodes, pol, x=d.x)
+    x = sg.inputs(d.x)
+    assert x.size(1) == 2 * 5 + 1 and model.lin_in.in_features == 10
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_dense(x, torch.zeros(0, 0)), model(x, sg.edges.edge_index),
+                                   atol=1e-6, rtol=0)
+        moved = x.clone()
+        moved[:, 5:10] += 1.0  # the mean columns are read
+        assert (model(moved, sg.edges.edge_index) - model(x, sg.edges.edge_index)).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="mean_input"):
+        build_student("ppr-mlp", in_channels=5, hidden_channels=8, num_layers=2, out_channels=3, mean_input=False)

@@ -61,3 +61,19 @@ def test_attention_graph_keeps_the_same_edges_and_rows_sum_to_one():
     np.testing.assert_array_equal(att.csr.indices, fixed.csr.indices)
     row_sums = np.add.reduceat(att.csr.weights.astype(np.float64), att.csr.indptr[:-1])
     np.testing.assert_allclose(row_sums, 1.0, rtol=1e-5)
+
+
+def test_the_propagated_mean_is_the_linear_systems_solution():
+    """m = M (r x + (1 - r) m) over distinct in-neighbours (self-loops, duplicates out), solved directly:
+    (I - (1 - r) M) m = r M x. The iteration stops within MEAN_TOLERANCE of it."""
+    x = np.array([[1, 2], [3, 4], [5, 6], [7, 8]], dtype=np.float32)
+    src = np.array([0, 0, 2, 1, 1, 3, 3, 3], dtype=np.int64)
+    dst = np.array([1, 1, 1, 1, 0, 0, 0, 3], dtype=np.int64)
+    # Row-normalised distinct in-neighbours: 0 <- {1, 3}, 1 <- {0, 2}, 2 and 3 <- none.
+    operator = np.array([[0, .5, 0, .5], [.5, 0, .5, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    for r in (0.1, 0.5):
+        exact = np.linalg.solve(np.eye(4) - (1 - r) * operator, r * operator @ x)
+        got = policy.neighbour_mean(src, dst, x, 4, r)
+        np.testing.assert_allclose(got, exact, atol=policy.MEAN_TOLERANCE * np.abs(exact).max(), rtol=0)
+        assert np.abs(got - operator @ x).max() > 0.1  # not the raw mean
+    np.testing.assert_array_equal(policy.neighbour_mean(src, dst, x, 4, 1.0), operator.astype(np.float32) @ x)

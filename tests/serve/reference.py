@@ -31,8 +31,10 @@ def new_node_logits(tiny: TinyBundle, features: list[float], neighbours: list[in
     index = torch.cat([tiny.prop_index, torch.tensor([src, dst], dtype=torch.long).view(2, -1)], dim=1)
     weight = torch.cat([tiny.prop_weight, torch.tensor(w, dtype=torch.float32)])
     x = torch.cat([tiny.features, torch.tensor([features], dtype=torch.float32)])
-    if tiny.neighbour_mean is not None:  # mean raw features of the distinct neighbours (zeros: none)
-        given = tiny.features[sorted(set(neighbours))].double()
+    if tiny.neighbour_mean is not None:  # mean rows of the distinct neighbours (zeros: none)
+        # Each neighbour passes r x + (1 - r) m (Policy.mean_restart; r = 1: its raw features).
+        r, rows = pol.get("mean_restart", 1.0), sorted(set(neighbours))
+        given = r * tiny.features[rows].double() + (1 - r) * torch.from_numpy(tiny.neighbour_mean[rows]).double()
         new_mean = given.mean(0) if len(given) else torch.zeros(x.size(1), dtype=torch.float64)
         mean = torch.cat([torch.from_numpy(tiny.neighbour_mean), new_mean.float().unsqueeze(0)])
         x = torch.cat([x, mean], dim=1)

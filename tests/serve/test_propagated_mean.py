@@ -1,0 +1,100 @@
+"""The ppr-mlp student's propagated neighbour mean (Policy.mean_restart < 1), served: the bundle stores
+the fixed point m = mean over in-neighbours of r x + (1 - r) m; the ONNX student reads one row per
+node; a new node's m is that equation over its given neighbours' stored rows, so an existing node
+sent again as new (its own features and in-neighbours) scores as stored; a written edge adds its
+source's propagated row to the target's mean."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from bundle import policy as kernels
+from distill.data import load_dataset
+from distill.models import PPRMLP
+from distill.policy import MEAN_TOLERANCE, neighbour_mean
+from serve.bundle import load
+from tests.serve.conftest import TINY, TinyBundle
+from tests.serve.helpers import scorer_for
+from tests.serve.reference import new_node_logits, softmax
+from tests.serve.test_edges_http import AUTH, client_for, probabilities
+from tests.serve.test_neighbour_mean import as_rows, class_names
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def ppr(tiny_bundles) -> TinyBundle:
+    return tiny_bundles("ppr-mlp")
+
+
+def test_the_bundle_stores_the_fixed_point_of_the_propagated_mean(ppr: TinyBundle) -> None:
+    bundle = load(ppr.path)
+    r = bundle.policy.mean_restart
+    assert r == PPRMLP.MEAN_RESTART and bundle.policy.graph_free and bundle.policy.mean_input
+    data = load_dataset(TINY).data
+    src, dst = data.edge_index.numpy()
+    x, m = data.x.numpy(), bundle.graph.neighbour_mean
+    np.testing.assert_array_equal(m, neighbour_mean(src, dst, x, data.num_nodes, r))
+    one_more = kernels.neighbour_mean(src, dst, kernels.propagated(x, m, r), data.num_nodes)
+    scale = float(np.abs(m).max())
+    assert np.abs(one_more - m).max() <= 2 * MEAN_TOLERANCE * scale  # a fixed point, to the tolerance
+    raw = kernels.neighbour_mean(src, dst, x, data.num_nodes)
+    assert np.abs(raw - m).max() > 100 * MEAN_TOLERANCE * scale  # not the raw mean: the test can fail
+
+
+def test_the_onnx_student_reads_one_row_per_node_and_equals_torch(ppr: TinyBundle) -> None:
+    store = scorer_for(ppr.path).store
+    session = ort.InferenceSession(str(ppr.path / "student.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["x"]
+    assert session.get_inputs()[0].shape[1] == 2 * store.num_features + 1
+    logits = session.run(["logits"], {"x": store.inputs(np.arange(store.num_nodes))})[0]
+    np.testing.assert_allclose(logits, ppr.logits, atol=TOL, rtol=0)
+
+
+def test_a_new_node_takes_the_mean_of_its_neighbours_propagated_rows(ppr: TinyBundle) -> None:
+    names, neighbours = class_names(ppr.path), [4, 9, 4, 30]
+    features = (ppr.features[11] * 0.5).tolist()
+    with client_for(ppr.path) as client:
+        got = client.post("/v1/score", json={"new_nodes": [{"features": features, "neighbors": neighbours}]})
+    assert got.status_code == 200, got.text
+    served = as_rows([r["probabilities"] for r in got.json()["results"]], names)[0]
+    np.testing.assert_allclose(served, softmax(new_node_logits(ppr, features, neighbours)), atol=TOL, rtol=0)
+
+
+def test_an_existing_node_sent_as_new_scores_as_stored(ppr: TinyBundle) -> None:
+    """What is evaluated is what is served: the new-node rule reproduces a stored node's row."""
+    data = load_dataset(TINY).data
+    src, dst = data.edge_index.numpy()
+    store = scorer_for(ppr.path).store
+    for node in (int(np.argmax(np.bincount(dst))), 7):
+        given = np.unique(src[(dst == node) & (src != node)])
+        row = store.new_node_inputs(store.features[node], given)
+        np.testing.assert_allclose(row, store.inputs(np.array([node])), atol=4 * MEAN_TOLERANCE, rtol=0)
+
+
+def test_a_written_edge_adds_its_sources_propagated_row(ppr: TinyBundle, tmp_path: Path) -> None:
+    data = load_dataset(TINY).data
+    src, dst = data.edge_index.numpy()
+    target = 7
+    known = set(src[dst == target].tolist()) | {target}
+    source = next(s for s in range(50, data.num_nodes) if s not in known)
+    bundle = load(ppr.path)
+    m, r, degree = bundle.graph.neighbour_mean, bundle.policy.mean_restart, bundle.graph.in_degree
+    passed = kernels.propagated(ppr.features.numpy()[[source]], m[[source]], r)[0]
+    expected = (m[target].astype(np.float64) * degree[target] + passed) / (degree[target] + 1)
+    names = class_names(ppr.path)
+    with client_for(ppr.path, edge_log=tmp_path / "edges.log") as client:
+        before = as_rows(probabilities(client, [target]), names)
+        written = client.post("/v1/edges", headers=AUTH, json={
+            "edges": [{"src": source, "dst": target, "time": 100.0}], "undirected": False})
+        assert written.status_code == 200, written.text
+        after = as_rows(probabilities(client, [target]), names)
+    assert np.abs(after - before).max() > 10 * TOL  # the write moved the score
+    x = np.concatenate([ppr.features.numpy()[target], expected.astype(np.float32),
+                        np.log1p([degree[target] + 1]).astype(np.float32)])[None]
+    session = ort.InferenceSession(str(ppr.path / "student.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(after[0], softmax(session.run(["logits"], {"x": x})[0])[0], atol=TOL, rtol=0)
