@@ -69,7 +69,10 @@ def test_the_onnx_student_reads_features_mean_and_degree_and_equals_torch(res: T
     np.testing.assert_allclose(logits, res.logits, atol=TOL, rtol=0)
 
 
-def test_a_new_node_takes_the_mean_of_its_given_neighbours(res: TinyBundle) -> None:
+@pytest.mark.parametrize("student", ["sage-res", "ppr-mlp"])
+def test_a_new_node_takes_the_mean_of_its_given_neighbours(tiny_bundles, student: str) -> None:
+    """Of their raw features (sage-res), or of their propagated rows (ppr-mlp's mean_restart 0.1)."""
+    res = tiny_bundles(student)
     names, neighbours = class_names(res.path), [4, 9, 4, 30]
     features = (res.features[11] * 0.5).tolist()
     with client_for(res.path) as client:
