@@ -213,8 +213,15 @@ def in_degree(src: I64, dst: I64, num_nodes: int) -> I64:
     """Distinct in-neighbours of every node in the raw graph (before pruning), self-loops and
     duplicate edges not counted -> int64 [N]. A new node's in-degree is its distinct given
     neighbours, the same count (`new_node_degree`)."""
-    keys = np.unique(src[src != dst] * np.int64(num_nodes) + dst[src != dst])
-    return np.bincount(keys % num_nodes, minlength=num_nodes).astype(np.int64)
+    return np.bincount(distinct_in_edges(src, dst, num_nodes)[1], minlength=num_nodes).astype(np.int64)
+
+
+def distinct_in_edges(src: I64, dst: I64, num_nodes: int) -> tuple[I64, I64]:
+    """The raw graph's distinct edges without self-loops, the neighbour set `in_degree` counts and the
+    neighbour mean averages: src, dst int64 [E] -> (sources [E'], targets [E']), sorted by source."""
+    loop = src == dst
+    keys = np.unique(src[~loop] * np.int64(num_nodes) + dst[~loop])
+    return keys // num_nodes, keys % num_nodes
 
 
 def new_node_degree(neighbours: I64) -> I64:
@@ -227,9 +234,7 @@ def neighbour_mean(src: I64, dst: I64, features: F32, num_nodes: int) -> F32:
     the neighbour set `in_degree` counts: self-loops and duplicate edges out), zeros for a node
     without any. src, dst int64 [E], features float32 [N, F] -> float32 [N, F]. Summed in float64,
     one column at a time (E x F float64 at once would not fit for a dense graph)."""
-    loop = src == dst
-    keys = np.unique(src[~loop] * np.int64(num_nodes) + dst[~loop])
-    s, d = keys // num_nodes, keys % num_nodes
+    s, d = distinct_in_edges(src, dst, num_nodes)
     count = np.maximum(np.bincount(d, minlength=num_nodes), 1).astype(np.float64)
     x = np.asarray(features, dtype=np.float32)
     out = np.empty((num_nodes, x.shape[1]), dtype=np.float32)

@@ -89,9 +89,7 @@ def neighbour_mean(src: np.ndarray, dst: np.ndarray, features: np.ndarray, num_n
     mean = kernels.neighbour_mean(src, dst, features, num_nodes)
     if restart >= 1.0:
         return mean
-    loop = src == dst
-    keys = np.unique(src[~loop] * np.int64(num_nodes) + dst[~loop])
-    s, d = torch.from_numpy(keys // num_nodes), torch.from_numpy(keys % num_nodes)
+    s, d = (torch.from_numpy(a) for a in kernels.distinct_in_edges(src, dst, num_nodes))
     count = torch.bincount(d, minlength=num_nodes).clamp(min=1).double()
     operator = torch.sparse_coo_tensor(torch.stack([d, s]), 1.0 / count[d], (num_nodes, num_nodes),
                                        check_invariants=True).coalesce()
