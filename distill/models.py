@@ -88,6 +88,8 @@ class LayerStack(nn.Module):
     takes_degree = False
     # True: the F columns after the features are the mean raw features of the node's in-neighbours.
     takes_mean = False
+    # The policy's mean_restart for this family's mean columns (1: the raw neighbour mean).
+    mean_restart = 1.0
 
     def __init__(self, dropout: float) -> None:
         super().__init__()
@@ -202,11 +204,17 @@ class ResSAGE(LayerStack):
         self.in_channels, self.mean_input = in_channels, mean_input
         self.takes_mean = mean_input  # this instance's input rows (the class says the family can)
         self.lin_in = nn.Linear((2 if mean_input else 1) * in_channels, hidden_channels)
-        self.convs = nn.ModuleList(GraphConv(hidden_channels, hidden_channels, aggr="add")
-                                   for _ in range(num_layers))
+        self.convs = nn.ModuleList(self._layer(hidden_channels) for _ in range(num_layers))
         self.degree = nn.ModuleList(nn.Linear(1, hidden_channels, bias=False) for _ in range(num_layers))
         self.norms = nn.ModuleList(nn.LayerNorm(hidden_channels) for _ in range(num_layers))
         self.lin_out = nn.Linear(hidden_channels, out_channels)
+
+    def _layer(self, width: int) -> nn.Module:
+        return GraphConv(width, width, aggr="add")
+
+    def _transform(self, conv: nn.Module, z: Tensor, aggregate: Callable[[GraphConv, Tensor], Tensor]) -> Tensor:
+        """A block's ego and neighbour transforms of its input z [n, H] -> [n, H]."""
+        return conv.lin_rel(aggregate(conv, z)) + conv.lin_root(z)
 
     def _blocks(self, x: Tensor, aggregate: Callable[[GraphConv, Tensor], Tensor]) -> NodeOutputs:
         f, halves, log_degree = self.in_channels, 2 if self.mean_input else 1, x[:, -1:]
@@ -216,7 +224,7 @@ class ResSAGE(LayerStack):
         hidden = []
         for conv, degree, norm in zip(self.convs, self.degree, self.norms, strict=True):
             z = F.dropout(h, self.dropout, self.training)
-            z = conv.lin_rel(aggregate(conv, z)) + conv.lin_root(z) + degree(log_degree)
+            z = self._transform(conv, z, aggregate) + degree(log_degree)
             h = h + F.relu(norm(z))
             hidden.append(h)
         logits = self.with_offset(self.lin_out(F.dropout(h, self.dropout, self.training)))
@@ -234,54 +242,30 @@ class ResSAGE(LayerStack):
         return self._blocks(x, lambda conv, h: adj @ h).logits
 
 
-class PPRMLP(LayerStack):
+class PPRMLP(ResSAGE):
     """Graph-free at serving time, exact over the whole graph: a residual MLP over [features |
-    propagated neighbour mean | log1p(in-degree)] (the policy's mean_input with mean_restart
-    `MEAN_RESTART`): the mean is the personalised-PageRank fixed point of the neighbours' rows
-    (APPNP's propagation, Gasteiger et al. 2019, with SIGN's precomputed-aggregate serving, Frasca et
-    al. 2020), so one stored row carries what every hop says, weighted by restart (1 - r)^k at hop k.
-    Serving an existing node is one row lookup and a small MLP whatever its degree; a new node's mean
-    is the same equation over its given neighbours' stored rows. Blocks as ResSAGE's, with no
-    neighbour term: h = h + relu(LayerNorm(lin(h) + degree))."""
+    propagated neighbour mean | log1p(in-degree)] (the policy's mean_input with `mean_restart`):
+    the mean is the personalised-PageRank fixed point of the neighbours' rows (APPNP's propagation,
+    Gasteiger et al. 2019, with SIGN's precomputed-aggregate serving, Frasca et al. 2020), so one
+    stored row carries what every hop says, weighted by restart (1 - r)^k at hop k. Serving an
+    existing node is one row lookup and a small MLP whatever its degree; a new node's mean is the
+    same equation over its given neighbours' stored rows. ResSAGE's blocks with no neighbour term,
+    h = h + relu(LayerNorm(lin(h) + degree)): the edges `run` and `forward_dense` take are not read."""
 
-    takes_degree = True
-    takes_mean = True
     # 0.1: APPNP's teleport; hop k weighs 0.1 * 0.9^k, so a few hops dominate and far ones still count.
-    MEAN_RESTART = 0.1
+    mean_restart = 0.1
 
     def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
                  dropout: float = 0.5, mean_input: bool = True) -> None:
-        super().__init__(dropout)
-        if num_layers < 1:
-            raise ConfigError(f"num_layers={num_layers} must be >= 1")
         if not mean_input:
             raise ConfigError("the ppr-mlp student reads the propagated neighbour mean (mean_input)")
-        self.in_channels = in_channels
-        self.lin_in = nn.Linear(2 * in_channels, hidden_channels)
-        self.convs = nn.ModuleList(nn.Linear(hidden_channels, hidden_channels) for _ in range(num_layers))
-        self.degree = nn.ModuleList(nn.Linear(1, hidden_channels, bias=False) for _ in range(num_layers))
-        self.norms = nn.ModuleList(nn.LayerNorm(hidden_channels) for _ in range(num_layers))
-        self.lin_out = nn.Linear(hidden_channels, out_channels)
+        super().__init__(in_channels, hidden_channels, num_layers, out_channels, dropout)
 
-    def _blocks(self, x: Tensor) -> NodeOutputs:
-        f, log_degree = self.in_channels, x[:, -1:]
-        both = self.feature_norm(x[:, : 2 * f].reshape(-1, 2, f)).reshape(-1, 2 * f)
-        h = self.lin_in(input_dropout(both, self.dropout, self.training))
-        hidden = []
-        for lin, degree, norm in zip(self.convs, self.degree, self.norms, strict=True):
-            z = lin(F.dropout(h, self.dropout, self.training)) + degree(log_degree)
-            h = h + F.relu(norm(z))
-            hidden.append(h)
-        logits = self.with_offset(self.lin_out(F.dropout(h, self.dropout, self.training)))
-        return NodeOutputs(logits, hidden[:-1] + [logits])
+    def _layer(self, width: int) -> nn.Module:
+        return nn.Linear(width, width)
 
-    def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
-        """x [N, 2F + 1] (features, propagated neighbour mean, log-degree); the edges are not read."""
-        return self._blocks(x)
-
-    def forward_dense(self, x: Tensor, adj: Tensor) -> Tensor:
-        """x [n, 2F + 1] -> logits [n, C]; `adj` is not read (a graph-free student)."""
-        return self._blocks(x).logits
+    def _transform(self, conv: nn.Module, z: Tensor, aggregate: Callable[[GraphConv, Tensor], Tensor]) -> Tensor:
+        return conv(z)
 
 
 class MLP(LayerStack):
@@ -357,8 +341,8 @@ def takes_mean(student: str, num_features: int) -> bool:
 
 
 def mean_restart(student: str) -> float:
-    """The policy's mean_restart for a student: its family's MEAN_RESTART, else 1 (the raw mean)."""
-    return float(getattr(_registered(student)[0], "MEAN_RESTART", 1.0))
+    """The policy's mean_restart for a student: its family's (1, the raw mean, unless it says otherwise)."""
+    return float(_registered(student)[0].mean_restart)  # type: ignore[attr-defined]
 
 
 def propagation_of(student: str) -> str:

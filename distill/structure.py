@@ -84,16 +84,17 @@ def candidate_graphs(cfg: RunConfig, prep: Prepared, kinds: tuple[str, ...],
     prop = propagation_of(cfg.student)
     k_hops = 0 if prop == "none" else cfg.student_layers
     degree, mean = takes_degree(cfg.student), takes_mean(cfg.student, int(data.num_features))
+    restart = mean_restart(cfg.student)
     if "structure" not in kinds or prop == "none":
         return [student_graph(data.edge_index, data.num_nodes,
                               make_policy(cfg.fanout, k_hops, prop, cfg.seed, degree_input=degree, mean_input=mean,
-                                          mean_restart=mean_restart(cfg.student)), x=data.x)]
+                                          mean_restart=restart), x=data.x)]
     importance = importance if importance is not None else teacher_importance(cfg, prep)
     family = cfg.teacher_family(prep.teacher_metrics)
     score = "teacher_attention" if family.startswith("gat") else "teacher_gradient"
     fixed = student_graph(data.edge_index, data.num_nodes,
-                          make_policy(cfg.fanout, k_hops, prop, cfg.seed, score, degree, mean), importance.edges,
-                          x=data.x)
+                          make_policy(cfg.fanout, k_hops, prop, cfg.seed, score, degree, mean, restart),
+                          importance.edges, x=data.x)
     if importance.self_loops is None or cfg.structure_weights == "fixed":
         return [fixed]
     policy = fixed.policy.model_copy(update={"propagation": "attention"})

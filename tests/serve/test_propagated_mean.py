@@ -35,7 +35,7 @@ def ppr(tiny_bundles) -> TinyBundle:
 def test_the_bundle_stores_the_fixed_point_of_the_propagated_mean(ppr: TinyBundle) -> None:
     bundle = load(ppr.path)
     r = bundle.policy.mean_restart
-    assert r == PPRMLP.MEAN_RESTART and bundle.policy.graph_free and bundle.policy.mean_input
+    assert r == PPRMLP.mean_restart and bundle.policy.graph_free and bundle.policy.mean_input
     data = load_dataset(TINY).data
     src, dst = data.edge_index.numpy()
     x, m = data.x.numpy(), bundle.graph.neighbour_mean
