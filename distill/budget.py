@@ -31,8 +31,6 @@ from distill.models import propagation_of
 from distill.students import train_candidates
 from distill.train import selection_metric
 
-DEFAULT_GRID = ("gcn:2:16", "gcn:2:64", "gcn:2:128", "gcn:3:64", "sage:2:32", "sage:2:64", "sage-res:2:64",
-                "mlp:2:64", "mlp:2:256", "mlp:3:256")
 INT8_AGREEMENT = 0.99  # int8 copy kept only if >= 99 % of validation predictions match the float student
 INT8_MAX_PROB_DIFF = 0.05  # ... and no validation probability moves by more than this
 

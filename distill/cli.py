@@ -11,7 +11,7 @@ from typing import Any
 from bundle import signing
 from bundle.errors import BundleInvalid
 from bundle.publish import PublishError
-from distill.config import GROUPS, RunConfig
+from distill.config import DEFAULT_GRID, GROUPS, RunConfig
 from distill.errors import ConfigError, DistillError
 from distill.options import cli_fields, load_config_file
 
@@ -104,8 +104,7 @@ def _select_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                          formatter_class=_HelpFormatter, description=CONFIG_HELP)
     g = sel.add_argument_group("selection", "the student grid and the latency budget it must meet")
     g.add_argument("--latency-budget-ms", required=True, type=float, help="p99 budget of one scoring call")
-    g.add_argument("--grid", default=None, help="comma-separated STUDENT:LAYERS:HIDDEN candidates "
-                   "(default: a 9-candidate grid over gcn, sage, mlp)")
+    g.add_argument("--grid", default=",".join(DEFAULT_GRID), help="comma-separated STUDENT:LAYERS:HIDDEN candidates")
     g.add_argument("--int8", action="store_true", help="also try a dynamic-int8 copy of every candidate")
     g.add_argument("--calls", type=int, default=1000, help="timed in-process scoring calls per candidate")
     g.add_argument("--http-calls", type=int, default=0,
@@ -255,7 +254,7 @@ def _select(args: argparse.Namespace) -> int:
                            f"and --http-calls {args.http_calls} >= 0")
     from distill import budget
 
-    grid = [budget.Candidate.parse(c) for c in (args.grid.split(",") if args.grid else budget.DEFAULT_GRID)]
+    grid = [budget.Candidate.parse(c) for c in args.grid.split(",")]
     opts = budget.Options(args.latency_budget_ms, args.calls, args.int8, args.http_calls)
     summary = budget.run_select(cfg, grid, opts, args.out, args.force, not args.quiet)
     print(budget.select_table(summary))

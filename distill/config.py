@@ -38,6 +38,10 @@ TEMPERATURE_GRID = (1.0, 4.0)
 # student alike. Neither wins everywhere: gcn on citation graphs (Cora scratch 0.816 vs 0.764),
 # sage-res where the node's own features and degree matter (Tolokers scratch AUROC 0.80 vs 0.72).
 AUTO_STUDENTS = ("gcn", "sage-res")
+# `distill select`'s candidates (STUDENT:LAYERS:HIDDEN): every family at a few sizes, from the
+# graph-free ones (one row per node, whatever its degree) to a 3-layer GCN the budget usually excludes.
+DEFAULT_GRID = ("gcn:2:16", "gcn:2:64", "gcn:2:128", "gcn:3:64", "sage:2:32", "sage:2:64", "sage-res:2:64",
+                "ppr-mlp:2:64", "mlp:2:64", "mlp:2:256", "mlp:3:256")
 # --teacher auto: the families trained, in this order, best on validation kept. gat first: it is the
 # reference design, and the one family a --teacher-budget always leaves room for.
 AUTO_TEACHERS = ("gat", "gat-sep", "gcnii")
