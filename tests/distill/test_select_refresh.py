@@ -42,7 +42,7 @@ def test_candidate_parse():
 
 def test_select_writes_chosen_bundle_with_table_and_plot(tmp_path, capsys):
     out = tmp_path / "sel"
-    code = main(["select", "--out", str(out), "--latency-budget-ms", "50", "--grid", "gcn:2:8,mlp:2:16",
+    code = main(["select", "--out", str(out), "--latency-budget-ms", "50", "--grid", "gcn:2:8,ppr-mlp:2:8,mlp:2:16",
                  "--calls", "100", "--int8", *TINY])
     assert code == 0
     summary = json.loads((out / "select.json").read_text())
@@ -59,7 +59,7 @@ def test_select_writes_chosen_bundle_with_table_and_plot(tmp_path, capsys):
     assert manifest["selection"]["chosen"]["name"] == chosen["name"]
     assert "select.json" in manifest["files"]
     assert open_bundle(out).manifest.selection["chosen"]["name"] == chosen["name"]  # readable, int8 or not
-    assert len(summary["candidates"]) == 2 + sum(c["name"].endswith("-int8") for c in summary["candidates"])
+    assert len(summary["candidates"]) == 3 + sum(c["name"].endswith("-int8") for c in summary["candidates"])
 
 
 def test_select_with_impossible_budget_fails_and_writes_nothing(tmp_path, capsys):
