@@ -89,3 +89,50 @@ def test_a_written_edge_adds_its_sources_propagated_row(ppr: TinyBundle, tmp_pat
                         np.log1p([degree[target] + 1]).astype(np.float32)])[None]
     session = ort.InferenceSession(str(ppr.path / "student.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(after[0], softmax(session.run(["logits"], {"x": x})[0])[0], atol=TOL, rtol=0)
+
+
+def test_as_of_never_reads_a_mean_that_holds_later_edges(ppr: TinyBundle, tmp_path: Path) -> None:
+    """Writes out of time order: far -> mid at t=200 is logged before mid -> target at t=100. As of 150
+    the target (and a new node next to mid) must see mid as the bundle stored it, not mid's current
+    mean, which already holds the edge from t=200."""
+    data = load_dataset(TINY).data
+    src, dst = data.edge_index.numpy()
+    into = {n: set(src[dst == n].tolist()) | {n} for n in range(data.num_nodes)}
+    by_degree = np.argsort(np.bincount(dst, minlength=data.num_nodes), kind="stable").tolist()
+    target = by_degree[0]  # few in-neighbours: each new one moves the mean the most
+    mid = next(s for s in by_degree if s not in into[target])
+    far = next(s for s in reversed(by_degree) if s not in into[mid] and s != target)
+    bundle = load(ppr.path)
+    x, m, r = ppr.features.numpy(), bundle.graph.neighbour_mean, bundle.policy.mean_restart
+    degree = bundle.graph.in_degree
+    mid_then = kernels.propagated(x[[mid]], m[[mid]], r)[0]
+    mid_now_mean = (m[mid].astype(np.float64) * degree[mid] + kernels.propagated(x[[far]], m[[far]], r)[0]) \
+        / (degree[mid] + 1)
+    mid_now = kernels.propagated(x[[mid]], mid_now_mean[None].astype(np.float32), r)[0]
+    session = ort.InferenceSession(str(ppr.path / "student.onnx"), providers=["CPUExecutionProvider"])
+
+    def served(row_mean: np.ndarray, count: int, own: np.ndarray) -> np.ndarray:
+        row = np.concatenate([own, row_mean.astype(np.float32), np.log1p([count]).astype(np.float32)])[None]
+        return softmax(session.run(["logits"], {"x": row})[0])[0]
+
+    def target_with(passed: np.ndarray) -> np.ndarray:
+        mean = (m[target].astype(np.float64) * degree[target] + passed) / (degree[target] + 1)
+        return served(mean, degree[target] + 1, x[target])
+
+    features = (x[11] * 0.5).astype(np.float32)
+    names = class_names(ppr.path)
+    with client_for(ppr.path, edge_log=tmp_path / "edges.log") as client:
+        for s, t, when in ((far, mid, 200.0), (mid, target, 100.0)):
+            written = client.post("/v1/edges", headers=AUTH, json={
+                "edges": [{"src": s, "dst": t, "time": when}], "undirected": False})
+            assert written.status_code == 200, written.text
+        past = as_rows(probabilities(client, [target], as_of=150.0), names)[0]
+        got = client.post("/v1/score", json={"as_of": 150.0, "new_nodes": [{"features": features.tolist(),
+                                                                              "neighbors": [mid]}]})
+        assert got.status_code == 200, got.text
+        new_past = as_rows([got.json()["results"][0]["probabilities"]], names)[0]
+    np.testing.assert_allclose(past, target_with(mid_then), atol=TOL, rtol=0)
+    np.testing.assert_allclose(new_past, served(mid_then, 1, features), atol=TOL, rtol=0)
+    # The leak this guards against moves both scores by more than the tolerance: the test can fail.
+    assert np.abs(target_with(mid_now) - past).max() > 10 * TOL
+    assert np.abs(served(mid_now, 1, features) - new_past).max() > 10 * TOL

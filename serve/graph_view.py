@@ -1,0 +1,201 @@
+"""One time's view of the growing graph (serve/dynamic.py's module doc gives the rules): `as_of` None
+is every logged edge, the current graph the block cache serves; a time gives the graph as of then,
+built per request."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from bundle import policy as kernels
+from serve.graph import F32, I64, Block
+
+if TYPE_CHECKING:
+    from serve.dynamic import DynamicStore
+
+EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class GraphView:
+    """The graph at one time: `as_of` None = every logged edge (the cached, current graph)."""
+
+    def __init__(self, store: DynamicStore, as_of: float | None) -> None:
+        self.g, self.as_of = store, as_of
+        self._kept: dict[int, I64] = {}
+        self._rows: dict[int, tuple[I64, F32]] = {}
+
+    def logged(self, node: int) -> list[tuple[int, bool]]:
+        """Logged in-neighbours of `node` visible in this view, with their `counted` flag."""
+        entries = self.g.logged.get(node, {})
+        return [(s, c) for s, (t, c) in entries.items() if self.as_of is None or t <= self.as_of]
+
+    def prune(self, node: int) -> I64:
+        """Kept in-neighbours of `node` in this view (sorted): bundle kept + visible logged, re-pruned."""
+        base = self.g.base_kept(node)
+        known = set(base.tolist())
+        new = np.array(sorted(s for s, _ in self.logged(node) if s not in known), dtype=np.int64)
+        if not len(new):
+            return base
+        p = self.g.policy
+        if p.score == "hash":
+            candidates = np.concatenate([base, new])
+        else:  # teacher-scored: the bundle's kept edges first; logged ones fill the remaining room
+            candidates, room = new, p.fanout - len(base)
+            if room <= 0:
+                return base
+        rank = kernels.edge_rank(candidates, np.full(len(candidates), node, dtype=np.int64), p.seed)
+        chosen = candidates[np.lexsort((candidates, rank))[: p.fanout if p.score == "hash" else room]]
+        return np.sort(chosen if p.score == "hash" else np.concatenate([base, chosen]))
+
+    def kept(self, node: int) -> I64:
+        if node not in self._kept:
+            if self.as_of is None:
+                self._kept[node] = self.g.current_kept(node)
+            else:
+                self._kept[node] = self.prune(node) if self.g.changed[node] else self.g.base_kept(node)
+        return self._kept[node]
+
+    def degree(self, node: int) -> int:
+        """Entries of `node`'s P row (gcn's d: kept + the self-loop)."""
+        return len(self.kept(node)) + (0 if self.g.policy.propagation == "mean" else 1)
+
+    def compute_row(self, node: int) -> tuple[I64, F32]:
+        """P's row of `node` in this view: (sources sorted, weights) by the policy's formulas."""
+        kept, kind = self.kept(node), self.g.policy.propagation
+        if kind == "none":  # graph-free: no P; only the degree column and new nodes' features matter
+            return EMPTY, np.zeros(0, dtype=np.float32)
+        if kind == "mean":
+            return kept, np.full(len(kept), 1.0 / max(len(kept), 1), dtype=np.float64).astype(np.float32)
+        if kind == "attention" and node < self.g.n_base and not self.logged(node):  # the bundle's row as stored
+            lo, hi = self.g.csr.indptr[node], self.g.csr.indptr[node + 1]
+            return self.g.csr.indices[lo:hi], self.g.csr.weights[lo:hi]
+        cols = np.sort(np.concatenate([kept, [node]])).astype(np.int64)
+        if kind == "gcn":
+            d_src = np.array([self.degree(c) for c in cols.tolist()], dtype=np.float64)
+            inv_dst = 1.0 / np.sqrt(np.float64(len(cols)))
+            return cols, ((1.0 / np.sqrt(d_src)) * inv_dst).astype(np.float32)
+        return cols, self._attention(node, cols)
+
+    def _attention(self, node: int, cols: I64) -> F32:
+        """Bundle entries keep their teacher weight, a logged one gets the mean weight of the row's
+        bundle entries; renormalised. A node without bundle entries: uniform."""
+        g = self.g
+        if node >= g.n_base:
+            return np.full(len(cols), 1.0 / len(cols), dtype=np.float64).astype(np.float32)
+        lo, hi = g.csr.indptr[node], g.csr.indptr[node + 1]
+        base_cols, base_w = g.csr.indices[lo:hi], g.csr.weights[lo:hi].astype(np.float64)
+        at = np.minimum(np.searchsorted(base_cols, cols), len(base_cols) - 1)
+        score = np.where(base_cols[at] == cols, base_w[at], base_w.mean())
+        score = np.maximum(score, kernels.ATTENTION_FLOOR)
+        weights: F32 = (score / score.sum()).astype(np.float32)
+        return weights
+
+    def row(self, node: int) -> tuple[I64, F32]:
+        if self.as_of is None:
+            return self.g.rows[node]
+        if node not in self._rows:
+            self._rows[node] = self.compute_row(node)
+        return self._rows[node]
+
+    def gather(self, rows: I64) -> tuple[I64, I64, F32]:
+        """Entries of P's `rows` [r] -> (local row of each entry [e], sources [e], weights [e])."""
+        csr = self.g.csr
+        changed = self.g.changed[rows]
+        plain = np.flatnonzero(~changed)
+        pos, lens = csr.segments(rows[plain])
+        local, cols, weights = [np.repeat(plain, lens)], [csr.indices[pos]], [csr.weights[pos]]
+        for i in np.flatnonzero(changed).tolist():
+            c, w = self.row(int(rows[i]))
+            local.append(np.full(len(c), i, dtype=np.int64))
+            cols.append(c)
+            weights.append(w)
+        return np.concatenate(local).astype(np.int64), np.concatenate(cols), np.concatenate(weights)
+
+    def k_hop(self, seeds: I64, hops: int) -> I64:
+        """bundle.policy.CSR.k_hop over this view's rows."""
+        return kernels.k_hop(lambda rows: self.gather(rows)[1], seeds, hops)
+
+    def dense_block(self, nodes: I64) -> F32:
+        """bundle.policy.CSR.dense_block over this view's rows."""
+        n = len(nodes)
+        local, cols, weights = self.gather(nodes)
+        order = np.argsort(nodes)
+        at = np.minimum(np.searchsorted(nodes[order], cols), n - 1)
+        inside = nodes[order][at] == cols
+        adj = np.zeros((n, n), dtype=np.float32)
+        adj[local[inside], order[at[inside]]] = weights[inside]
+        return adj
+
+    def inputs(self, nodes: I64) -> F32:
+        """Student input rows of `nodes` [n] with this view's degree (and neighbour-mean) columns
+        -> float32 [n, F (+F) (+1)]."""
+        g = self.g
+        if g.in_degree is None or g.base_degree is None or self.as_of is None:
+            return g.inputs(nodes)
+        base = g.base_degree
+        counted = [[s for s, c in self.logged(n) if c] for n in nodes.tolist()]
+        degree = np.array([(int(base[n]) if n < g.n_base else 0) + len(c)
+                           for n, c in zip(nodes.tolist(), counted, strict=True)], dtype=np.int64)
+        mean = None
+        if g.neighbour_mean is not None:
+            mean = self._mean(nodes, counted, degree, self.passed)
+        return kernels.node_inputs(g.features[nodes], degree, mean)
+
+    def _mean(self, nodes: I64, counted: list[list[int]], degree: I64, passed: Callable[[I64], F32]) -> F32:
+        """Neighbour means of `nodes` [n]: the bundle's sum plus what each counted logged source
+        passes (`passed`), over `degree` [n] -> float32 [n, F]."""
+        g = self.g
+        sums = [g.base_sum(n) + passed(np.array(c, dtype=np.int64)).astype(np.float64).sum(axis=0)
+                for n, c in zip(nodes.tolist(), counted, strict=True)]
+        mean: F32 = (np.stack(sums) / np.maximum(degree, 1)[:, None]).astype(np.float32)
+        return mean
+
+    def passed(self, nodes: I64) -> F32:
+        """What `nodes` [n] pass to their out-neighbours' mean in this view -> float32 [n, F]. A past
+        view under mean_restart < 1 never reads a stored mean, which may hold later edges (module doc)."""
+        g = self.g
+        if self.as_of is None or g.policy.mean_restart >= 1.0:
+            return g.passed(nodes)
+        counted = [[s for s, c in self.logged(n) if c] for n in nodes.tolist()]
+        base = g.base_degree
+        assert base is not None  # a neighbour mean comes with the degree it is taken over
+        degree = np.array([(int(base[n]) if n < g.n_base else 0) + len(c)
+                           for n, c in zip(nodes.tolist(), counted, strict=True)], dtype=np.int64)
+        mean = self._mean(nodes, counted, degree, g.bundle_passed)
+        return kernels.propagated(g.features[nodes], mean, g.policy.mean_restart)
+
+    def new_node_inputs(self, features: F32, neighbors: I64) -> F32:
+        """GraphStore.new_node_inputs over this view: the given neighbours pass their rows as of then."""
+        g = self.g
+        if self.as_of is None or g.neighbour_mean is None:
+            return g.new_node_inputs(features, neighbors)
+        degree = None if g.in_degree is None else kernels.new_node_degree(neighbors)
+        mean = kernels.new_node_mean(self.passed(np.unique(neighbors)))
+        return kernels.node_inputs(features.reshape(1, -1), degree, mean)
+
+    def block(self, node: int) -> Block:
+        """The block of internal node `node` (target at row 0); inputs included for a past view."""
+        nodes = np.array([node], dtype=np.int64)
+        adj = None
+        if not self.g.graph_free:
+            nodes = self.k_hop(nodes, self.g.policy.k_hops)
+            adj = self.dense_block(nodes)
+        return Block(nodes, adj, 0, None if self.as_of is None else self.inputs(nodes))
+
+    def new_node_block(self, features: F32, neighbors: I64) -> Block:
+        """GraphStore.new_node_block over this view (the new node takes index `num_nodes`)."""
+        g, p = self.g, self.g.policy
+        x_new = self.new_node_inputs(features, neighbors)
+        if g.graph_free:
+            return Block(np.array([-1], dtype=np.int64), None, 0, x_new)
+        kept = kernels.kept_neighbours(neighbors, g.num_nodes, p.fanout, p.seed)
+        existing = self.k_hop(kept, p.k_hops - 1)
+        adj = np.zeros((len(existing) + 1,) * 2, dtype=np.float32)
+        adj[1:, 1:] = self.dense_block(existing)
+        entries = np.zeros(int(kept.max()) + 1 if len(kept) else 0, dtype=np.int64)
+        entries[kept] = [self.degree(int(k)) for k in kept.tolist()]
+        adj[0, : len(kept) + 1] = kernels.new_node_row(kept, p.propagation, entries)
+        x = np.concatenate([x_new, self.inputs(existing)])
+        return Block(np.concatenate([[-1], existing]).astype(np.int64), adj, 0, x)
