@@ -40,19 +40,24 @@ class FeatureNorm(nn.Module):
         self.mode = mode
         self.register_buffer("mean", mean if mean is not None else torch.zeros(0))
         self.register_buffer("std", std if std is not None else torch.ones(0))
-        self._last: tuple[Tensor, tuple[int, ...], Tensor] | None = None
+        self._last: tuple[Tensor, tuple[object, ...], Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        """x [N, F] -> normalised [N, F]. Full-batch training feeds the same feature matrix every
+        """x [..., F] -> normalised [..., F]. Full-batch training feeds the same feature matrix every
         epoch; normalising CiteSeer's 3327 x 3703 floats took 40 % of a student's training, so the
-        last result is reused while the input is the same, unmodified tensor (never while exporting)."""
-        versions = (x._version, self.mean._version, self.std._version)
+        last result is reused while the input is the same, unmodified tensor, or the same view of one
+        (a model that slices its input makes a new view every call; never while exporting)."""
+        # A view shares its base's storage and version counter; holding the base keeps its memory
+        # from being reused by another tensor that would then match the same offsets.
+        base = x if x._base is None else x._base
+        key = (x.storage_offset(), tuple(x.shape), x.stride(), x.dtype,
+               x._version, self.mean._version, self.std._version)
         last = self._last
-        if last is not None and last[0] is x and last[1] == versions:
+        if last is not None and last[0] is base and last[1] == key:
             return last[2]
         out = self._normalise(x)
         if not (x.requires_grad or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
-            self._last = (x, versions, out)
+            self._last = (base, key, out)
         return out
 
     def _normalise(self, x: Tensor) -> Tensor:

@@ -21,6 +21,21 @@ def test_feature_norm_reuses_only_an_unchanged_input():
     assert torch.equal(std(y), torch.zeros(2, 2))
 
 
+def test_feature_norm_reuses_the_same_view_of_an_unchanged_input():
+    """ResSAGE and ppr-mlp normalise a reshaped slice of their input: a new view every call."""
+    norm = FeatureNorm("row")
+    x = torch.tensor([[1.0, 3.0, 2.0, 2.0, 9.0], [2.0, 2.0, 1.0, 1.0, 9.0]])
+    first = norm(x[:, :4].reshape(-1, 2, 2))
+    assert norm(x[:, :4].reshape(-1, 2, 2)) is first  # the same view of the same tensor
+    other = norm(x[:, 1:5].reshape(-1, 2, 2))  # another view of it: recomputed
+    assert torch.allclose(other[0, 1], torch.tensor([2.0, 9.0]) / 11.0)
+    first = norm(x[:, :4].reshape(-1, 2, 2))
+    x[0, 4] = 1.0  # in place, outside the view, through the base: recomputed all the same
+    assert norm(x[:, :4].reshape(-1, 2, 2)) is not first
+    y = x.clone()
+    assert torch.equal(norm(y[:, :4].reshape(-1, 2, 2)), norm(x[:, :4].reshape(-1, 2, 2)))
+
+
 def test_input_dropout_on_sparse_input_keeps_zeros_and_scales_survivors():
     torch.manual_seed(0)
     x = torch.zeros(200, 50)
