@@ -86,14 +86,14 @@ def neighbour_mean(src: np.ndarray, dst: np.ndarray, features: np.ndarray, num_n
     neighbour mean at restart 1; below, its fixed point m = mean over in-neighbours of
     `bundle.policy.propagated(x, m, restart)` (Policy.mean_restart), iterated from the raw mean in
     float64 over the same distinct in-neighbours until at most MEAN_TOLERANCE of it can change."""
-    mean = kernels.neighbour_mean(src, dst, features, num_nodes)
     if restart >= 1.0:
-        return mean
+        return kernels.neighbour_mean(src, dst, features, num_nodes)
     s, d = (torch.from_numpy(a) for a in kernels.distinct_in_edges(src, dst, num_nodes))
     count = torch.bincount(d, minlength=num_nodes).clamp(min=1).double()
     operator = torch.sparse_coo_tensor(torch.stack([d, s]), 1.0 / count[d], (num_nodes, num_nodes),
                                        check_invariants=True).coalesce()
-    x, m = torch.from_numpy(features).double(), torch.from_numpy(mean).double()
+    x = torch.from_numpy(features).double()
+    m = torch.sparse.mm(operator, x)  # the raw mean, in float64
     for _ in range(int(np.ceil(np.log(MEAN_TOLERANCE) / np.log1p(-restart)))):
         m = torch.sparse.mm(operator, restart * x + (1.0 - restart) * m)
     return m.float().numpy()
