@@ -17,7 +17,7 @@ import hashlib
 import json
 import sys
 from collections import Counter
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.accuracy_plot import canonical, plot  # noqa: E402
-from distill import tail  # noqa: E402
+from distill import input_dropout, tail  # noqa: E402
 from distill import teacher as teachers  # noqa: E402
 from distill.artefacts import Prepared, TrainedTeacher  # noqa: E402
 from distill.choose import best_on_validation  # noqa: E402
@@ -72,7 +72,7 @@ STUDENT_OPTIONS = {f.name for f in fields(RunConfig) if f.metadata["group"] in (
 
 # Teacher options added after teachers were cached: at these values (their defaults, the behaviour
 # before they existed) they stay out of the key, so the cached teachers remain valid.
-KEYED_ONLY_OFF_DEFAULT = {("teacher_keep_on", "metric"), ("teacher_ensemble", 1)}
+KEYED_ONLY_OFF_DEFAULT = {("teacher_keep_on", "metric"), ("teacher_ensemble", 1), ("input_dropout", "on")}
 
 
 def teacher_key(cfg: RunConfig, families: tuple[str, ...]) -> dict[str, Any]:
@@ -117,9 +117,12 @@ def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfi
 def prepared_for(cfg: RunConfig, ds: Dataset, device: torch.device, cache: Path | None) -> Prepared:
     """What the students of one seed need: `teacher_for`'s teacher (cached or trained) and its signals."""
     norm = teachers.feature_norm(cfg, ds)
-    trained = teacher_for(cfg, ds, norm, cfg.train_config, device, cache)
+    dropout = input_dropout.decide(cfg, ds, norm, cfg.train_config, device).dropout
+    # Keyed by the decision, not by auto: the same teacher as one trained under --input-dropout on / off.
+    trained = teacher_for(dropout.config(cfg), ds, norm, cfg.train_config, device, cache)
     signals = teachers.teacher_signals(trained.model, ds, trained.edges, device)
-    return Prepared(ds, device, norm, cfg.train_config, trained.model, trained.edges, trained.metrics, signals)
+    metrics = {**trained.metrics, "input_dropout": asdict(dropout)}
+    return Prepared(ds, device, norm, cfg.train_config, trained.model, trained.edges, metrics, signals, dropout)
 
 
 def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str],

@@ -36,7 +36,8 @@ from distill.errors import ConfigError, DatasetError  # noqa: E402
 from distill.hetero_kd import TypedKD, TypedKDConfig, fit_typed, linear_cka  # noqa: E402
 from distill.hetero_models import TypedOutputs  # noqa: E402
 from distill.hetero_student import build_hetero_student  # noqa: E402
-from distill.models import FeatureNorm  # noqa: E402
+from distill.input_dropout import decide  # noqa: E402
+from distill.models import FeatureNorm, with_input_dropout  # noqa: E402
 from distill.train import Edges, TrainConfig, predict, resolve_device, test_metrics  # noqa: E402
 
 METRICS = {"macro_f1": "Macro-F1", "accuracy": "Micro-F1", "auroc": "AUROC"}
@@ -54,12 +55,13 @@ LABELS = {"teacher": "teacher hetero-sage", "scratch": "typed student, scratch",
 
 
 def student_row(ds: Dataset, variant: str, seed: int, norm: FeatureNorm, teacher: TypedOutputs, hidden: int,
-                tcfg: TrainConfig, device: torch.device) -> dict[str, Any]:
-    """Train one typed student variant on seed `seed` -> its result row."""
+                tcfg: TrainConfig, device: torch.device, drop_inputs: bool = True) -> dict[str, Any]:
+    """Train one typed student variant on seed `seed` (`drop_inputs`: the run's input dropout) -> its row."""
     torch.manual_seed(seed)
     student = build_hetero_student("typed-sage", in_channels=ds.data.num_features, hidden_channels=hidden,
                                    num_layers=2, out_channels=ds.num_classes, dropout=0.5, graph=ds.hetero)
     student.feature_norm = FeatureNorm(norm.mode, norm.mean, norm.std)
+    with_input_dropout(student, drop_inputs)
     student.to(device)
     kd = TypedKD(VARIANTS[variant], student.schema.node_types, hidden, teacher.typed[0][student.schema.target].size(1))
     kd.to(device)
@@ -91,7 +93,8 @@ def run_split(spec: str, split: int, seeds: range, variants: list[str], hidden: 
     for seed in seeds:
         cfg = RunConfig(dataset=spec, split=split, seed=seed, teacher="hetero-sage", teacher_layers=2)
         norm = teachers.feature_norm(cfg, ds)
-        trained = teacher_for(cfg, ds, norm, cfg.train_config, device, cache)
+        dropout = decide(cfg, ds, norm, cfg.train_config, device).dropout
+        trained = teacher_for(dropout.config(cfg), ds, norm, cfg.train_config, device, cache)
         trained.model.eval()
         with torch.no_grad():
             teacher_out = trained.model.run(ds.data.x.to(device))
@@ -101,7 +104,7 @@ def run_split(spec: str, split: int, seeds: range, variants: list[str], hidden: 
                             trained.metrics.get("seconds", 0.0)), "split": split, "dataset": ds.name})
         bar.update()
         for variant in variants:
-            row = student_row(ds, variant, seed, norm, teacher_out, hidden, cfg.train_config, device)
+            row = student_row(ds, variant, seed, norm, teacher_out, hidden, cfg.train_config, device, dropout.on)
             rows.append({**row, "split": split, "dataset": ds.name})
             bar.update()
             bar.write(f"  split {split} seed {seed} {variant:<9} macro-F1 {row['macro_f1']:.4f} "

@@ -3,7 +3,7 @@ other stage, so pipeline, writer, select and refresh can all depend on it withou
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -93,6 +93,20 @@ class Trained:
 
 
 @dataclass(frozen=True)
+class InputDropout:
+    """The run's decision: `on`, why (`rule`: "set" by the option, "bag-of-words", or "probe"), and
+    the probe MLP's validation score with dropout "on" and "off" where it ran."""
+
+    on: bool
+    rule: str
+    probe_val: dict[str, float] = field(default_factory=dict)
+
+    def config(self, cfg: RunConfig) -> RunConfig:
+        """`cfg` with the decision written in (auto resolved), as the teacher is built and keyed."""
+        return replace(cfg, input_dropout="on" if self.on else "off")
+
+
+@dataclass(frozen=True)
 class Prepared:
     """Everything a student needs from one teacher run: data, normalisation, budget, teacher signals."""
 
@@ -104,6 +118,16 @@ class Prepared:
     teacher_edges: Edges
     teacher_metrics: dict[str, Any]
     signals: TeacherSignals
+    input_dropout: InputDropout = InputDropout(True, "set")  # the run's decision, for every student
+    scratch: Trained | None = None  # the scratch students of cfg.students the input-dropout probe kept
+
+    @classmethod
+    def without_teacher(cls, ds: Dataset, device: torch.device, norm: FeatureNorm, tcfg: TrainConfig,
+                        input_dropout: InputDropout) -> Prepared:
+        """For scratch students only (they read no teacher field): the teacher fields are empty."""
+        empty = torch.zeros(0)
+        return cls(ds, device, norm, tcfg, torch.nn.Identity(), Edges(torch.zeros(2, 0, dtype=torch.long)), {},
+                   TeacherSignals(empty, []), input_dropout)
 
 
 @dataclass(frozen=True)

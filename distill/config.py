@@ -166,6 +166,12 @@ class RunConfig:
     min_epochs: int = _opt("training", 100, "no early stop before this many epochs")
     lr: float = _opt("training", 0.01, "Adam learning rate")
     weight_decay: float = _opt("training", 5e-4, "Adam weight decay")
+    input_dropout: str = _opt("training", "auto",
+                              "dropout on every model's input features (at the model's own dropout rate): on; "
+                              "off; or auto: on for bag-of-words features (mostly zeros, non-negative: dropping "
+                              "words is the augmentation GCN and GAT were tuned with), off for dense, "
+                              "hand-crafted ones (fraud statistics, where dropping half the columns drops half "
+                              "the evidence)", ("auto", "on", "off"))
     seed: int = _opt("training", 0, "seed for initialisation, dropout and the neighbourhood policy")
     device: str = _opt("job", "auto", "auto (CUDA when present) | cpu | cuda[:N]")
 

@@ -40,7 +40,7 @@ class HeteroSAGE(nn.Module):
             raise ConfigError("a heterogeneous teacher needs a heterogeneous dataset (synthetic-hetero, acm:PATH)")
         # The labelled type by default: the one holding `y` (ACM's papers, synthetic-hetero's transactions).
         target = target or target_type(graph)
-        self.dropout, self.target = dropout, target
+        self.dropout, self.input_drop, self.target = dropout, dropout, target
         self.node_types, self.edge_types = graph.metadata()
         self._edge_keys = [f"edges_{i}" for i in range(len(self.edge_types))]
         for key, edge_type in zip(self._edge_keys, self.edge_types, strict=True):
@@ -73,7 +73,7 @@ class HeteroSAGE(nn.Module):
                 h[t] = self.embed[t].weight
                 continue
             raw = self.feature_norm(x) if t == self.target else getattr(self, f"x_{t}")
-            h[t] = self.lin_in[t](input_dropout(raw, self.dropout, self.training))
+            h[t] = self.lin_in[t](input_dropout(raw, self.input_drop, self.training))
         return h
 
     def run(self, x: Tensor, edge_index: Tensor | None = None, edge_weight: Tensor | None = None) -> TypedOutputs:

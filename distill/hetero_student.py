@@ -94,7 +94,7 @@ class TypedSAGE(nn.Module):
         if self.schema.width(target) != in_channels:
             raise ConfigError(f"in_channels={in_channels} but the graph's {target} features have "
                               f"{self.schema.width(target)} columns")
-        self.dropout, self.target = dropout, target
+        self.dropout, self.input_drop, self.target = dropout, dropout, target
         self.feature_norm = FeatureNorm()
         self.lin_in = nn.ModuleDict({t: nn.Linear(w, hidden_channels) for t, w in
                                      zip(self.schema.node_types, self.schema.widths, strict=True) if w})
@@ -135,7 +135,7 @@ class TypedSAGE(nn.Module):
                 h[t] = self.embed[t](inputs[t])
             else:
                 x = self.feature_norm(inputs[t]) if t == self.target else inputs[t]
-                h[t] = self.lin_in[t](input_dropout(x, self.dropout, self.training))
+                h[t] = self.lin_in[t](input_dropout(x, self.input_drop, self.training))
         typed = []
         for i, layer in enumerate(self.layers):
             h = {t: F.dropout(v, self.dropout, self.training) for t, v in h.items()}

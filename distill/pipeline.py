@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor
 
 from bundle.publish import staging
-from distill import report, served, tail, writer
+from distill import input_dropout, report, served, tail, writer
 from distill.artefacts import Distilled, Prepared, Trained
 from distill.config import RunConfig
 from distill.data import Dataset, load_dataset
@@ -41,6 +42,11 @@ def prepare(cfg: RunConfig, progress: bool, teacher_state: dict[str, Tensor] | N
     log(f"[data] {ds.name}: {ds.data.num_nodes} nodes, {ds.data.num_edges} edges, "
         f"{ds.data.num_features} features, {ds.num_classes} classes; device {device}")
     norm = feature_norm(cfg, ds)
+    decision = input_dropout.decide(cfg, ds, norm, cfg.train_config, device, progress)
+    dropout = decision.dropout
+    log(f"[inputs] input dropout {'on' if dropout.on else 'off'} ({dropout.rule}"
+        + "".join(f"; scratch val {k} {v:.4f}" for k, v in dropout.probe_val.items()) + ")")
+    cfg = dropout.config(cfg)
     if teacher_state is None:
         trained = train_teacher(cfg, ds, norm, cfg.train_config, device, progress)
         teacher, edges, metrics = trained.model, trained.edges, trained.metrics
@@ -50,8 +56,9 @@ def prepare(cfg: RunConfig, progress: bool, teacher_state: dict[str, Tensor] | N
         data = ds.data.to(device)
         metrics = {**test_metrics(predict(teacher, data, edges), data), "reused": True, "epochs_run": 0}
     log(f"[teacher{' (reused)' if teacher_state is not None else ''}] test {report.headline(metrics)}")
+    metrics = {**metrics, "input_dropout": asdict(dropout)}
     return Prepared(ds, device, norm, cfg.train_config, teacher, edges, metrics,
-                    teacher_signals(teacher, ds, edges, device))
+                    teacher_signals(teacher, ds, edges, device), dropout, decision.scratch)
 
 
 def export_student(trained: Trained, x: Tensor) -> bytes:
@@ -113,7 +120,7 @@ def run(cfg: RunConfig, out: Path, force: bool = False, progress: bool = True,
     writer.check_target(out, force, cfg)
     started = time.perf_counter()
     prep = prepare(cfg, progress, teacher_state, ds)
-    scratch = train_candidates(cfg, prep, (), progress)
+    scratch = prep.scratch or train_candidates(cfg, prep, (), progress)  # the probe's, where it ran
     log(f"[scratch] test {report.headline(scratch.test)}")
     result = distill_student(cfg, prep, progress, tail.floor(scratch.logits, prep.ds.data.cpu()))
     log(f"[distilled {'+'.join(result.trained.kd) or 'none'}] test {report.headline(result.trained.test)}")

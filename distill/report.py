@@ -106,6 +106,8 @@ def markdown(rep: dict[str, Any]) -> str:
         lines.append(f"Teacher: `{rep['teacher_name']}`, the best of the families trained on validation "
                      f"{rule} ({vals})" + (f"; skipped by --teacher-budget: "
                                                               f"{', '.join(skipped)}" if skipped else "") + ".")
+    if rep["teacher"].get("input_dropout"):
+        lines.append(_input_dropout_line(rep["teacher"]["input_dropout"], rep["selection_metric"]))
     members = rep["teacher"].get("members") or []
     if len(members) > 1:
         alone = ", ".join(f"seed {r['seed']} {_fmt(r.get(rep['selection_metric']))}" for r in members)
@@ -143,6 +145,16 @@ def _tail_line(t: dict[str, Any], names: list[str], metric: str) -> str:
             f"predicted {rare} {_fmt(t['rate_before'])} -> {_fmt(t['rate_after'])}, balanced accuracy "
             f"{_fmt(t['val_balanced_before'])} -> {_fmt(t['val_balanced_after'])}, {metric} "
             f"{_fmt(t['val_metric_before'])} -> {_fmt(t['val_metric_after'])}. The distilled row includes it.")
+
+
+def _input_dropout_line(t: dict[str, Any], metric: str) -> str:
+    """One sentence on --input-dropout as the run decided it (distill.input_dropout)."""
+    state = "on" if t["on"] else "off"
+    why = {"set": "as set by --input-dropout", "bag-of-words": "bag-of-words features"}.get(t["rule"])
+    if why is None:
+        why = (f"dense features: the scratch students scored validation {metric} {_fmt(t['probe_val'].get('on'))} "
+               f"with it, {_fmt(t['probe_val'].get('off'))} without")
+    return f"Input dropout: {state} for the teacher and every student ({why})."
 
 
 def _fmt(value: float | None) -> str:

@@ -12,7 +12,7 @@ import torch
 from distill.artefacts import Prepared, Trained
 from distill.choose import best_on_validation
 from distill.config import RunConfig
-from distill.models import FeatureNorm, build_student, propagation_of
+from distill.models import FeatureNorm, build_student, propagation_of, with_input_dropout
 from distill.objectives import Objective, class_balanced_weights
 from distill.policy import StudentGraph
 from distill.structure import candidate_graphs, teacher_importance
@@ -37,6 +37,7 @@ def train_student(cfg: RunConfig, prep: Prepared, sg: StudentGraph, kinds: tuple
                                num_layers=cfg.student_layers, out_channels=prep.ds.num_classes,
                                dropout=cfg.student_dropout if regularised else 0.0, mean_input=sg.policy.mean_input)
     student.feature_norm = FeatureNorm(prep.norm.mode, prep.norm.mean, prep.norm.std)
+    with_input_dropout(student, prep.input_dropout.on)
     teacher = prep.signals if kinds else None
     widths = [cfg.student_hidden] * (cfg.student_layers - 1) + [prep.ds.num_classes]
     teacher_widths = [h.size(1) for h in teacher.hidden] if teacher is not None else []

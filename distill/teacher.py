@@ -13,7 +13,7 @@ import torch
 from distill.artefacts import TeacherSignals, TrainedTeacher
 from distill.choose import best_on_validation
 from distill.config import RunConfig
-from distill.data import Dataset
+from distill.data import Dataset, bag_of_words
 from distill.errors import ConfigError
 from distill.models import FeatureNorm
 from distill.objectives import supervised
@@ -37,11 +37,10 @@ def feature_norm(cfg: RunConfig, ds: Dataset) -> FeatureNorm:
     return FeatureNorm(mode, x.mean(0), torch.where(std <= 1e-4 * span, torch.ones_like(std), std))
 
 
-def bag_of_words(x: torch.Tensor) -> bool:
-    """Non-negative and mostly zeros (Planetoid, ACM): standardising such columns with statistics of
-    a few labelled rows divides rare words by a near-zero std (ACM at 20 labels per class: 60 rows
-    for 1,902 words), so these are row-normalised instead."""
-    return bool((x >= 0).all()) and float((x == 0).float().mean()) > 0.5
+def input_dropout_on(cfg: RunConfig, ds: Dataset) -> bool:
+    """What a teacher built straight from `cfg` does with its input features: on / off as set; auto,
+    where no run decided it (a teacher restored for evaluation only), on for bag-of-words."""
+    return bag_of_words(ds.data.x) if cfg.input_dropout == "auto" else cfg.input_dropout == "on"
 
 
 def teacher_model(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.device,
@@ -80,6 +79,7 @@ def _single_model(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.
         norm=cfg.teacher_norm, jk=cfg.teacher_jk, alpha=cfg.gcnii_alpha, theta=cfg.gcnii_theta, graph=ds.hetero,
     )
     teacher.feature_norm = FeatureNorm(norm.mode, norm.mean, norm.std)
+    teacher.input_drop = teacher.dropout if input_dropout_on(cfg, ds) else 0.0
     return teacher.to(device), Edges(edges).to(device)
 
 

@@ -27,7 +27,7 @@ class GAT(nn.Module):
         super().__init__()
         if hidden_channels % heads:
             raise ConfigError(f"hidden_channels={hidden_channels} must be divisible by heads={heads}")
-        self.dropout, self.residual = dropout, residual
+        self.dropout, self.input_drop, self.residual = dropout, dropout, residual
         self.lin_in = nn.Linear(in_channels, hidden_channels)
         # ego=True ("gat-sep", Platonov et al. 2023): attention over the neighbours only, the node's own
         # state through a separate transform, so neighbours cannot outvote it (fraud graphs, heterophily).
@@ -45,7 +45,7 @@ class GAT(nn.Module):
         self.feature_norm = FeatureNorm()
 
     def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
-        h = self.lin_in(input_dropout(self.feature_norm(x), self.dropout, self.training))
+        h = self.lin_in(input_dropout(self.feature_norm(x), self.input_drop, self.training))
         hidden, attention = [], []
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
             z, (att_ei, alpha) = conv(h, edge_index, return_attention_weights=True)
@@ -72,7 +72,7 @@ class GCNII(nn.Module):
                  dropout: float = 0.5, alpha: float = 0.1, theta: float = 0.5,
                  conv_weight_decay: float = 0.01) -> None:
         super().__init__()
-        self.dropout, self.conv_weight_decay = dropout, conv_weight_decay
+        self.dropout, self.input_drop, self.conv_weight_decay = dropout, dropout, conv_weight_decay
         self.lin_in = nn.Linear(in_channels, hidden_channels)
         # normalize=False: run() applies PyG's gcn_norm (self-loops, symmetric) to the raw graph once per
         # pass; every conv would otherwise recompute the identical normalisation, num_layers times.
@@ -85,7 +85,7 @@ class GCNII(nn.Module):
     def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
         """x [N, F], edge_index [2, E], edge_weight [E] or None -> logits [N, C], hidden: one [N, H]
         per block (the conv output before ReLU, as the students expose theirs), no attention."""
-        h = input_dropout(self.feature_norm(x), self.dropout, self.training)
+        h = input_dropout(self.feature_norm(x), self.input_drop, self.training)
         h0 = h = F.relu(self.lin_in(h))
         ei, ew = gcn_norm(edge_index, edge_weight, x.size(0), add_self_loops=True, dtype=h.dtype)
         hidden = []
