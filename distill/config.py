@@ -167,11 +167,10 @@ class RunConfig:
     lr: float = _opt("training", 0.01, "Adam learning rate")
     weight_decay: float = _opt("training", 5e-4, "Adam weight decay")
     input_dropout: str = _opt("training", "auto",
-                              "dropout on every model's input features (at the model's own dropout rate): on; "
-                              "off; or auto: on for bag-of-words features (mostly zeros, non-negative: dropping "
-                              "words is the augmentation GCN and GAT were tuned with), off for dense, "
-                              "hand-crafted ones (fraud statistics, where dropping half the columns drops half "
-                              "the evidence)", ("auto", "on", "off"))
+                              "dropout on the input features of the teacher and every student (at each "
+                              "model's own rate): on; off; or auto: on for bag-of-words features, and for dense "
+                              "ones whichever the scratch students score better with on validation (trained "
+                              "both ways before the teacher)", ("auto", "on", "off"))
     seed: int = _opt("training", 0, "seed for initialisation, dropout and the neighbourhood policy")
     device: str = _opt("job", "auto", "auto (CUDA when present) | cpu | cuda[:N]")
 
