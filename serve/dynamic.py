@@ -20,12 +20,12 @@ Same policy as the job (bundle.policy), applied to one target row at a time (doc
 
 Scoring `as_of` a time sees the bundle's edges plus logged edges with time <= as_of (`past`): those
 blocks are built per request, never cached. Nothing logged later leaks in: under a mean_restart
-below 1 a source passes r x + (1 - r) m with m its mean as of then (the bundle's sum plus its own
-sources logged by then, each passing its bundle row), not its stored mean, which may already hold
-later edges (writes need not arrive in time order). When they do arrive in time order, this agrees
-with the current view's rows (frozen as each edge arrived) down to that depth. The current graph
-(every logged edge) is what the block cache serves; `apply` names the rows it changed so the cache
-can drop every block that holds one.
+below 1 a source passes r x + (1 - r) m with m its mean as of its edge's time, rebuilt from the
+bundle's sum and the edges logged into it before then (and so on back, up to graph_view.MAX_DEPTH
+levels), never its stored mean, which may already hold later edges (writes need not arrive in time
+order). With writes in time order this is what the current view stored as each edge arrived. The
+current graph (every logged edge) is what the block cache serves; `apply` names the rows it
+changed so the cache can drop every block that holds one.
 """
 
 from __future__ import annotations

@@ -136,3 +136,44 @@ def test_as_of_never_reads_a_mean_that_holds_later_edges(ppr: TinyBundle, tmp_pa
     # The leak this guards against moves both scores by more than the tolerance: the test can fail.
     assert np.abs(target_with(mid_now) - past).max() > 10 * TOL
     assert np.abs(served(mid_now, 1, features) - new_past).max() > 10 * TOL
+
+
+def _chain(data) -> tuple[int, int, int, int]:
+    """Four low in-degree nodes z, a, b, c such that z -> a, a -> b and b -> c are all new edges."""
+    src, dst = data.edge_index.numpy()
+    into = {n: set(src[dst == n].tolist()) | {n} for n in range(data.num_nodes)}
+    order = np.argsort(np.bincount(dst, minlength=data.num_nodes), kind="stable").tolist()
+    c = order[0]
+    b = next(n for n in order if n not in into[c])
+    a = next(n for n in order if n not in into[b] and n != c)
+    z = next(n for n in order if n not in into[a] and n not in (b, c))
+    return z, a, b, c
+
+
+def _write(client, edges: list[tuple[int, int, float]]) -> None:
+    for s, t, when in edges:
+        got = client.post("/v1/edges", headers=AUTH, json={"edges": [{"src": s, "dst": t, "time": when}],
+                                                            "undirected": False})
+        assert got.status_code == 200, got.text
+
+
+def test_as_of_agrees_with_the_current_graph_for_writes_in_time_order(ppr: TinyBundle, tmp_path: Path) -> None:
+    """z -> a, a -> b, b -> c written in time order: c's score as of a time after them equals its score
+    when they were the latest writes, z's effect three edges back included; nodes without logged
+    in-edges and a new node without neighbours score as of then too (no error)."""
+    data = load_dataset(TINY).data
+    z, a, b, c = _chain(data)
+    names = class_names(ppr.path)
+    with client_for(ppr.path, edge_log=tmp_path / "with.log") as client:
+        _write(client, [(z, a, 1.0), (a, b, 2.0), (b, c, 3.0)])
+        now = as_rows(probabilities(client, [c, 0, 1]), names)
+        _write(client, [(a, z, 4.0)])  # later, and not upstream of c: as of 3.5 is a past view
+        past = as_rows(probabilities(client, [c, 0, 1], as_of=3.5), names)
+        lonely = client.post("/v1/score", json={"as_of": 3.5, "new_nodes": [{"features": data.x[5].tolist(),
+                                                                               "neighbors": []}]})
+        assert lonely.status_code == 200, lonely.text
+    with client_for(ppr.path, edge_log=tmp_path / "without.log") as client:
+        _write(client, [(a, b, 2.0), (b, c, 3.0)])
+        without_z = as_rows(probabilities(client, [c]), names)
+    np.testing.assert_allclose(past, now, atol=TOL, rtol=0)
+    assert np.abs(without_z[0] - now[0]).max() > 10 * TOL  # z, three edges back, moves c: the test can fail
