@@ -162,6 +162,7 @@ def run_select(cfg: RunConfig, grid: list[Candidate], opts: Options, out: Path, 
 
     writer.check_target(out, force, cfg)
     prep = pipeline.prepare(cfg, progress)
+    cfg = prep.input_dropout.config(cfg)  # every candidate's manifest records the run's decision
     key = selection_metric(prep.ds.num_classes)
     teacher_test = float(prep.teacher_metrics[key])
     rows, results = candidates(cfg, prep, grid, opts, key, teacher_test, progress)

@@ -120,6 +120,8 @@ def run(cfg: RunConfig, out: Path, force: bool = False, progress: bool = True,
     writer.check_target(out, force, cfg)
     started = time.perf_counter()
     prep = prepare(cfg, progress, teacher_state, ds)
+    # The manifest records the decision, not auto: `distill refresh` retrains with the same inputs.
+    cfg = prep.input_dropout.config(cfg)
     scratch = prep.scratch or train_candidates(cfg, prep, (), progress)  # the probe's, where it ran
     log(f"[scratch] test {report.headline(scratch.test)}")
     result = distill_student(cfg, prep, progress, tail.floor(scratch.logits, prep.ds.data.cpu()))

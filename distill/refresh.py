@@ -166,7 +166,8 @@ def refresh(req: Request, force: bool, progress: bool) -> Refreshed:
     write the child at `req.out`."""
     parent_bundle = read_parent(req.bundle)
     parent = parent_bundle.manifest
-    cfg = RunConfig.from_dict({**parent.config, "dataset": req.dataset})
+    # A parent from before --input-dropout dropped its input features: its child keeps that recipe.
+    cfg = RunConfig.from_dict({"input_dropout": "on", **parent.config, "dataset": req.dataset})
     folded = None
     if req.edge_log is not None:  # before any training: a log that cannot be folded costs nothing
         folded = fold(load_dataset(cfg.dataset, cfg.split), req.edge_log, parent, req.bundle)

@@ -37,10 +37,11 @@ def feature_norm(cfg: RunConfig, ds: Dataset) -> FeatureNorm:
     return FeatureNorm(mode, x.mean(0), torch.where(std <= 1e-4 * span, torch.ones_like(std), std))
 
 
-def input_dropout_on(cfg: RunConfig, ds: Dataset) -> bool:
+def input_dropout_on(cfg: RunConfig) -> bool:
     """What a teacher built straight from `cfg` does with its input features: on / off as set; auto,
-    where no run decided it (a teacher restored for evaluation only), on for bag-of-words."""
-    return bag_of_words(ds.data.x) if cfg.input_dropout == "auto" else cfg.input_dropout == "on"
+    where no run decided it (a teacher restored for evaluation, bench/teacher_ablation.py), on: the
+    behaviour before the option, and `Prepared`'s default for the students beside it."""
+    return cfg.input_dropout != "off"
 
 
 def teacher_model(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.device,
@@ -79,7 +80,7 @@ def _single_model(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.
         norm=cfg.teacher_norm, jk=cfg.teacher_jk, alpha=cfg.gcnii_alpha, theta=cfg.gcnii_theta, graph=ds.hetero,
     )
     teacher.feature_norm = FeatureNorm(norm.mode, norm.mean, norm.std)
-    teacher.input_drop = teacher.dropout if input_dropout_on(cfg, ds) else 0.0
+    teacher.input_drop = teacher.dropout if input_dropout_on(cfg) else 0.0
     return teacher.to(device), Edges(edges).to(device)
 
 

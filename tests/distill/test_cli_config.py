@@ -139,7 +139,11 @@ def test_manifest_records_the_effective_config(tmp_path):
                     "seed = 9\n")
     out = tmp_path / "b"
     assert main(["run", "--config", str(path), "--out", str(out), "--seed", "1", "--quiet"]) == 0
-    recorded = json.loads((out / "manifest.json").read_text())["config"]
-    assert recorded == RunConfig.from_dict({**load_config_file(path), "seed": 1}).to_dict()
+    manifest = json.loads((out / "manifest.json").read_text())
+    recorded, decided = manifest["config"], manifest["metrics"]["teacher"]["input_dropout"]
+    # --input-dropout auto is recorded as what the run decided, so a refresh retrains the same way.
+    assert recorded["input_dropout"] == ("on" if decided["on"] else "off") and decided["rule"] == "probe"
+    expected = RunConfig.from_dict({**load_config_file(path), "seed": 1}).to_dict()
+    assert recorded == {**expected, "input_dropout": recorded["input_dropout"]}
     assert (recorded["student"], recorded["epochs"], recorded["seed"]) == ("mlp", 20, 1)
 

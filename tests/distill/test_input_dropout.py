@@ -18,20 +18,13 @@ from distill.models import MLP, build_student, with_input_dropout
 DENSE = "synthetic:nodes=60,avg_degree=4,features=5,seed=1"
 
 
-def _graph(x: torch.Tensor) -> SimpleNamespace:
-    return SimpleNamespace(data=SimpleNamespace(x=x))
-
-
-def test_auto_drops_bag_of_words_inputs_only():
-    words = torch.zeros(20, 50)
-    words[torch.arange(20), torch.arange(20) % 50] = 1.0
-    dense = torch.randn(20, 5)
-    auto = RunConfig()
-    assert auto.input_dropout == "auto"
-    assert teachers.input_dropout_on(auto, _graph(words)) is True
-    assert teachers.input_dropout_on(auto, _graph(dense)) is False
-    assert teachers.input_dropout_on(replace(auto, input_dropout="on"), _graph(dense)) is True
-    assert teachers.input_dropout_on(replace(auto, input_dropout="off"), _graph(words)) is False
+def test_a_model_built_without_a_runs_decision_drops_its_inputs_unless_told_off():
+    """auto is decided by a run (`decide`); a teacher built straight from the config (restored for
+    evaluation) keeps the behaviour before the option, as `Prepared` does for students."""
+    assert RunConfig().input_dropout == "auto"
+    assert teachers.input_dropout_on(RunConfig()) is True
+    assert teachers.input_dropout_on(RunConfig(input_dropout="on")) is True
+    assert teachers.input_dropout_on(RunConfig(input_dropout="off")) is False
     with pytest.raises(ConfigError, match="input"):
         RunConfig(input_dropout="sometimes")
 
@@ -56,9 +49,9 @@ def test_the_pipeline_builds_teachers_and_students_by_the_rule(family: str):
     ds = load_dataset(DENSE)
     cfg = RunConfig(dataset=DENSE, teacher=family)
     norm = teachers.feature_norm(cfg, ds)
-    teacher, _ = teachers.teacher_model(cfg, ds, norm, torch.device("cpu"))
+    teacher, _ = teachers.teacher_model(replace(cfg, input_dropout="off"), ds, norm, torch.device("cpu"))
     assert teacher.input_drop == 0.0 and teacher.dropout == cfg.teacher_dropout > 0
-    on, _ = teachers.teacher_model(replace(cfg, input_dropout="on"), ds, norm, torch.device("cpu"))
+    on, _ = teachers.teacher_model(cfg, ds, norm, torch.device("cpu"))
     assert on.input_drop == cfg.teacher_dropout
     student, _ = build_student("sage-res", in_channels=5, hidden_channels=8, num_layers=2, out_channels=2)
     assert student.input_drop == student.dropout  # built alone: the model's own rate, as before

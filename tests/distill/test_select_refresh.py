@@ -94,6 +94,9 @@ def test_refresh_records_parent_and_gates_on_validation(tmp_path, capsys):
     assert gate["metric"] == "accuracy" and gate["nodes"] > 0 and gate["max_drop"] == 0.01
     assert gate["child_val"] >= gate["parent_val"] - 0.01
     assert new["metrics"]["teacher"]["reused"] is True
+    # The child inherits the parent's input-dropout decision instead of probing again.
+    assert old["config"]["input_dropout"] in ("on", "off")
+    assert new["metrics"]["teacher"]["input_dropout"]["rule"] == "set"
     # An impossible bar: "must improve by 1.0 on validation".
     blocked = tmp_path / "v3"
     assert main(["refresh", "--bundle", str(parent), *TINY[:2], "--out", str(blocked), "--reuse-teacher", "--quiet",
