@@ -173,7 +173,8 @@ def _row(dataset: str, student: str, variant: str, seed: int, m: dict[str, Any])
             "per_class_recall": m["per_class_recall"], "seconds": m["seconds"],
             "propagation": m.get("propagation"), "alpha": m.get("alpha"), "temperature": m.get("temperature"),
             "kept": m.get("student"), "best_val": m.get("best_val"), "kd": m.get("kd"),
-            "regularised": m.get("regularised", True), "tail_shift": (m.get("tail") or {}).get("shift")}
+            "regularised": m.get("regularised", True), "tail_shift": (m.get("tail") or {}).get("shift"),
+            **({"input_dropout": m["input_dropout"]} if "input_dropout" in m else {})}  # the teacher row's
 
 
 def _log(row: dict[str, Any]) -> None:
