@@ -95,7 +95,7 @@ class Trained:
 @dataclass(frozen=True)
 class InputDropout:
     """The run's decision: `on`, why (`rule`: "set" by the option, "bag-of-words", or "probe"), and
-    the probe MLP's validation score with dropout "on" and "off" where it ran."""
+    the probing scratch students' validation score with dropout "on" and "off" where it ran."""
 
     on: bool
     rule: str
