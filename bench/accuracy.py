@@ -17,7 +17,7 @@ import hashlib
 import json
 import sys
 from collections import Counter
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.accuracy_plot import canonical, plot  # noqa: E402
 from distill import input_dropout, tail  # noqa: E402
 from distill import teacher as teachers  # noqa: E402
-from distill.artefacts import Prepared, TrainedTeacher  # noqa: E402
+from distill.artefacts import Prepared, Trained, TrainedTeacher  # noqa: E402
 from distill.choose import best_on_validation  # noqa: E402
 from distill.config import KD_AUTO, KD_KINDS, RunConfig  # noqa: E402
 from distill.data import Dataset, load_dataset  # noqa: E402
@@ -117,12 +117,10 @@ def teacher_for(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfi
 def prepared_for(cfg: RunConfig, ds: Dataset, device: torch.device, cache: Path | None) -> Prepared:
     """What the students of one seed need: `teacher_for`'s teacher (cached or trained) and its signals."""
     norm = teachers.feature_norm(cfg, ds)
-    dropout = input_dropout.decide(cfg, ds, norm, cfg.train_config, device).dropout
+    decision = input_dropout.decide(cfg, ds, norm, cfg.train_config, device)
     # Keyed by the decision, not by auto: the same teacher as one trained under --input-dropout on / off.
-    trained = teacher_for(dropout.config(cfg), ds, norm, cfg.train_config, device, cache)
-    signals = teachers.teacher_signals(trained.model, ds, trained.edges, device)
-    metrics = {**trained.metrics, "input_dropout": asdict(dropout)}
-    return Prepared(ds, device, norm, cfg.train_config, trained.model, trained.edges, metrics, signals, dropout)
+    trained = teacher_for(decision.config(cfg), ds, norm, cfg.train_config, device, cache)
+    return decision.prepared(cfg, ds, norm, device, trained.model, trained.edges, trained.metrics)
 
 
 def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str],
@@ -145,8 +143,7 @@ def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str
             scfg = replace(cfg, student=student)
             floor, raw = None, {}
             for variant in variants:
-                trained = (train_distilled(scfg, prep, progress=False) if variant == DEFAULT
-                           else train_candidates(scfg, prep, VARIANTS[variant], progress=False))
+                trained = train_variant(scfg, prep, variant, probed=scfg.students == cfg.students)
                 raw[variant] = trained.logits.numpy()
                 if variant == "scratch":
                     floor = tail.floor(trained.logits, ds.data.cpu())
@@ -158,6 +155,16 @@ def run_dataset(spec: str, seeds: range, students: list[str], variants: list[str
                 save()
             if logits_dir is not None:
                 _save_logits(logits_dir / f"{ds.name}-{student}-seed{seed}.npz", ds, raw)
+
+
+def train_variant(cfg: RunConfig, prep: Prepared, variant: str, probed: bool) -> Trained:
+    """One student as `variant` trains it; the scratch students of a run whose input-dropout probe
+    trained them (`probed`: the same families) are the probe's, as `distill run` keeps them."""
+    if variant == "scratch" and probed and prep.scratch is not None:
+        return prep.scratch
+    if variant == DEFAULT:
+        return train_distilled(cfg, prep, progress=False)
+    return train_candidates(cfg, prep, VARIANTS[variant], progress=False)
 
 
 def _save_logits(path: Path, ds: Dataset, logits: dict[str, np.ndarray]) -> None:

@@ -93,8 +93,8 @@ def run_split(spec: str, split: int, seeds: range, variants: list[str], hidden: 
     for seed in seeds:
         cfg = RunConfig(dataset=spec, split=split, seed=seed, teacher="hetero-sage", teacher_layers=2)
         norm = teachers.feature_norm(cfg, ds)
-        dropout = decide(cfg, ds, norm, cfg.train_config, device).dropout
-        trained = teacher_for(dropout.config(cfg), ds, norm, cfg.train_config, device, cache)
+        decision = decide(cfg, ds, norm, cfg.train_config, device)
+        trained = teacher_for(decision.config(cfg), ds, norm, cfg.train_config, device, cache)
         trained.model.eval()
         with torch.no_grad():
             teacher_out = trained.model.run(ds.data.x.to(device))
@@ -104,7 +104,8 @@ def run_split(spec: str, split: int, seeds: range, variants: list[str], hidden: 
                             trained.metrics.get("seconds", 0.0)), "split": split, "dataset": ds.name})
         bar.update()
         for variant in variants:
-            row = student_row(ds, variant, seed, norm, teacher_out, hidden, cfg.train_config, device, dropout.on)
+            row = student_row(ds, variant, seed, norm, teacher_out, hidden, cfg.train_config, device,
+                              decision.dropout.on)
             rows.append({**row, "split": split, "dataset": ds.name})
             bar.update()
             bar.write(f"  split {split} seed {seed} {variant:<9} macro-F1 {row['macro_f1']:.4f} "

@@ -9,7 +9,8 @@ setting that validates better is the one the teacher and every student use (READ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
@@ -19,7 +20,8 @@ from distill.config import RunConfig
 from distill.data import Dataset, bag_of_words
 from distill.models import FeatureNorm
 from distill.students import train_candidates
-from distill.train import TrainConfig
+from distill.teacher import teacher_signals
+from distill.train import Edges, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,18 @@ class Decision:
 
     dropout: InputDropout
     scratch: Trained | None = None
+
+    def config(self, cfg: RunConfig) -> RunConfig:
+        """`cfg` with the decision written in: what the teacher is built from and keyed by."""
+        return self.dropout.config(cfg)
+
+    def prepared(self, cfg: RunConfig, ds: Dataset, norm: FeatureNorm, device: torch.device,
+                 teacher: torch.nn.Module, edges: Edges, metrics: dict[str, Any]) -> Prepared:
+        """What every student of the run reads: the teacher (trained under `self.config(cfg)`) and
+        its signals, its `metrics` with the decision recorded, and the probe's scratch students."""
+        return Prepared(ds, device, norm, cfg.train_config, teacher, edges,
+                        {**metrics, "input_dropout": asdict(self.dropout)},
+                        teacher_signals(teacher, ds, edges, device), self.dropout, self.scratch)
 
 
 def decide(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConfig, device: torch.device,

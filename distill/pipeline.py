@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from distill.data import Dataset, load_dataset
 from distill.export import export_onnx
 from distill.policy import neighbourhood
 from distill.students import train_candidates, train_distilled
-from distill.teacher import feature_norm, teacher_model, teacher_signals, train_teacher
+from distill.teacher import feature_norm, teacher_model, train_teacher
 from distill.train import predict, resolve_device, test_metrics
 
 # (served check of the new bundle, the run's data) -> extra manifest fields; raises to refuse the bundle.
@@ -46,7 +45,7 @@ def prepare(cfg: RunConfig, progress: bool, teacher_state: dict[str, Tensor] | N
     dropout = decision.dropout
     log(f"[inputs] input dropout {'on' if dropout.on else 'off'} ({dropout.rule}"
         + "".join(f"; scratch val {k} {v:.4f}" for k, v in dropout.probe_val.items()) + ")")
-    cfg = dropout.config(cfg)
+    cfg = decision.config(cfg)
     if teacher_state is None:
         trained = train_teacher(cfg, ds, norm, cfg.train_config, device, progress)
         teacher, edges, metrics = trained.model, trained.edges, trained.metrics
@@ -56,9 +55,7 @@ def prepare(cfg: RunConfig, progress: bool, teacher_state: dict[str, Tensor] | N
         data = ds.data.to(device)
         metrics = {**test_metrics(predict(teacher, data, edges), data), "reused": True, "epochs_run": 0}
     log(f"[teacher{' (reused)' if teacher_state is not None else ''}] test {report.headline(metrics)}")
-    metrics = {**metrics, "input_dropout": asdict(dropout)}
-    return Prepared(ds, device, norm, cfg.train_config, teacher, edges, metrics,
-                    teacher_signals(teacher, ds, edges, device), dropout, decision.scratch)
+    return decision.prepared(cfg, ds, norm, device, teacher, edges, metrics)
 
 
 def export_student(trained: Trained, x: Tensor) -> bytes:

@@ -1,6 +1,7 @@
 """bench/accuracy.py: the teacher cache must hand back the same teacher, and only for the same options."""
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -132,3 +133,24 @@ def test_ensemble_members_are_cached_as_the_single_teachers_they_are(tmp_path, m
     ens = acc.teacher_for(replace(cfg, teacher_ensemble=2), ds, norm, cfg.train_config, cpu, tmp_path)
     assert [m["seed"] for m in ens.metrics["members"]] == [0, 1]
     assert len(list(tmp_path.glob("*.pt"))) == 2
+
+
+def test_the_scratch_row_is_the_probes_students_only_for_the_families_the_probe_trained(monkeypatch):
+    """bench/accuracy.py reports what `distill run` keeps: the input-dropout probe's scratch students
+    stand for the run's own families; any other student is trained, and distilled rows always are."""
+    acc = _bench()
+    probed, trained = object(), object()
+    calls: list[tuple[str, tuple[str, ...]]] = []
+
+    def train(cfg, prep, kinds, progress):
+        calls.append((cfg.student, kinds))
+        return trained
+
+    monkeypatch.setattr(acc, "train_candidates", train)
+    prep = SimpleNamespace(scratch=probed)
+    cfg = RunConfig()
+    assert acc.train_variant(cfg, prep, "scratch", probed=True) is probed and calls == []
+    assert acc.train_variant(replace(cfg, student="mlp"), prep, "scratch", probed=False) is trained
+    assert acc.train_variant(cfg, prep, "response", probed=True) is trained
+    assert acc.train_variant(cfg, SimpleNamespace(scratch=None), "scratch", probed=True) is trained
+    assert calls == [("mlp", ()), ("auto", ("response",)), ("auto", ())]

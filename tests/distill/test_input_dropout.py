@@ -98,13 +98,15 @@ def test_the_teacher_and_every_student_follow_the_runs_decision(monkeypatch, on:
     from distill import pipeline
     from distill.students import train_candidates
 
-    decision = dropouts.Decision(InputDropout(on, "probe", {"on": 0.5, "off": 0.6}))
+    probed = SimpleNamespace(name="the probe's scratch students")
+    decision = dropouts.Decision(InputDropout(on, "probe", {"on": 0.5, "off": 0.6}), probed)
     monkeypatch.setattr(dropouts, "decide", lambda *args, **kwargs: decision)
     cfg = RunConfig(dataset="synthetic:nodes=200,avg_degree=8,features=6,seed=3", teacher="gcn", teacher_layers=2,
                     teacher_hidden=16, epochs=3, patience=3, min_epochs=0, student="sage-res", kd="response",
                     alpha="0.8", temperature="1")
     prep = pipeline.prepare(cfg, progress=False)
-    assert prep.input_dropout.on is on and prep.teacher_metrics["input_dropout"]["on"] is on
+    assert prep.input_dropout.on is on and prep.scratch is probed
+    assert prep.teacher_metrics["input_dropout"] == {"on": on, "rule": "probe", "probe_val": {"on": 0.5, "off": 0.6}}
     assert prep.teacher.input_drop == (cfg.teacher_dropout if on else 0.0)
     for kinds in ((), cfg.kd_kinds):  # scratch and distilled
         student = train_candidates(cfg, prep, kinds, progress=False).model
