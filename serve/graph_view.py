@@ -29,6 +29,7 @@ class GraphView:
         self._kept: dict[int, I64] = {}
         self._rows: dict[int, tuple[I64, F32]] = {}
         self._means: dict[tuple[int, float, bool], npt.NDArray[np.float64]] = {}
+        self._visible: dict[tuple[int, float, bool], list[tuple[int, float]]] = {}
 
     def logged(self, node: int) -> list[tuple[int, bool]]:
         """Logged in-neighbours of `node` visible in this view, with their `counted` flag."""
@@ -147,10 +148,14 @@ class GraphView:
         return kernels.node_inputs(g.features[nodes], degree, mean)
 
     def _sources(self, node: int, t: float, inclusive: bool) -> list[tuple[int, float]]:
-        """Counted logged in-neighbours of `node` with their edge's time, up to `t`."""
-        entries = self.g.logged.get(node, {})
-        return [(s, when) for s, (when, counted) in entries.items()
-                if counted and (when <= t if inclusive else when < t)]
+        """Counted logged in-neighbours of `node` with their edge's time, up to `t` (memoised: a
+        node's degree column and its mean both read them)."""
+        key = (node, t, inclusive)
+        if key not in self._visible:
+            entries = self.g.logged.get(node, {})
+            self._visible[key] = [(s, when) for s, (when, counted) in entries.items()
+                                  if counted and (when <= t if inclusive else when < t)]
+        return self._visible[key]
 
     def _count(self, node: int, logged: int) -> int:
         base = self.g.base_degree
