@@ -247,7 +247,6 @@ def test_when_every_connection_has_a_request_in_progress_a_new_one_gets_503_at_o
     try:
         deadline = time.monotonic() + 10
         while True:  # until the 4 held requests occupy every connection
-            started = time.monotonic()
             with connect(server) as sock:
                 sock.sendall(get("/livez"))
                 try:
@@ -258,7 +257,9 @@ def test_when_every_connection_has_a_request_in_progress_a_new_one_gets_503_at_o
                 break
             assert time.monotonic() < deadline, "never refused a connection over the cap"
             time.sleep(0.05)
-        assert time.monotonic() - started < 0.5
+        # "At once": refused while every held request is still in progress, not queued behind one
+        # (a wall-clock bound here failed on a loaded machine).
+        assert all(thread.is_alive() for thread in held)
         assert json.loads(body)["error"]["code"] == "overloaded" and headers["retry-after"] == "1"
     finally:
         for thread in held:
