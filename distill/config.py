@@ -79,10 +79,11 @@ class RunConfig:
     teacher: str = _opt("teacher", "auto",
                         "teacher architecture (gat-sep: attention over neighbours, the node's own state "
                         "through a separate transform; gcnii: deep GCN with initial residual and identity "
-                        "mapping; hetero-sage: per-relation SAGE over every node and edge type of a heterogeneous "
-                        f"dataset; auto: train {', '.join(AUTO_TEACHERS)} (and hetero-sage on a heterogeneous "
-                        "dataset) in turn, keep the best on validation)",
-                        ("auto", "gat", "gat-sep", "gcnii", "gcn", "sage", "hetero-sage"))
+                        "mapping; sage-res: the sage-res student's residual, normalised ego / neighbour-mean "
+                        "block at teacher depth; hetero-sage: per-relation SAGE over every node and edge type of a "
+                        f"heterogeneous dataset; auto: train {', '.join(AUTO_TEACHERS)} (and hetero-sage on a "
+                        "heterogeneous dataset) in turn, keep the best on validation)",
+                        ("auto", "gat", "gat-sep", "gcnii", "gcn", "sage", "sage-res", "hetero-sage"))
     teacher_layers: int = _opt("teacher", 6, "teacher message-passing layers")
     teacher_hidden: int = _opt("teacher", 64, "teacher width (all heads together for gat)")
     teacher_heads: int = _opt("teacher", 4, "attention heads per gat layer")

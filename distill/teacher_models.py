@@ -8,12 +8,13 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import GATConv, GCN2Conv, JumpingKnowledge
+from torch_geometric.nn import GATConv, GCN2Conv, GraphConv, JumpingKnowledge
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
+from torch_geometric.utils import degree, to_torch_csr_tensor
 
 from distill.errors import ConfigError
 from distill.hetero_models import HeteroSAGE
-from distill.models import GCN, SAGE, FeatureNorm, NodeOutputs, input_dropout, norm_layer
+from distill.models import GCN, SAGE, FeatureNorm, NodeOutputs, ResSAGE, input_dropout, norm_layer
 
 
 class GAT(nn.Module):
@@ -106,6 +107,37 @@ class GCNII(nn.Module):
                 {"params": dense, "weight_decay": weight_decay}]
 
 
+class ResSAGETeacher(ResSAGE):
+    """The sage-res student's block at teacher depth over the raw graph: ego and neighbour-mean
+    transforms kept apart, the node's log-degree, LayerNorm and a residual per layer (the recipe
+    that makes classic GNNs strong at depth on heterophilous graphs, Luo et al., NeurIPS 2024). It
+    reads raw features and computes the degree of the edges it is given itself; mean aggregation
+    still takes edge weights, so structure KD's gradient importance applies."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
+                 dropout: float = 0.5) -> None:
+        super().__init__(in_channels, hidden_channels, num_layers, out_channels, dropout, mean_input=False)
+        self.takes_degree = False  # the raw features only: the degree column is added in `run`
+
+    def _layer(self, width: int) -> nn.Module:
+        return GraphConv(width, width, aggr="mean")
+
+    def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
+        """x [N, F] raw features, edge_index [2, E] (source -> target), edge_weight [E] or None."""
+        n = x.size(0)
+        in_degree = degree(edge_index[1], n, dtype=x.dtype)
+        x = torch.cat([x, in_degree.log1p().unsqueeze(-1)], dim=-1)
+        if edge_weight is not None:  # weights to differentiate (structure KD's importance): message passing
+            return super().run(x, edge_index, edge_weight)
+        # Unweighted, the mean is one sparse product with 1 / in-degree: about 3.5x faster than
+        # PyG's gather-scatter over a million edges on a CPU, and the same numbers.
+        mean = to_torch_csr_tensor(edge_index.flip(0), (1.0 / in_degree.clamp(min=1))[edge_index[1]], (n, n))
+        return self._blocks(x, lambda conv, h: mean @ h)
+
+    def forward_dense(self, x: Tensor, adj: Tensor) -> Tensor:
+        raise NotImplementedError("a teacher is never exported")
+
+
 class MeanTeacher(nn.Module):
     """Several trained teachers read as one: logits are the log of their mean softmax (the ensemble
     a student is distilled from, Hinton et al. 2015); hidden states and attention are the first
@@ -132,6 +164,7 @@ TEACHERS: dict[str, Callable[..., nn.Module]] = {
     "gcnii": GCNII,
     "gcn": lambda **kw: GCN(normalize=True, **kw),
     "sage": lambda **kw: SAGE(aggr="mean", **kw),
+    "sage-res": ResSAGETeacher,
     "hetero-sage": HeteroSAGE,
 }
 # Families that read the typed graph (Dataset.hetero) instead of the homogeneous view's edges.
@@ -142,7 +175,8 @@ _GAT = _SHAPE + ("heads", "attn_dropout", "residual", "norm", "jk")
 # The constructor arguments each family takes; build_teacher drops the rest, so one call site can
 # pass every family's options.
 ACCEPTS: dict[str, tuple[str, ...]] = {"gat": _GAT, "gat-sep": _GAT, "gcnii": _SHAPE + ("alpha", "theta"),
-                                       "gcn": _SHAPE, "sage": _SHAPE, "hetero-sage": _SHAPE + ("graph",)}
+                                       "gcn": _SHAPE, "sage": _SHAPE, "sage-res": _SHAPE,
+                                       "hetero-sage": _SHAPE + ("graph",)}
 
 
 def build_teacher(name: str, **kwargs: object) -> nn.Module:

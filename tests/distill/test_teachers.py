@@ -64,6 +64,35 @@ def test_gradient_edge_importance_scores_every_edge_of_a_gcnii_teacher():
     assert torch.isfinite(importance.edges).all() and (importance.edges > 0).any()
 
 
+def test_the_sage_res_teacher_takes_raw_features_and_its_fast_mean_equals_message_passing():
+    """Unweighted it aggregates with one sparse product; with edge weights (what gradient
+    importance differentiates) by message passing: the same numbers, a node without in-edges
+    included (node 10 below), and the weights get a gradient."""
+    torch.manual_seed(0)
+    model = build_teacher("sage-res", in_channels=4, hidden_channels=8, num_layers=3, out_channels=3,
+                          heads=4).eval()
+    x = torch.randn(11, 4)
+    edges = torch.cat([EDGES, torch.tensor([[10, 10], [0, 1]])], dim=1)  # node 10: out-edges only
+    out = model.run(x, edges)
+    assert out.logits.shape == (11, 3) and len(out.hidden) == 3 and out.hidden[0].shape == (11, 8)
+    weight = torch.ones(edges.size(1), requires_grad=True)
+    weighted = model(x, edges, weight)
+    torch.testing.assert_close(weighted, out.logits, atol=1e-5, rtol=1e-5)
+    weighted.logsumexp(-1).sum().backward()
+    assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+def test_the_sage_res_teacher_sees_a_nodes_degree():
+    """Two nodes with the same features and the same neighbour mean, one with more in-edges: the
+    log-degree column it adds is the only thing that tells them apart."""
+    torch.manual_seed(0)
+    model = build_teacher("sage-res", in_channels=2, hidden_channels=8, num_layers=2, out_channels=2).eval()
+    x = torch.ones(5, 2)
+    edges = torch.tensor([[2, 3, 4], [0, 1, 1]])  # node 0: one in-edge, node 1: two
+    logits = model(x, edges)
+    assert not torch.allclose(logits[0], logits[1])
+
+
 def test_param_groups_hook_gives_gcnii_convs_their_own_weight_decay():
     model = _gcnii()
     groups = param_groups(model, 5e-4, extra=nn.Linear(2, 2))
