@@ -44,7 +44,7 @@ DEFAULT_GRID = ("gcn:2:16", "gcn:2:64", "gcn:2:128", "gcn:3:64", "sage:2:32", "s
                 "ppr-mlp:2:64", "mlp:2:64", "mlp:2:256", "mlp:3:256")
 # --teacher auto: the families trained, in this order, best on validation kept. gat first: it is the
 # reference design, and the one family a --teacher-budget always leaves room for.
-AUTO_TEACHERS = ("gat", "gat-sep", "gcnii")
+AUTO_TEACHERS = ("gat", "gat-sep", "gcnii", "sage-res")
 
 
 # `distill run --help` lists the options in these groups, in this order; every RunConfig field names one.
