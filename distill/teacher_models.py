@@ -118,23 +118,34 @@ class ResSAGETeacher(ResSAGE):
     def __init__(self, in_channels: int, hidden_channels: int, num_layers: int, out_channels: int,
                  dropout: float = 0.5) -> None:
         super().__init__(in_channels, hidden_channels, num_layers, out_channels, dropout, mean_input=False)
-        self.takes_degree = False  # the raw features only: the degree column is added in `run`
+        self._graph: tuple[Tensor, tuple[object, ...], Tensor, Tensor] | None = None
 
     def _layer(self, width: int) -> nn.Module:
         return GraphConv(width, width, aggr="mean")
 
+    def _operators(self, edge_index: Tensor, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """log1p(in-degree) [n, 1] and the mean operator (CSR [n, n], rows 1 / in-degree) of
+        `edge_index`. Training feeds the same edges every forward, and building the operator took
+        0.16 s of a 1.25 s Tolokers epoch: the last pair is kept while the edges are the same,
+        unmodified tensor (held, so its memory cannot be reused by another)."""
+        key = (edge_index._version, n, dtype)
+        if self._graph is not None and self._graph[0] is edge_index and self._graph[1] == key:
+            return self._graph[2], self._graph[3]
+        in_degree = degree(edge_index[1], n, dtype=dtype)
+        with warnings.catch_warnings():  # torch's "CSR support is in beta" and "checks disabled" notes
+            warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
+            mean = to_torch_csr_tensor(edge_index.flip(0), (1.0 / in_degree.clamp(min=1))[edge_index[1]], (n, n))
+        self._graph = (edge_index, key, in_degree.log1p().unsqueeze(-1), mean)
+        return self._graph[2], self._graph[3]
+
     def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
         """x [N, F] raw features, edge_index [2, E] (source -> target), edge_weight [E] or None."""
-        n = x.size(0)
-        in_degree = degree(edge_index[1], n, dtype=x.dtype)
-        x = torch.cat([x, in_degree.log1p().unsqueeze(-1)], dim=-1)
+        log_degree, mean = self._operators(edge_index, x.size(0), x.dtype)
+        x = torch.cat([x, log_degree], dim=-1)
         if edge_weight is not None:  # weights to differentiate (structure KD's importance): message passing
             return super().run(x, edge_index, edge_weight)
         # Unweighted, the mean is one sparse product with 1 / in-degree: about 3.5x faster than
         # PyG's gather-scatter over a million edges on a CPU, and the same numbers.
-        with warnings.catch_warnings():  # torch's "CSR support is in beta" and "checks disabled" notes
-            warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
-            mean = to_torch_csr_tensor(edge_index.flip(0), (1.0 / in_degree.clamp(min=1))[edge_index[1]], (n, n))
         return self._blocks(x, lambda conv, h: mean @ h)
 
     def forward_dense(self, x: Tensor, adj: Tensor) -> Tensor:

@@ -91,6 +91,12 @@ def test_the_sage_res_teacher_sees_a_nodes_degree():
     edges = torch.tensor([[2, 3, 4], [0, 1, 1]])  # node 0: one in-edge, node 1: two
     logits = model(x, edges)
     assert not torch.allclose(logits[0], logits[1])
+    # The operators it keeps between forwards follow the edges: other edges, or the same tensor
+    # changed in place, are read afresh.
+    other = torch.tensor([[2, 3, 4], [1, 0, 0]])
+    torch.testing.assert_close(model(x, other), logits[[1, 0, 2, 3, 4]])
+    edges[1] = torch.tensor([1, 0, 0])
+    torch.testing.assert_close(model(x, edges), logits[[1, 0, 2, 3, 4]])
 
 
 def test_param_groups_hook_gives_gcnii_convs_their_own_weight_decay():
