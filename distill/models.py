@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import GCNConv, GraphConv
 
 from distill.errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -27,6 +30,32 @@ class NodeOutputs:
     logits: Tensor
     hidden: list[Tensor] = field(default_factory=list)
     attention: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Kept(Generic[T]):
+    source: Tensor
+    key: tuple[object, ...]
+    value: T
+
+
+class LastResult(Generic[T]):
+    """The last value a model computed from a tensor, reused while the same tensor object comes back
+    unmodified: its version counter (shared by a base and its views) and the caller's `key` unchanged.
+    The source is held, so its memory cannot be reused by another tensor that would then match."""
+
+    def __init__(self) -> None:
+        self._kept: _Kept[T] | None = None
+
+    def get(self, source: Tensor, key: tuple[object, ...]) -> T | None:
+        kept = self._kept
+        if kept is not None and kept.source is source and kept.key == (source._version, *key):
+            return kept.value
+        return None
+
+    def put(self, source: Tensor, key: tuple[object, ...], value: T) -> T:
+        self._kept = _Kept(source, (source._version, *key), value)
+        return value
 
 
 class FeatureNorm(nn.Module):
@@ -40,24 +69,23 @@ class FeatureNorm(nn.Module):
         self.mode = mode
         self.register_buffer("mean", mean if mean is not None else torch.zeros(0))
         self.register_buffer("std", std if std is not None else torch.ones(0))
-        self._last: tuple[Tensor, tuple[object, ...], Tensor] | None = None
+        self._last: LastResult[Tensor] = LastResult()
 
     def forward(self, x: Tensor) -> Tensor:
         """x [..., F] -> normalised [..., F]. Full-batch training feeds the same feature matrix every
         epoch; normalising CiteSeer's 3327 x 3703 floats took 40 % of a student's training, so the
         last result is reused while the input is the same, unmodified tensor, or the same view of one
         (a model that slices its input makes a new view every call; never while exporting)."""
-        # A view shares its base's storage and version counter; holding the base keeps its memory
-        # from being reused by another tensor that would then match the same offsets.
+        # A view shares its base's storage and version counter: the base is what is held, the view's
+        # place in it part of the key.
         base = x if x._base is None else x._base
-        key = (x.storage_offset(), tuple(x.shape), x.stride(), x.dtype,
-               x._version, self.mean._version, self.std._version)
-        last = self._last
-        if last is not None and last[0] is base and last[1] == key:
-            return last[2]
+        key = (x.storage_offset(), tuple(x.shape), x.stride(), x.dtype, self.mean._version, self.std._version)
+        last = self._last.get(base, key)
+        if last is not None:
+            return last
         out = self._normalise(x)
         if not (x.requires_grad or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()):
-            self._last = (base, key, out)
+            self._last.put(base, key, out)
         return out
 
     def _normalise(self, x: Tensor) -> Tensor:
