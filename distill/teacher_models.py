@@ -125,9 +125,9 @@ class ResSAGETeacher(ResSAGE):
 
     def _operators(self, edge_index: Tensor, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """log1p(in-degree) [n, 1] and the mean operator (CSR [n, n], rows 1 / in-degree) of
-        `edge_index`. Training feeds the same edges every forward, and building the operator took
-        0.16 s of a 1.25 s Tolokers epoch: the last pair is kept while the edges are the same,
-        unmodified tensor (held, so its memory cannot be reused by another)."""
+        `edge_index`. Training feeds the same edges every forward, and on a graph of a million edges
+        building the operator is a sizeable share of an epoch: the last pair is kept while the edges
+        are the same, unmodified tensor (held, so its memory cannot be reused by another)."""
         kept = self._operators_of.get(edge_index, (n, dtype))
         if kept is not None:
             return kept
@@ -143,8 +143,8 @@ class ResSAGETeacher(ResSAGE):
         x = torch.cat([x, log_degree], dim=-1)
         if edge_weight is not None:  # weights to differentiate (structure KD's importance): message passing
             return super().run(x, edge_index, edge_weight)
-        # Unweighted, the mean is one sparse product with 1 / in-degree: about 3.5x faster than
-        # PyG's gather-scatter over a million edges on a CPU, and the same numbers.
+        # Unweighted, the mean is one sparse product with 1 / in-degree: the same numbers as PyG's
+        # gather-scatter, several times faster on a CPU (bench/epoch_time.py, README "A sage-res teacher").
         return self._blocks(x, lambda conv, h: mean @ h)
 
     def forward_dense(self, x: Tensor, adj: Tensor) -> Tensor:
