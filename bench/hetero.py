@@ -11,7 +11,9 @@ Per split and seed the teacher (`hetero-sage`, bench/accuracy.py's `teacher_for`
 goes through the one training loop (early stopping on validation accuracy, `fit`'s rule). Test
 Macro-F1, Micro-F1 (= accuracy: one label per paper) and one-vs-rest AUROC; and, per node type, the
 debiased linear CKA between the student's and the teacher's first-layer states (eval mode): how
-much of the teacher's view of authors, subjects and papers the student kept, where pooling shows.
+much of the teacher's view of authors, subjects and papers the student kept, where pooling shows;
+and the test recall of the rarest training class, which `per-type-balanced` (per-type KD with
+`distill run --kd-balance on`'s class-balanced soft targets) is there to keep.
 """
 
 from __future__ import annotations
@@ -47,11 +49,14 @@ VARIANTS: dict[str, TypedKDConfig] = {
     "response": TypedKDConfig(kinds=("response",)),
     "per-type": TypedKDConfig(kd_types="per-type"),
     "pooled": TypedKDConfig(kd_types="pooled"),
+    # --kd-balance on's class-balanced soft targets (distill run's tail-class mitigation) on the typed route.
+    "per-type-balanced": TypedKDConfig(kd_types="per-type", balanced=True),
 }
 COLOURS = {"teacher": "#4d4d4d", "scratch": "tab:blue", "response": "tab:orange", "per-type": "tab:green",
-           "pooled": "tab:red"}
+           "pooled": "tab:red", "per-type-balanced": "tab:purple"}
 LABELS = {"teacher": "teacher hetero-sage", "scratch": "typed student, scratch", "response": "typed, response KD",
-          "per-type": "typed, per-type KD", "pooled": "typed, pooled KD"}
+          "per-type": "typed, per-type KD", "pooled": "typed, pooled KD",
+          "per-type-balanced": "typed, per-type KD, class-balanced"}
 
 
 def student_row(ds: Dataset, variant: str, seed: int, norm: FeatureNorm, teacher: TypedOutputs, hidden: int,
@@ -81,13 +86,16 @@ def student_row(ds: Dataset, variant: str, seed: int, norm: FeatureNorm, teacher
 def _row(model: str, seed: int, m: dict[str, Any], cka: dict[str, float], best_val: float | None,
          seconds: float) -> dict[str, Any]:
     return {"model": model, "seed": seed, **{k: m[k] for k in METRICS}, "cka": cka, "best_val": best_val,
-            "seconds": seconds}
+            "seconds": seconds, "per_class_recall": m.get("per_class_recall")}
 
 
 def run_split(spec: str, split: int, seeds: range, variants: list[str], hidden: int, cache: Path | None,
               rows: list[dict[str, Any]], save: Any) -> None:
-    """Append the teacher's and every variant's row per seed (with `split`) to `rows`, saving after each."""
+    """Append the teacher's and every variant's row per seed (with `split`) to `rows`, saving after each;
+    each row names the rarest training class and its test recall."""
     ds = load_dataset(spec, split)
+    rare = int(torch.bincount(ds.data.y[ds.data.train_mask], minlength=ds.num_classes).argmin())
+    where = {"split": split, "dataset": ds.name, "rare_class": rare}
     device = resolve_device("auto")
     bar = tqdm(total=len(seeds) * (1 + len(variants)), desc=f"{ds.name} split {split}", mininterval=5.0)
     for seed in seeds:
@@ -101,12 +109,12 @@ def run_split(spec: str, split: int, seeds: range, variants: list[str], hidden: 
         assert isinstance(teacher_out, TypedOutputs)
         t_cka = {t: 1.0 for t in teacher_out.typed[0]}
         rows.append({**_row("teacher", seed, trained.metrics, t_cka, trained.metrics.get("best_val"),
-                            trained.metrics.get("seconds", 0.0)), "split": split, "dataset": ds.name})
+                            trained.metrics.get("seconds", 0.0)), **where})
         bar.update()
         for variant in variants:
             row = student_row(ds, variant, seed, norm, teacher_out, hidden, cfg.train_config, device,
                               decision.dropout.on)
-            rows.append({**row, "split": split, "dataset": ds.name})
+            rows.append({**row, **where})
             bar.update()
             bar.write(f"  split {split} seed {seed} {variant:<9} macro-F1 {row['macro_f1']:.4f} "
                       f"cka {' '.join(f'{t} {v:.3f}' for t, v in row['cka'].items())} ({row['seconds']:.0f}s)")
@@ -125,12 +133,21 @@ def _ms(values: list[float]) -> str:
     return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
 
 
+def _rare_recall(sel: list[dict[str, Any]]) -> str:
+    """Mean ± std of the rarest training class's test recall, with the class; blank without it."""
+    known = [r for r in sel if "rare_class" in r and r.get("per_class_recall")]
+    if not known:
+        return ""
+    return f"{_ms([r['per_class_recall'][r['rare_class']] for r in known])} ({known[0]['rare_class']})"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: per split, one line per model: metrics mean ± std, paired Macro-F1 gain over
-    scratch (seeds up), gap to the teacher, per-type CKA to the teacher."""
+    scratch (seeds up), gap to the teacher, the rarest training class's test recall (rows of runs
+    before it was recorded leave it blank), per-type CKA to the teacher."""
     types = list(rows[0]["cka"])
     head = ("| setting | model | " + " | ".join(METRICS.values()) + " | gain vs scratch (macro-F1, seeds up) "
-            "| gap to teacher | " + " | ".join(f"CKA {t}" for t in types) + " |")
+            "| gap to teacher | recall rarest class | " + " | ".join(f"CKA {t}" for t in types) + " |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for split in sorted({r["split"] for r in rows}):
         srows = [r for r in rows if r["split"] == split]
@@ -144,7 +161,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             gap = "" if model == "teacher" else f"{100 * (np.mean([r['macro_f1'] for r in sel]) - teacher):+.2f}"
             cka = " | ".join("" if model == "teacher" else _ms([r["cka"][t] for r in sel]) for t in types)
             lines.append(f"| {_setting(rows, split)} ({len(sel)} seeds) | {LABELS[model]} | "
-                         + " | ".join(_ms([r[k] for r in sel]) for k in METRICS) + f" | {gain} | {gap} | {cka} |")
+                         + " | ".join(_ms([r[k] for r in sel]) for k in METRICS)
+                         + f" | {gain} | {gap} | {_rare_recall(sel)} | {cka} |")
     return "\n".join(lines)
 
 

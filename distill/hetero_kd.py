@@ -27,7 +27,7 @@ from torch_geometric.data import Data
 from distill.errors import ConfigError
 from distill.hetero_models import TypedOutputs
 from distill.hetero_student import Relation
-from distill.objectives import feature_loss, response_kd, supervised
+from distill.objectives import class_balanced_weights, feature_loss, response_kd, supervised
 from distill.structure import lsp_loss
 from distill.train import Edges, FitResult, TrainConfig, fit
 
@@ -46,6 +46,7 @@ class TypedKDConfig:
     temperature: float = 1.0
     beta: float = 1.0
     gamma: float = 0.1
+    balanced: bool = False  # soft targets weighted by the teacher-predicted class (--kd-balance on)
 
     def __post_init__(self) -> None:
         unknown = [k for k in self.kinds if k not in TYPED_KINDS]
@@ -127,7 +128,9 @@ class TypedKD(nn.Module):
         """Total loss. `teacher`: its detached eval-mode outputs; `edges` {relation: [2, E]}."""
         cfg, terms = self.cfg, {}
         if teacher is not None and "response" in cfg.kinds:
-            terms["response"] = response_kd(out.logits, teacher.logits, y, train_mask, cfg.temperature, cfg.alpha)
+            weight = class_balanced_weights(teacher.logits) if cfg.balanced else None
+            terms["response"] = response_kd(out.logits, teacher.logits, y, train_mask, cfg.temperature, cfg.alpha,
+                                            weight)
         else:
             terms["ce"] = supervised(out.logits, y, train_mask)
         if teacher is not None and ("feature" in cfg.kinds or "structure" in cfg.kinds):

@@ -116,6 +116,27 @@ def test_typed_kd_sums_its_weighted_terms(kd_types):
     assert set(kd.last_terms) == {"response", "feature", "structure"}
 
 
+def test_balanced_response_weighs_each_node_by_its_teacher_class_share():
+    # Teacher argmax 0, 0, 1: shares 2/3, 2/3, 1/3 -> weights 1.5, 1.5, 3, scaled to mean 1: 0.75, 0.75, 1.5.
+    # alpha 1 leaves only the KL term; with T = 1 it is sum_c p_t (log p_t - log p_s) per node.
+    t_logits = torch.tensor([[math.log(3.0), 0.0], [math.log(3.0), 0.0], [0.0, math.log(3.0)]])
+    logits = torch.zeros(3, 2)  # p_s = (1/2, 1/2) everywhere
+    out, teacher = TypedOutputs(logits, [], [], []), TypedOutputs(t_logits, [], [], [])
+    y, mask = torch.tensor([0, 0, 1]), torch.tensor([True, False, False])
+    per_node = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # the same KL for all three
+    kinds = ("response",)
+    plain = TypedKD(TypedKDConfig(kinds=kinds, alpha=1.0), ("paper",), 2, 2)(out, y, mask, teacher, {})
+    balanced = TypedKD(TypedKDConfig(kinds=kinds, alpha=1.0, balanced=True), ("paper",), 2, 2)(out, y, mask,
+                                                                                               teacher, {})
+    assert plain.item() == pytest.approx(per_node, rel=1e-6)
+    assert balanced.item() == pytest.approx((0.75 + 0.75 + 1.5) / 3 * per_node, rel=1e-6)
+    unequal = TypedOutputs(torch.tensor([[0.0, 0.0], [0.0, 0.0], [2.0, 0.0]]), [], [], [])
+    w_plain = TypedKD(TypedKDConfig(kinds=kinds, alpha=1.0), ("paper",), 2, 2)(unequal, y, mask, teacher, {})
+    w_bal = TypedKD(TypedKDConfig(kinds=kinds, alpha=1.0, balanced=True), ("paper",), 2, 2)(unequal, y, mask,
+                                                                                            teacher, {})
+    assert w_bal.item() > w_plain.item()  # the misfit node is the rare-class one, weighed 1.5 instead of 1
+
+
 def test_without_a_teacher_only_cross_entropy_counts():
     kd = TypedKD(TypedKDConfig(kinds=()), ("paper",), 2, 2)
     out = TypedOutputs(torch.tensor([[math.log(3.0), 0.0]]), [], [], [])
