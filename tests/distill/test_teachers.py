@@ -82,6 +82,31 @@ def test_the_sage_res_teacher_takes_raw_features_and_its_fast_mean_equals_messag
     assert weight.grad is not None and weight.grad.abs().sum() > 0
 
 
+def test_gcnii_propagates_unweighted_by_a_sparse_product_equal_to_message_passing():
+    """Unweighted, one CSR product per layer with the normalised adjacency; weighted (unit weights),
+    PyG's message passing: the same logits, a node without in-edges included; the kept adjacency
+    follows the edges (other edges, or the same tensor changed in place, are read afresh)."""
+    torch.manual_seed(0)
+    model = build_teacher("gcnii", in_channels=4, hidden_channels=8, num_layers=4, out_channels=3).eval()
+    x = torch.randn(11, 4)
+    edges = torch.cat([EDGES, torch.tensor([[10, 10], [0, 1]])], dim=1)  # node 10: out-edges only
+    fast = model.run(x, edges)
+    weighted = model.run(x, edges, torch.ones(edges.size(1)))
+    torch.testing.assert_close(fast.logits, weighted.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.hidden[-1], weighted.hidden[-1], atol=1e-5, rtol=1e-5)
+    model.train()
+    model.run(x, edges).logits.sum().backward()
+    assert all(p.grad is not None for p in model.convs.parameters())
+    model.eval()
+    flipped = edges.flip(0)
+    torch.testing.assert_close(model(x, flipped), model(x, flipped, torch.ones(edges.size(1))), atol=1e-5, rtol=1e-5)
+    before = model(x, edges)  # kept for this tensor, then changed in place
+    edges[1, 0] = 10
+    after = model(x, edges)
+    torch.testing.assert_close(after, model(x, edges, torch.ones(edges.size(1))), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(before, after)
+
+
 def test_the_sage_res_teacher_sees_a_nodes_degree():
     """Two nodes with the same features and the same neighbour mean, one with more in-edges: the
     log-degree column it adds is the only thing that tells them apart."""
