@@ -7,9 +7,9 @@ accuracy is known, on this machine's CPU or its GPU (`--device auto`). Prints a 
 One epoch is what `fit` runs per epoch: a training forward and backward over the teacher's edges
 (the full graph unless `--set teacher_fanout=K`), an Adam step and a validation forward. Each family
 is built as `distill run` builds it (`--set` takes any run option: depth, width, fan-out); the first
-epoch is a warm-up and is not counted. The sage-res teacher aggregates by one sparse product
-with the mean operator; its "message passing" row runs the same model through PyG's gather-scatter
-(unit edge weights, the path structure KD's weighted edges take), the numbers it replaced.
+epoch is a warm-up and is not counted. The sage-res and GCNII teachers propagate by one sparse
+product per layer; their "message passing" rows run the same models through PyG's gather-scatter
+(unit edge weights, the path structure KD's weighted edges take), what the products replaced.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from distill.data import load_dataset  # noqa: E402
 from distill.errors import ConfigError, DatasetError  # noqa: E402
 from distill.train import Edges, param_groups, resolve_device  # noqa: E402
 
-MESSAGE_PASSING = "sage-res (message passing)"
+# Families whose unweighted propagation is a sparse product, and the suffix of their gather-scatter row.
+SPARSE_PRODUCT = ("sage-res", "gcnii")
+MESSAGE_PASSING = " (message passing)"
 
 
 def epoch_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, edges: Edges,
@@ -65,10 +67,10 @@ def run(spec: str, families: list[str], epochs: int, overrides: dict[str, object
     data = ds.data.to(device)
     rows: list[tuple[str, int, list[float]]] = []
     for family in families:
-        names = [family, MESSAGE_PASSING] if family == "sage-res" else [family]
+        names = [family, family + MESSAGE_PASSING] if family in SPARSE_PRODUCT else [family]
         for name in names:
             model, edges = teachers.teacher_model(cfg, ds, norm, device, family)
-            if name == MESSAGE_PASSING:
+            if name.endswith(MESSAGE_PASSING):
                 edges = Edges(edges.edge_index, torch.ones(edges.edge_index.size(1), device=device))
             times = epoch_seconds(model, data.x, data.y, data.train_mask, edges, epochs, cfg.weight_decay, device)
             rows.append((name, cfg.teacher_depth(family), times))
