@@ -212,9 +212,10 @@ def figure(rows: list[dict[str, Any]]) -> Any:
         axes[1, col].set_ylabel("debiased linear CKA to the teacher (layer 1)")
         axes[1, col].set_xlabel("node type")
         axes[1, col].set_title(f"{_setting(rows, split)}: per-type embedding alignment", fontsize=10)
+    ncol = min(len(models), 2 * len(splits))  # two labels fit across one panel's width
     fig.legend(handles=[Patch(color=COLOURS[m], label=LABELS[m]) for m in models], loc="upper center",
-               ncol=len(models), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+               ncol=ncol, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 * (0.5 + -(-len(models) // ncol)) / fig.get_figheight()))
     return fig
 
 
