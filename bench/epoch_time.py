@@ -4,12 +4,14 @@ accuracy is known, on this machine's CPU or its GPU (`--device auto`). Prints a 
     OMP_NUM_THREADS=1 python bench/epoch_time.py --dataset npz:$DATASETS/heterophilous/tolokers.npz \\
         --teachers sage-res,gcnii,gat-sep --epochs 5 --threads 1
 
-One epoch is what `fit` runs per epoch: a training forward and backward over the teacher's edges
-(the full graph unless `--set teacher_fanout=K`), an Adam step and a validation forward. Each family
-is built as `distill run` builds it (`--set` takes any run option: depth, width, fan-out); the first
-epoch is a warm-up and is not counted. The sage-res and GCNII teachers propagate by one sparse
-product per layer; their "message passing" rows run the same models through PyG's gather-scatter
-(unit edge weights, the path structure KD's weighted edges take), what the products replaced.
+One epoch is the model's share of what `fit` runs per epoch: a training forward and backward over
+the teacher's edges (the full graph unless `--set teacher_fanout=K`), an Adam step and an eval-mode
+forward; `fit`'s scoring of that forward (AUROC on the host) and its copy of an improved state are
+left out. Each family is built as `distill run` builds it (`--set` takes any run option: depth, width,
+fan-out); the first epoch is a warm-up and is not counted. The sage-res and GCNII teachers propagate
+by one sparse product per layer; their "message passing" rows run the same models through PyG's
+gather-scatter with unit edge weights, the path structure KD's weighted edges take (for sage-res one
+multiply per edge more than its unweighted gather-scatter was).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from distill.models import FeatureNorm, with_input_dropout  # noqa: E402
 from distill.train import Edges, TrainConfig, predict, resolve_device, test_metrics  # noqa: E402
 
 METRICS = {"macro_f1": "Macro-F1", "accuracy": "Micro-F1", "auroc": "AUROC"}
+LEGEND_ROW_INCHES = 0.3  # the plot's legend, one row of labels at fontsize 9
 # Variant -> its loss. "per-type" is the distilled student; "pooled" the same terms type-agnostic.
 VARIANTS: dict[str, TypedKDConfig] = {
     "scratch": TypedKDConfig(kinds=()),
@@ -134,11 +136,11 @@ def _ms(values: list[float]) -> str:
 
 
 def _rare_recall(sel: list[dict[str, Any]]) -> str:
-    """Mean ± std of the rarest training class's test recall, with the class; blank without it."""
-    known = [r for r in sel if "rare_class" in r and r.get("per_class_recall")]
-    if not known:
+    """Mean ± std of the rarest training class's test recall, with the class; blank unless every
+    row recorded it (a mean over fewer seeds than the row's count would mislead)."""
+    if not all("rare_class" in r and r.get("per_class_recall") for r in sel):
         return ""
-    return f"{_ms([r['per_class_recall'][r['rare_class']] for r in known])} ({known[0]['rare_class']})"
+    return f"{_ms([r['per_class_recall'][r['rare_class']] for r in sel])} ({sel[0]['rare_class']})"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -215,7 +217,8 @@ def figure(rows: list[dict[str, Any]]) -> Any:
     ncol = min(len(models), 2 * len(splits))  # two labels fit across one panel's width
     fig.legend(handles=[Patch(color=COLOURS[m], label=LABELS[m]) for m in models], loc="upper center",
                ncol=ncol, fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 * (0.5 + -(-len(models) // ncol)) / fig.get_figheight()))
+    legend_inches = LEGEND_ROW_INCHES * (math.ceil(len(models) / ncol) + 0.5)
+    fig.tight_layout(rect=(0, 0, 1, 1 - legend_inches / fig.get_figheight()))
     return fig
 
 

@@ -46,7 +46,7 @@ class TypedKDConfig:
     temperature: float = 1.0
     beta: float = 1.0
     gamma: float = 0.1
-    balanced: bool = False  # soft targets weighted by the teacher-predicted class (--kd-balance on)
+    balanced: bool = False  # soft targets weighted by the teacher-predicted class, as --kd-balance on weighs them
 
     def __post_init__(self) -> None:
         unknown = [k for k in self.kinds if k not in TYPED_KINDS]
@@ -54,6 +54,8 @@ class TypedKDConfig:
             raise ConfigError(f"unknown distillation kinds {unknown}; choose from {list(TYPED_KINDS)}")
         if self.kd_types not in KD_TYPES:
             raise ConfigError(f"--kd-types {self.kd_types!r}: choose one of {list(KD_TYPES)}")
+        if self.balanced and "response" not in self.kinds:
+            raise ConfigError(f"balanced soft targets need the response term; kinds are {list(self.kinds)}")
         if not 0.0 <= self.alpha <= 1.0 or self.temperature <= 0 or self.beta < 0 or self.gamma < 0:
             raise ConfigError(f"bad weights {self}: alpha in [0, 1], temperature > 0, beta and gamma >= 0")
 

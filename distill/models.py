@@ -57,6 +57,14 @@ class LastResult(Generic[T]):
         self._kept = _Kept(source, (source._version, *key), value)
         return value
 
+    # A copy or a pickle of the model starts empty: the kept value is recomputed on demand, and a
+    # sparse CSR one cannot be deep-copied at all.
+    def __deepcopy__(self, memo: dict[int, object]) -> LastResult[T]:
+        return LastResult()
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"_kept": None}
+
 
 class FeatureNorm(nn.Module):
     """Input normalisation stored inside the model, so the ONNX file takes raw features.

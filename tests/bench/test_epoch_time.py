@@ -6,13 +6,24 @@ from distill.train import Edges
 from tests.bench.scripts import load
 
 
-def test_each_family_gets_a_row_and_sage_res_its_message_passing_path_too():
+def test_each_family_gets_a_row_and_the_sparse_product_ones_a_weighted_message_passing_row(monkeypatch):
     epoch_time = load("epoch_time")
-    table = epoch_time.run("synthetic:nodes=120", ["sage-res", "gcn"], 1, {"teacher_layers": 2}, torch.device("cpu"))
+    weighted = []
+    real = epoch_time.epoch_seconds
+
+    def recording(model, x, y, train, edges, *args):
+        weighted.append(edges.edge_weight is not None)
+        return real(model, x, y, train, edges, *args)
+
+    monkeypatch.setattr(epoch_time, "epoch_seconds", recording)
+    table = epoch_time.run("synthetic:nodes=120", ["sage-res", "gcnii", "gcn"], 1,
+                           {"teacher_layers": 2, "gcnii_layers": 2}, torch.device("cpu"))
     rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [r[0].lstrip("| ") for r in rows] == ["sage-res", "sage-res (message passing)", "gcn"]
-    assert all(float(r[2]) > 0 and float(r[3]) <= float(r[2]) for r in rows)
-    assert min(float(r[4].rstrip(" |")) for r in rows) == 1.0
+    assert [r[0].lstrip("| ") for r in rows] == ["sage-res", "sage-res (message passing)", "gcnii",
+                                                  "gcnii (message passing)", "gcn"]
+    assert weighted == [False, True, False, True, False]
+    assert [int(r[1]) for r in rows] == [2, 2, 2, 2, 2]
+    assert all(float(r[2]) > 0 for r in rows)
 
 
 def test_the_warm_up_epoch_is_not_counted_and_the_model_trains():
