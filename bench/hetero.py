@@ -12,7 +12,7 @@ goes through the one training loop (early stopping on validation accuracy, `fit`
 Macro-F1, Micro-F1 (= accuracy: one label per paper) and one-vs-rest AUROC; and, per node type, the
 debiased linear CKA between the student's and the teacher's first-layer states (eval mode): how
 much of the teacher's view of authors, subjects and papers the student kept, where pooling shows;
-and the test recall of the rarest training class, which `per-type-balanced` (per-type KD with
+and the test recall of the rarest labelled class (`distill.tail`'s), which `per-type-balanced` (per-type KD with
 `distill run --kd-balance on`'s class-balanced soft targets) is there to keep.
 """
 
@@ -41,6 +41,7 @@ from distill.hetero_models import TypedOutputs  # noqa: E402
 from distill.hetero_student import build_hetero_student  # noqa: E402
 from distill.input_dropout import decide  # noqa: E402
 from distill.models import FeatureNorm, with_input_dropout  # noqa: E402
+from distill.tail import rarest_class  # noqa: E402
 from distill.train import Edges, TrainConfig, predict, resolve_device, test_metrics  # noqa: E402
 
 METRICS = {"macro_f1": "Macro-F1", "accuracy": "Micro-F1", "auroc": "AUROC"}
@@ -94,9 +95,9 @@ def _row(model: str, seed: int, m: dict[str, Any], cka: dict[str, float], best_v
 def run_split(spec: str, split: int, seeds: range, variants: list[str], hidden: int, cache: Path | None,
               rows: list[dict[str, Any]], save: Any) -> None:
     """Append the teacher's and every variant's row per seed (with `split`) to `rows`, saving after each;
-    each row names the rarest training class and its test recall."""
+    each row names the rarest labelled class (the one the tail-class mitigation targets)."""
     ds = load_dataset(spec, split)
-    rare = int(torch.bincount(ds.data.y[ds.data.train_mask], minlength=ds.num_classes).argmin())
+    rare = rarest_class(ds.data, ds.num_classes)
     where = {"split": split, "dataset": ds.name, "rare_class": rare}
     device = resolve_device("auto")
     bar = tqdm(total=len(seeds) * (1 + len(variants)), desc=f"{ds.name} split {split}", mininterval=5.0)
@@ -136,7 +137,7 @@ def _ms(values: list[float]) -> str:
 
 
 def _rare_recall(sel: list[dict[str, Any]]) -> str:
-    """Mean ± std of the rarest training class's test recall, with the class; blank unless every
+    """Mean ± std of the rarest labelled class's test recall, with the class; blank unless every
     row recorded it (a mean over fewer seeds than the row's count would mislead)."""
     if not all("rare_class" in r and r.get("per_class_recall") for r in sel):
         return ""
@@ -145,7 +146,7 @@ def _rare_recall(sel: list[dict[str, Any]]) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """Markdown: per split, one line per model: metrics mean ± std, paired Macro-F1 gain over
-    scratch (seeds up), gap to the teacher, the rarest training class's test recall (rows of runs
+    scratch (seeds up), gap to the teacher, the rarest labelled class's test recall (rows of runs
     before it was recorded leave it blank), per-type CKA to the teacher."""
     types = list(rows[0]["cka"])
     head = ("| setting | model | " + " | ".join(METRICS.values()) + " | gain vs scratch (macro-F1, seeds up) "

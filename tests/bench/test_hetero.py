@@ -1,4 +1,4 @@
-"""bench/hetero.py's table: the rarest training class's recall per model, blank for rows recorded before it."""
+"""bench/hetero.py's table: the rarest labelled class's recall per model, blank for rows recorded before it."""
 
 from tests.bench.scripts import load
 
