@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +18,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GCNConv, GraphConv
 
 from distill.errors import ConfigError
-
-T = TypeVar("T")
+from distill.memo import LastResult
 
 
 @dataclass
@@ -30,40 +28,6 @@ class NodeOutputs:
     logits: Tensor
     hidden: list[Tensor] = field(default_factory=list)
     attention: list[tuple[Tensor, Tensor]] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class _Kept(Generic[T]):
-    source: Tensor
-    key: tuple[object, ...]
-    value: T
-
-
-class LastResult(Generic[T]):
-    """The last value a model computed from a tensor, reused while the same tensor object comes back
-    unmodified: its version counter (shared by a base and its views) and the caller's `key` unchanged.
-    The source is held, so its memory cannot be reused by another tensor that would then match."""
-
-    def __init__(self) -> None:
-        self._kept: _Kept[T] | None = None
-
-    def get(self, source: Tensor, key: tuple[object, ...]) -> T | None:
-        kept = self._kept
-        if kept is not None and kept.source is source and kept.key == (source._version, *key):
-            return kept.value
-        return None
-
-    def put(self, source: Tensor, key: tuple[object, ...], value: T) -> T:
-        self._kept = _Kept(source, (source._version, *key), value)
-        return value
-
-    # A copy or a pickle of the model starts empty: the kept value is recomputed on demand, and a
-    # sparse CSR one cannot be deep-copied at all.
-    def __deepcopy__(self, memo: dict[int, object]) -> LastResult[T]:
-        return LastResult()
-
-    def __getstate__(self) -> dict[str, object]:
-        return {"_kept": None}
 
 
 class FeatureNorm(nn.Module):

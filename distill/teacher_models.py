@@ -15,7 +15,8 @@ from torch_geometric.utils import degree, to_torch_csr_tensor
 
 from distill.errors import ConfigError
 from distill.hetero_models import HeteroSAGE
-from distill.models import GCN, SAGE, FeatureNorm, LastResult, NodeOutputs, ResSAGE, input_dropout, norm_layer
+from distill.memo import LastResult
+from distill.models import GCN, SAGE, FeatureNorm, NodeOutputs, ResSAGE, input_dropout, norm_layer
 
 
 class GAT(nn.Module):

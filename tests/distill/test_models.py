@@ -1,12 +1,9 @@
 """Model building blocks whose speed-ups must not change the maths."""
 
-import copy
-import pickle
-
 import torch
 import torch.nn.functional as F
 
-from distill.models import FeatureNorm, LastResult, input_dropout
+from distill.models import FeatureNorm, input_dropout
 
 
 def test_feature_norm_reuses_only_an_unchanged_input():
@@ -174,18 +171,3 @@ def test_ppr_mlp_reads_one_row_dense_equals_sparse_and_needs_the_mean():
     with pytest.raises(ConfigError, match="mean_input"):
         build_student("ppr-mlp", in_channels=5, hidden_channels=8, num_layers=2, out_channels=3, mean_input=False)
 
-
-def test_last_result_is_kept_for_the_same_unmodified_tensor_and_never_copied():
-    memo: LastResult[str] = LastResult()
-    source = torch.zeros(3)
-    assert memo.get(source, ("k",)) is None
-    assert memo.put(source, ("k",), "value") == "value"
-    assert memo.get(source, ("k",)) == "value"
-    assert memo.get(source, ("other key",)) is None and memo.get(torch.zeros(3), ("k",)) is None
-    source.add_(1)  # changed in place: its version counter moved
-    assert memo.get(source, ("k",)) is None
-    memo.put(source, ("k",), "value")
-    # A copy or a pickle starts empty (a CSR value could not be deep-copied), the original keeps its value.
-    assert copy.deepcopy(memo).get(source, ("k",)) is None
-    assert pickle.loads(pickle.dumps(memo)).get(source, ("k",)) is None
-    assert memo.get(source, ("k",)) == "value"
