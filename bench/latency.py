@@ -7,6 +7,11 @@ single-node calls on random nodes (after the service's own warm-up), plus new-no
 8-node batches, and on a typed bundle (`graph.typed`) new nodes sent with typed links ("typed": 1-3
 random nodes of each via type, expanded to meta-path neighbours inside the timed call); then each
 bundle's median relative to the first. Imports serve only (no torch).
+
+Last, two rows that time the machine, not a bundle ("machine reference"): a no-op onnxruntime call
+(an Identity model, the service's session options) and a float32 [64, 64] @ [64, 64] numpy product.
+A table from another machine or session is comparable only beside these: a bundle that got slower
+while they did not is a regression; one that got slower with them is the machine.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from serve.model import session_options  # noqa: E402
 from serve.runtime import build  # noqa: E402
 from serve.scoring import NewNode, Scorer  # noqa: E402
 from serve.settings import Settings  # noqa: E402
@@ -73,6 +81,36 @@ def bench(bundle: Path, calls: int, threads: int) -> list[dict[str, object]]:
     return rows
 
 
+REFERENCE = "(machine reference)"
+
+
+def reference(calls: int, threads: int) -> list[dict[str, object]]:
+    """Rows for the machine's own speed (module docstring): `calls` no-op onnxruntime calls and
+    `calls` [64, 64] float32 matrix products, p50 / p99 in ms in the total columns."""
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "noop", io[:1], io[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what every onnxruntime release since 1.10 reads
+    session = ort.InferenceSession(model.SerializeToString(), session_options(threads),
+                                   providers=["CPUExecutionProvider"])
+    one = np.zeros(1, dtype=np.float32)
+    a = np.random.default_rng(0).random((64, 64), dtype=np.float32)
+    rows = []
+    for mode, call in (("onnx no-op", lambda: session.run(None, {"x": one})), ("matmul 64", lambda: a @ a)):
+        for _ in range(200):  # warm-up, as the bundles get the service's
+            call()
+        seconds = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            call()
+            seconds.append(time.perf_counter() - start)
+        row: dict[str, object] = {"bundle": REFERENCE, "mode": mode, "calls": calls, "nodes/block": ""}
+        row.update({f"{stage} p{q}": "" for stage in ("cache", "inference") for q in (50, 99)})
+        row.update({f"total p{q}": float(np.percentile(seconds, q) * 1e3) for q in (50, 99)})
+        rows.append(row)
+    return rows
+
+
 def table(rows: list[dict[str, object]]) -> str:
     def cell(value: object) -> str:
         return f"{value:.3f}" if isinstance(value, float) else str(value)
@@ -94,11 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.calls < 1000:
         parser.error("--calls must be >= 1000 for a meaningful p99")
     rows = [row for bundle in args.bundles for row in bench(bundle, args.calls, args.threads)]
+    rows += reference(args.calls, args.threads)
     print("latency in ms (in-process, no HTTP)\n")
     print(table(rows))
     base = {r["mode"]: float(r["total p50"]) for r in rows if r["bundle"] == rows[0]["bundle"]}  # type: ignore[arg-type]
     print(f"\nmedian total relative to {rows[0]['bundle']}:")
     for r in rows:
+        if r["bundle"] == REFERENCE:
+            continue
         print(f"  {r['bundle']:>40} {r['mode']:>7}: x{float(r['total p50']) / base[r['mode']]:.2f}")  # type: ignore[arg-type]
     return 0
 
