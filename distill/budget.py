@@ -1,10 +1,11 @@
 """`distill select`: the most accurate student on validation whose served latency fits a budget.
 
-One teacher; a grid of distilled candidates (architecture x depth x width, plus optional int8
-copies). Each is staged as a real bundle and timed through the service's own scoring path
-(serve.runtime.open_service: id lookup, cached block, feature gather, onnxruntime, softmax), one
-node per call and in batches; `--http` adds a real `python -m serve` process timed over HTTP, and
-the budget then applies to that. Accuracy is the served student's, on validation.
+One teacher; a grid of distilled candidates (architecture x depth x width, optionally each with its
+own fan-out, plus optional int8 copies). Each is staged as a real bundle and timed through the
+service's own scoring path (serve.runtime.open_service: id lookup, cached block, feature gather,
+onnxruntime, softmax), one node per call and in batches; `--http` adds a real `python -m serve`
+process timed over HTTP, and the budget then applies to that. Accuracy is the served student's, on
+validation.
 """
 
 from __future__ import annotations
@@ -37,22 +38,34 @@ INT8_MAX_PROB_DIFF = 0.05  # ... and no validation probability moves by more tha
 
 @dataclass(frozen=True)
 class Candidate:
+    """One `--grid` entry: a student family, its depth and width, and optionally its own fan-out
+    (in-neighbours kept per node at every hop; None: the run's --fanout). On a graph with hubs the
+    neighbourhood, not the model, is most of a call's cost, so it is a size to select on too."""
+
     student: str
     layers: int
     hidden: int
+    fanout: int | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.student}-{self.layers}x{self.hidden}"
+        return f"{self.student}-{self.layers}x{self.hidden}" + (f"-f{self.fanout}" if self.fanout else "")
 
     @classmethod
     def parse(cls, text: str) -> Candidate:
-        """`gcn:2:64` -> Candidate("gcn", 2, 64)."""
+        """`gcn:2:64` -> Candidate("gcn", 2, 64); `sage-res:2:64:5` -> fan-out 5."""
         parts = text.split(":")
-        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
-            raise ConfigError(f"--grid entry {text!r}: expected STUDENT:LAYERS:HIDDEN, e.g. gcn:2:64")
+        sizes = parts[1:]
+        if len(parts) not in (3, 4) or not all(p.isdigit() and int(p) > 0 for p in sizes):
+            raise ConfigError(f"--grid entry {text!r}: expected STUDENT:LAYERS:HIDDEN or STUDENT:LAYERS:HIDDEN:FANOUT "
+                              "with positive integers, e.g. gcn:2:64 or sage-res:2:64:5")
         propagation_of(parts[0])
-        return cls(parts[0], int(parts[1]), int(parts[2]))
+        return cls(parts[0], *(int(p) for p in sizes))
+
+    def config(self, cfg: RunConfig) -> RunConfig:
+        """`cfg` with this candidate's student, depth, width and (when it has one) fan-out."""
+        fanout = {"fanout": self.fanout} if self.fanout else {}
+        return replace(cfg, student=self.student, student_layers=self.layers, student_hidden=self.hidden, **fanout)
 
 
 @dataclass(frozen=True)
@@ -133,8 +146,7 @@ def candidates(cfg: RunConfig, prep: Prepared, grid: list[Candidate], opts: Opti
     """Train, stage and time every grid candidate (and its int8 copy when asked)."""
     rows, results = [], {}
     for cand in grid:
-        ccfg = replace(cfg, student=cand.student, student_layers=cand.layers, student_hidden=cand.hidden)
-        result = pipeline.distill_student(ccfg, prep, progress)
+        result = pipeline.distill_student(cand.config(cfg), prep, progress)
         measured = measure(cand.name, prep, result, opts, key, teacher_test)
         assert measured is not None  # a float candidate either passes parity or raises
         rows.append(measured.row)

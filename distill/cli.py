@@ -104,7 +104,9 @@ def _select_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                          formatter_class=_HelpFormatter, description=CONFIG_HELP)
     g = sel.add_argument_group("selection", "the student grid and the latency budget it must meet")
     g.add_argument("--latency-budget-ms", required=True, type=float, help="p99 budget of one scoring call")
-    g.add_argument("--grid", default=",".join(DEFAULT_GRID), help="comma-separated STUDENT:LAYERS:HIDDEN candidates")
+    g.add_argument("--grid", default=",".join(DEFAULT_GRID),
+                   help="comma-separated STUDENT:LAYERS:HIDDEN[:FANOUT] candidates (FANOUT: that candidate's "
+                        "--fanout, in-neighbours kept per node at every hop)")
     g.add_argument("--int8", action="store_true", help="also try a dynamic-int8 copy of every candidate")
     g.add_argument("--calls", type=int, default=1000, help="timed in-process scoring calls per candidate")
     g.add_argument("--http-calls", type=int, default=0,

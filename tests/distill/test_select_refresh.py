@@ -9,6 +9,7 @@ from bundle.files import open_bundle
 from distill import budget, refresh
 from distill.budget_report import Row
 from distill.cli import main
+from distill.config import RunConfig
 from distill.errors import ConfigError
 from distill.latency import Percentiles, Timing
 from tests.tamper import tamper
@@ -38,6 +39,27 @@ def test_candidate_parse():
         budget.Candidate.parse("gcn:two:64")
     with pytest.raises(ConfigError, match="unknown student"):
         budget.Candidate.parse("gin:2:64")
+
+
+def test_a_candidate_may_carry_its_own_fanout():
+    cand = budget.Candidate.parse("sage-res:2:64:5")
+    assert cand == budget.Candidate("sage-res", 2, 64, 5) and cand.name == "sage-res-2x64-f5"
+    assert budget.Candidate.parse("gcn:2:64").name == "gcn-2x64"
+    for bad in ("gcn:2:64:0", "gcn:2:64:5:1", "gcn:2:64:", "gcn:0:64", "gcn:2:64:-1"):
+        with pytest.raises(ConfigError, match=r"STUDENT:LAYERS:HIDDEN\[?.*FANOUT"):
+            budget.Candidate.parse(bad)
+    cfg = RunConfig(dataset="synthetic:nodes=300,features=8", fanout=10)
+    assert (cand.config(cfg).fanout, cand.config(cfg).student, cand.config(cfg).student_hidden) == (5, "sage-res", 64)
+    assert budget.Candidate("gcn", 2, 8).config(cfg).fanout == 10  # no fan-out of its own: the run's
+
+
+def test_select_serves_the_chosen_candidates_own_fanout(tmp_path):
+    out = tmp_path / "sel"
+    assert main(["select", "--out", str(out), "--latency-budget-ms", "1000", "--grid", "gcn:2:8:2", "--calls", "100",
+                 *TINY]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["selection"]["chosen"]["name"] == "gcn-2x8-f2"
+    assert manifest["policy"]["fanout"] == 2 and manifest["config"]["fanout"] == 2
 
 
 def test_select_writes_chosen_bundle_with_table_and_plot(tmp_path, capsys):
