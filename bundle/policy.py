@@ -162,18 +162,64 @@ class CSR:
         along P (row -> its indices), each later hop sorted -> int64 [n]."""
         return k_hop(lambda rows: self.indices[self.segments(rows)[0]], seeds, hops)
 
+    def block_adj(self, nodes: I64) -> BlockAdj:
+        """The entries of P among `nodes` [n], sparse: adj[i, j] = P[nodes[i], nodes[j]]."""
+        pos, lens = self.segments(nodes)
+        return BlockAdj.among(nodes, np.repeat(np.arange(len(nodes)), lens), self.indices[pos], self.weights[pos])
+
     def dense_block(self, nodes: I64) -> F32:
         """adj float32 [n, n] with adj[i, j] = P[nodes[i], nodes[j]] (0 where P has no entry)."""
+        return self.block_adj(nodes).dense()
+
+
+@dataclass(frozen=True)
+class BlockAdj:
+    """A block's propagation entries kept sparse: adj[row[e], col[e]] = weight[e] over `n` local
+    nodes, row and col uint16 [e] (int32 past 65,536 nodes), weight float32 [e]. A block holds
+    about fan-out entries per row, so this is several times smaller than the dense [n, n] the
+    student takes, and densifying it costs microseconds (the service caches blocks this way)."""
+
+    n: int
+    row: npt.NDArray[np.unsignedinteger | np.signedinteger]
+    col: npt.NDArray[np.unsignedinteger | np.signedinteger]
+    weight: F32
+
+    @classmethod
+    def among(cls, nodes: I64, local: I64, cols: I64, weights: F32) -> BlockAdj:
+        """Entries (local row [e], source node id [e], weight [e]) of rows of `nodes` [n], keeping
+        those whose source is in `nodes` too (in order: a repeated entry keeps the last weight)."""
         n = len(nodes)
-        pos, lens = self.segments(nodes)
-        rows = np.repeat(np.arange(n), lens)
-        cols = self.indices[pos]
         order = np.argsort(nodes)
-        at = np.minimum(np.searchsorted(nodes[order], cols), n - 1)
-        inside = nodes[order][at] == cols
-        adj = np.zeros((n, n), dtype=np.float32)
-        adj[rows[inside], order[at[inside]]] = self.weights[pos[inside]]
+        at = np.minimum(np.searchsorted(nodes[order], cols), max(n - 1, 0))
+        inside = nodes[order][at] == cols if n else np.zeros(len(cols), dtype=bool)
+        index = np.uint16 if n <= 1 << 16 else np.int32
+        return cls(n, local[inside].astype(index), order[at[inside]].astype(index),
+                   weights[inside].astype(np.float32))
+
+    @classmethod
+    def new_node(cls, existing: BlockAdj, row: F32) -> BlockAdj:
+        """A new node's block: the node at local row 0 with P row `row` [1 + k] over itself and its
+        kept neighbours (rows 1..k: k_hop puts the seeds first), `existing` shifted to rows 1..n-1."""
+        n = existing.n + 1
+        index = np.uint16 if n <= 1 << 16 else np.int32
+        first = np.arange(len(row))
+        return cls(n, np.concatenate([np.zeros(len(row), np.int64), existing.row.astype(np.int64) + 1]).astype(index),
+                   np.concatenate([first, existing.col.astype(np.int64) + 1]).astype(index),
+                   np.concatenate([row.astype(np.float32), existing.weight]))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.row.nbytes + self.col.nbytes + self.weight.nbytes)
+
+    def dense(self) -> F32:
+        """float32 [n, n], 0 where P has no entry."""
+        adj = np.zeros((self.n, self.n), dtype=np.float32)
+        adj[self.row, self.col] = self.weight
         return adj
+
+    def write(self, out: F32, start: int) -> None:
+        """Write the entries into out[start:start + n, start:start + n] (a block-diagonal pack)."""
+        out[start:start + self.n, start:start + self.n][self.row, self.col] = self.weight
 
 
 def kept_neighbours(neighbours: I64, num_nodes: int, fanout: int, seed: int) -> I64:
@@ -202,11 +248,7 @@ def new_node_block(csr: CSR, kept: I64, k_hops: int, kind: Propagation) -> tuple
     """The block of a new node (row 0) linked to `kept` -> (existing nodes [n-1], adj [n, n]).
     Existing rows do not see the new node, which is why their scores stay what they were."""
     existing = csr.k_hop(kept, k_hops - 1)
-    n = len(existing) + 1
-    adj = np.zeros((n, n), dtype=np.float32)
-    adj[1:, 1:] = csr.dense_block(existing)
-    adj[0, : len(kept) + 1] = new_node_row(kept, kind, csr.degree)  # kept sit at rows 1..k (k_hop's order)
-    return existing, adj
+    return existing, BlockAdj.new_node(csr.block_adj(existing), new_node_row(kept, kind, csr.degree)).dense()
 
 
 def in_degree(src: I64, dst: I64, num_nodes: int) -> I64:

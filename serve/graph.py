@@ -1,11 +1,13 @@
 """The service's view of the graph store: blocks (cached neighbourhoods) and their LRU cache.
 
 A node's *block* is what the student runs on: the node list of its k-hop in-neighbourhood (the
-target first), the dense propagation block `adj[i, j] = P[nodes[i], nodes[j]]`, and the target's
-local row. Every rule of the policy (pruning, k-hop, dense block, new-node rows) is the contract's
-(`bundle.policy`); this module only decides what to keep in memory. Blocks of existing nodes are
-cached (filled at start-up while the memory budget allows, then a bounded LRU); blocks of new nodes
-are built per request and never change the graph.
+target first), the propagation block `adj[i, j] = P[nodes[i], nodes[j]]` (kept sparse: a dense
+[n, n] per cached node held several times the bytes, and at Tolokers size the default budget then
+fitted two thirds of the blocks), and the target's local row. Every rule of the policy (pruning,
+k-hop, block entries, new-node rows) is the contract's (`bundle.policy`); this module only decides
+what to keep in memory. Blocks of existing nodes are cached (filled at start-up while the memory
+budget allows, then a bounded LRU); blocks of new nodes are built per request and never change the
+graph.
 """
 
 from __future__ import annotations
@@ -25,17 +27,17 @@ from bundle.manifest import Policy
 
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
-BLOCK_OVERHEAD = 400  # bytes: Block instance, two ndarray headers, the LRU's entry (measured ~350)
+BLOCK_OVERHEAD = 800  # bytes: Block and BlockAdj instances, four ndarray headers, the LRU entry (measured ~760)
 
 
 @dataclass(frozen=True)
 class Block:
-    """nodes int64 [n] (internal ids, -1 for a new node), adj float32 [n, n] or None for graph-free
-    students, target: local row of the scored node. `x` float32 [n, F] only for new-node blocks
+    """nodes int64 [n] (internal ids, -1 for a new node), adj: its [n, n] entries (None for graph-free
+    students), target: local row of the scored node. `x` float32 [n, F] only for new-node blocks
     (existing nodes' features are gathered from the store at scoring time, not cached)."""
 
     nodes: I64
-    adj: F32 | None
+    adj: kernels.BlockAdj | None
     target: int
     x: F32 | None = None
 
@@ -48,6 +50,10 @@ class Block:
         """Array bytes plus the Python objects around them (counted so that tiny blocks, e.g. of a
         graph-free student, cannot hold millions of entries inside a small budget)."""
         return int(BLOCK_OVERHEAD + self.nodes.nbytes + (self.adj.nbytes if self.adj is not None else 0))
+
+    def dense(self) -> F32 | None:
+        """The adj the student takes: float32 [n, n] (None for graph-free students)."""
+        return None if self.adj is None else self.adj.dense()
 
 
 class PastGraph(Protocol):
@@ -106,7 +112,7 @@ class GraphStore:
     def block(self, node: int) -> Block:
         """The cached-neighbourhood block of existing internal node `node` (target at row 0)."""
         nodes = self.csr.k_hop(np.array([node], dtype=np.int64), self.policy.k_hops)
-        return Block(nodes, None if self.graph_free else self.csr.dense_block(nodes), 0)
+        return Block(nodes, None if self.graph_free else self.csr.block_adj(nodes), 0)
 
     def inputs(self, nodes: I64) -> F32:
         """The student's input rows of existing nodes [n] -> float32 [n, F] (plus the policy's
@@ -135,7 +141,9 @@ class GraphStore:
             return Block(np.array([-1], dtype=np.int64), None, 0, x_new)
         p = self.policy
         kept = kernels.kept_neighbours(neighbors, self.num_nodes, p.fanout, p.seed)
-        existing, adj = kernels.new_node_block(self.csr, kept, p.k_hops, p.propagation)
+        existing = self.csr.k_hop(kept, p.k_hops - 1)
+        adj = kernels.BlockAdj.new_node(self.csr.block_adj(existing),
+                                        kernels.new_node_row(kept, p.propagation, self.csr.degree))
         x = np.concatenate([x_new, self.inputs(existing)])
         return Block(np.concatenate([[-1], existing]).astype(np.int64), adj, 0, x)
 

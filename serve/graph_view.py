@@ -122,16 +122,9 @@ class GraphView:
         """bundle.policy.CSR.k_hop over this view's rows."""
         return kernels.k_hop(lambda rows: self.gather(rows)[1], seeds, hops)
 
-    def dense_block(self, nodes: I64) -> F32:
-        """bundle.policy.CSR.dense_block over this view's rows."""
-        n = len(nodes)
-        local, cols, weights = self.gather(nodes)
-        order = np.argsort(nodes)
-        at = np.minimum(np.searchsorted(nodes[order], cols), n - 1)
-        inside = nodes[order][at] == cols
-        adj = np.zeros((n, n), dtype=np.float32)
-        adj[local[inside], order[at[inside]]] = weights[inside]
-        return adj
+    def block_adj(self, nodes: I64) -> kernels.BlockAdj:
+        """bundle.policy.CSR.block_adj over this view's rows."""
+        return kernels.BlockAdj.among(nodes, *self.gather(nodes))
 
     def inputs(self, nodes: I64) -> F32:
         """Student input rows of `nodes` [n] with this view's degree (and neighbour-mean) columns
@@ -212,7 +205,7 @@ class GraphView:
         adj = None
         if not self.g.graph_free:
             nodes = self.k_hop(nodes, self.g.policy.k_hops)
-            adj = self.dense_block(nodes)
+            adj = self.block_adj(nodes)
         return Block(nodes, adj, 0, None if self.as_of is None else self.inputs(nodes))
 
     def new_node_block(self, features: F32, neighbors: I64) -> Block:
@@ -223,10 +216,8 @@ class GraphView:
             return Block(np.array([-1], dtype=np.int64), None, 0, x_new)
         kept = kernels.kept_neighbours(neighbors, g.num_nodes, p.fanout, p.seed)
         existing = self.k_hop(kept, p.k_hops - 1)
-        adj = np.zeros((len(existing) + 1,) * 2, dtype=np.float32)
-        adj[1:, 1:] = self.dense_block(existing)
         entries = np.zeros(int(kept.max()) + 1 if len(kept) else 0, dtype=np.int64)
         entries[kept] = [self.degree(int(k)) for k in kept.tolist()]
-        adj[0, : len(kept) + 1] = kernels.new_node_row(kept, p.propagation, entries)
+        adj = kernels.BlockAdj.new_node(self.block_adj(existing), kernels.new_node_row(kept, p.propagation, entries))
         x = np.concatenate([x_new, self.inputs(existing)])
         return Block(np.concatenate([[-1], existing]).astype(np.int64), adj, 0, x)

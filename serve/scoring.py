@@ -16,7 +16,7 @@ from bundle.ids import NodeKey, to_array
 from serve.errors import InvalidFeatures, ModelOutputInvalid, NewNodesUnsupported, UnknownNeighbors, UnknownNodes
 from serve.graph import Block, BlockCache, GraphStore
 from serve.model import Model, softmax
-from serve.temporal_store import NO_NEW_NODES, CompactBlock, TemporalGraph
+from serve.temporal_store import NO_NEW_NODES, TemporalGraph
 from serve.typed import Links, TypedLinks, no_links
 
 F32 = npt.NDArray[np.float32]
@@ -157,7 +157,7 @@ class Scorer:
         temporal student, block-diagonal per relation), target rows [b]."""
         if len(blocks) == 1:
             b = blocks[0]
-            return self._features(b), _adjacency(b), np.array([b.target], dtype=np.int64)
+            return self._features(b), b.dense(), np.array([b.target], dtype=np.int64)
         sizes = np.array([b.size for b in blocks], dtype=np.int64)
         starts = np.cumsum(sizes) - sizes
         x = np.concatenate([self._features(b) for b in blocks])
@@ -165,18 +165,19 @@ class Scorer:
         if self.model.graph_free:
             return x, None, rows
         n = int(sizes.sum())
-        dense = [_adjacency(b) for b in blocks]
+        if all(b.adj is not None for b in blocks):  # written straight into the pack, never densified alone
+            adj = np.zeros((n, n), dtype=np.float32)
+            for start, b in zip(starts.tolist(), blocks, strict=True):
+                assert b.adj is not None
+                b.adj.write(adj, start)
+            return x, adj, rows
+        dense = [b.dense() for b in blocks]  # temporal blocks: [R, n, n] from their cached edges
         first = dense[0]
         assert first is not None  # graph students: every block has one
         adj = np.zeros((*first.shape[:-2], n, n), dtype=np.float32)
         for start, b, a in zip(starts.tolist(), blocks, dense, strict=True):
             adj[..., start:start + b.size, start:start + b.size] = a
         return x, adj, rows
-
-
-def _adjacency(block: Block) -> F32 | None:
-    """A block's dense adj: as stored, or densified from a temporal block's cached edges."""
-    return block.dense() if isinstance(block, CompactBlock) else block.adj
 
 
 def _softmax(logits: F32) -> F32:

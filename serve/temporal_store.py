@@ -54,6 +54,7 @@ class CompactBlock(Block):
     source: TemporalBlock | None = None
 
     def dense(self) -> F32:
+        """The relation adjacency float32 [R, n, n] of the source block."""
         assert self.source is not None
         return self.source.adjacency()
 
@@ -95,7 +96,7 @@ class PastTemporal:
 
     def block(self, node: int) -> Block:
         b = block(self.store, node, self.as_of, self.graph.kernel)
-        return Block(b.nodes, b.adjacency(), 0, b.x)
+        return CompactBlock(b.nodes, None, 0, b.x, b)
 
     def new_node_block(self, features: F32, neighbors: I64) -> Block:
         raise NewNodesUnsupported(NO_NEW_NODES)

@@ -94,6 +94,23 @@ def test_k_hop_and_dense_block_on_a_hand_graph():
     assert len(HAND.k_hop(np.array([0], dtype=I), 2)) <= policy.max_block_nodes(2, 2)
 
 
+def test_block_adj_is_the_dense_block_kept_sparse():
+    p = np.zeros((4, 4), dtype=np.float32)  # HAND as a dense P[target, source]
+    p[0, 1], p[0, 2], p[1, 0], p[2, 3] = 1.0, 2.0, 10.0, 23.0
+    nodes = np.array([2, 0, 3, 1], dtype=I)  # not sorted: local rows and columns follow `nodes`
+    sparse = HAND.block_adj(nodes)
+    np.testing.assert_array_equal(sparse.dense(), p[np.ix_(nodes, nodes)])
+    assert sparse.row.dtype == np.uint16 and sparse.nbytes == 4 * (2 + 2 + 4)  # 4 entries, not 16 cells
+    part = HAND.block_adj(np.array([0, 2], dtype=I))  # 0 <- 1 and 2 <- 3 leave the block
+    assert (part.row.tolist(), part.col.tolist(), part.weight.tolist()) == ([0], [1], [2.0])
+    packed = np.full((7, 7), -1.0, dtype=np.float32)
+    packed[3:, 3:] = 0.0
+    sparse.write(packed, 3)
+    np.testing.assert_array_equal(packed[3:, 3:], p[np.ix_(nodes, nodes)])
+    assert (packed[:3] == -1.0).all() and (packed[:, :3] == -1.0).all()
+    assert HAND.block_adj(np.zeros(0, dtype=I)).dense().shape == (0, 0)
+
+
 def test_new_node_rows_per_propagation():
     kept = np.array([0, 2], dtype=I)
     gcn = policy.new_node_row(kept, "gcn", HAND.degree)

@@ -53,7 +53,7 @@ def assert_same_blocks(grown: DynamicStore, rebuilt: GraphStore, nodes: range) -
     for node in nodes:
         a, b = grown.block(node), rebuilt.block(node)
         np.testing.assert_array_equal(a.nodes, b.nodes)
-        np.testing.assert_allclose(a.adj, b.adj, rtol=0, atol=1e-7)
+        np.testing.assert_allclose(a.dense(), b.dense(), rtol=0, atol=1e-7)
         # Exact up to float32 rounding: the grown mean is (stored mean x count + new rows) / count.
         np.testing.assert_allclose(grown.inputs(a.nodes), rebuilt.inputs(b.nodes), rtol=0, atol=1e-6)
 
@@ -83,7 +83,7 @@ def test_teacher_scored_rows_keep_their_edges_and_fill_only_free_room() -> None:
     grown.apply(entry(1, [(5, 0, 1.0), (1, 5, 1.0)]))
     np.testing.assert_array_equal(grown.current_kept(0), [1, 2, 3])  # a logged edge never evicts a scored one
     np.testing.assert_array_equal(grown.current_kept(5), [1, 4])
-    np.testing.assert_array_equal(grown.block(5).adj[0], [0.0, 0.5, 0.5])
+    np.testing.assert_array_equal(grown.block(5).dense()[0], [0.0, 0.5, 0.5])
 
 
 def test_a_write_drops_every_cached_block_that_holds_a_changed_row() -> None:
@@ -98,11 +98,11 @@ def test_a_write_drops_every_cached_block_that_holds_a_changed_row() -> None:
     assert dropped == len(applied.stale_targets) > 0
     for node in range(N):
         fresh = grown.block(node)
-        same = np.array_equal(fresh.nodes, before[node].nodes) and np.array_equal(fresh.adj, before[node].adj)
+        same = np.array_equal(fresh.nodes, before[node].nodes) and np.array_equal(fresh.dense(), before[node].dense())
         if not same:  # every block that changed was dropped (a superset may be dropped too)
             assert node in set(applied.stale_targets.tolist()), node
         got = cache.get(node)
-        np.testing.assert_array_equal(got.adj, fresh.adj)
+        np.testing.assert_array_equal(got.dense(), fresh.dense())
 
 
 @pytest.mark.parametrize("mean_input", [False, True])
@@ -123,7 +123,7 @@ def test_as_of_sees_only_edges_up_to_then(mean_input: bool) -> None:
         for node in range(N):
             a, b = past.block(node), reference.block(node)
             np.testing.assert_array_equal(a.nodes, b.nodes)
-            np.testing.assert_array_equal(a.adj, b.adj)
+            np.testing.assert_array_equal(a.dense(), b.dense())
             np.testing.assert_allclose(a.x, reference.inputs(b.nodes), rtol=0, atol=1e-6)
 
 
@@ -148,11 +148,11 @@ def test_attention_rows_take_the_mean_weight_for_a_logged_edge_and_as_of_gives_t
     stored = GraphArrays(features(3), np.arange(3, dtype=np.int64), kernels.CSR(indptr, indices, weights))
     grown = DynamicStore(stored, p)
     grown.apply(entry(1, [(1, 2, 5.0)]))  # row 2 (self only) gains 1 with the mean weight 1.0: 0.5 / 0.5
-    np.testing.assert_allclose(grown.block(2).adj[0], [0.5, 0.5], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(grown.block(2).dense()[0], [0.5, 0.5], rtol=0, atol=1e-7)
     past = grown.past(1.0)
     assert past is not None
-    np.testing.assert_array_equal(past.block(2).adj, [[1.0]])
-    np.testing.assert_array_equal(past.block(0).adj, GraphStore(stored, p).block(0).adj)
+    np.testing.assert_array_equal(past.block(2).dense(), [[1.0]])
+    np.testing.assert_array_equal(past.block(0).dense(), GraphStore(stored, p).block(0).dense())
 
 
 def test_graph_free_bundles_grow_their_degree_column_and_nodes() -> None:

@@ -10,7 +10,7 @@ from torch_geometric.utils import k_hop_subgraph
 
 from bundle import policy
 from serve.bundle import load
-from serve.graph import BlockCache, GraphStore
+from serve.graph import BLOCK_OVERHEAD, BlockCache, GraphStore
 from tests.serve.conftest import TinyBundle
 from tests.serve.helpers import csr_store
 
@@ -41,7 +41,7 @@ def test_every_block_equals_distill_neighbourhood(tiny_bundles, student: str) ->
         assert sorted(block.nodes.tolist()) == subset.tolist()
         # Same node set in another order: permute the reference block into ours.
         perm = np.searchsorted(subset, block.nodes)
-        np.testing.assert_array_equal(block.adj, adj[np.ix_(perm, perm)])
+        np.testing.assert_array_equal(block.dense(), adj[np.ix_(perm, perm)])
 
 
 def test_block_respects_policy_bound(gcn: TinyBundle) -> None:
@@ -68,7 +68,7 @@ def test_block_of_an_existing_node_on_hand_graph() -> None:
     store = csr_store(*CSR, k_hops=2)
     block = store.block(0)
     assert block.nodes.tolist() == [0, 1, 2, 3] and block.target == 0
-    np.testing.assert_array_equal(block.adj, store.csr.dense_block(block.nodes))
+    np.testing.assert_array_equal(block.dense(), store.csr.dense_block(block.nodes))
     assert store.block(3).nodes.tolist() == [3]
     assert csr_store(*CSR, propagation="none", k_hops=0).block(0).adj is None
 
@@ -89,7 +89,7 @@ def test_new_node_block_is_the_contracts() -> None:
     assert block.nodes.tolist() == [-1, *existing.tolist()] and block.target == 0
     assert block.x is not None and block.x[0].tolist() == [7.0, 8.0]
     np.testing.assert_array_equal(block.x[1:], store.features[existing])
-    np.testing.assert_array_equal(block.adj, adj)
+    np.testing.assert_array_equal(block.dense(), adj)
 
 
 def test_cache_is_bounded_by_bytes_and_counts_hits() -> None:
@@ -103,3 +103,15 @@ def test_cache_is_bounded_by_bytes_and_counts_hits() -> None:
     assert cache.bytes <= cache.budget and list(cache._lru) == [1]
     big = BlockCache(store, budget_bytes=1 << 20)
     assert big.fill() == store.num_nodes
+
+
+def test_cached_blocks_cost_their_entries_not_n_squared() -> None:
+    # A ring of 40 nodes, each with in-edges from its two neighbours: a 4-hop block has 9 nodes and
+    # fewer than 9 * 2 entries among them, against 81 dense cells.
+    n = 40
+    indices = [j for i in range(n) for j in ((i - 1) % n, (i + 1) % n)]
+    store = csr_store(list(range(0, 2 * n + 1, 2)), indices, [0.5] * (2 * n), k_hops=4)
+    block = store.block(0)
+    assert block.size == 9 and block.adj is not None and len(block.adj.weight) < 9 * 2
+    assert block.nbytes < BLOCK_OVERHEAD + block.nodes.nbytes + 4 * 9 * 9
+    np.testing.assert_array_equal(block.dense(), store.csr.dense_block(block.nodes))
