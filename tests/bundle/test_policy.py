@@ -111,6 +111,26 @@ def test_block_adj_is_the_dense_block_kept_sparse():
     assert HAND.block_adj(np.zeros(0, dtype=I)).dense().shape == (0, 0)
 
 
+def test_blocks_built_together_equal_one_seed_at_a_time():
+    rng = np.random.default_rng(0)
+    n = 60
+    src, dst = rng.integers(0, n, 300).astype(I), rng.integers(0, n, 300).astype(I)  # repeats and self-loops too
+    kept = policy.prune(src, dst, n, 4, seed=0)
+    csr = policy.CSR.from_entries(policy.propagation(src[kept], dst[kept], n, "mean"), n)
+    seeds = np.array([5, 0, 59, 5, 17], dtype=I)  # unsorted, one twice
+    for hops in (0, 1, 2, 3):
+        together = csr.blocks(seeds, hops)
+        assert len(together) == len(seeds)
+        for seed, (nodes, adj) in zip(seeds.tolist(), together, strict=True):
+            alone = csr.k_hop(np.array([seed], dtype=I), hops)
+            expected = csr.block_adj(alone)
+            np.testing.assert_array_equal(nodes, alone)
+            assert adj.n == expected.n and adj.row.dtype == expected.row.dtype
+            for got, want in ((adj.row, expected.row), (adj.col, expected.col), (adj.weight, expected.weight)):
+                np.testing.assert_array_equal(got, want)
+    assert len(csr.blocks(seeds, 2)[0][1].weight) > 0 and csr.blocks(np.zeros(0, dtype=I), 2) == []
+
+
 def test_new_node_rows_per_propagation():
     kept = np.array([0, 2], dtype=I)
     gcn = policy.new_node_row(kept, "gcn", HAND.degree)

@@ -10,7 +10,7 @@ from torch_geometric.utils import k_hop_subgraph
 
 from bundle import policy
 from serve.bundle import load
-from serve.graph import BLOCK_OVERHEAD, BlockCache, GraphStore
+from serve.graph import BLOCK_OVERHEAD, FILL_BATCH, BlockCache, GraphStore
 from tests.serve.conftest import TinyBundle
 from tests.serve.helpers import csr_store
 
@@ -115,3 +115,19 @@ def test_cached_blocks_cost_their_entries_not_n_squared() -> None:
     assert block.size == 9 and block.adj is not None and len(block.adj.weight) < 9 * 2
     assert block.nbytes < BLOCK_OVERHEAD + block.nodes.nbytes + 4 * 9 * 9
     np.testing.assert_array_equal(block.dense(), store.csr.dense_block(block.nodes))
+
+
+def test_fill_builds_blocks_in_batches_equal_to_one_at_a_time() -> None:
+    n = FILL_BATCH * 2 + 17  # a ring again: every block has the same size, so the budget fixes the count
+    indices = [j for i in range(n) for j in ((i - 1) % n, (i + 1) % n)]
+    store = csr_store(list(range(0, 2 * n + 1, 2)), indices, [0.5] * (2 * n), k_hops=2)
+    one = store.block(0).nbytes
+    cache = BlockCache(store, budget_bytes=one * (FILL_BATCH + 3))
+    assert cache.fill() == FILL_BATCH + 3 and list(cache._lru) == list(range(FILL_BATCH + 3))
+    full = BlockCache(store, budget_bytes=1 << 30)
+    assert full.fill() == n
+    for node, block in full._lru.items():
+        alone = store.block(node)
+        assert block.adj is not None and block.nbytes == alone.nbytes
+        np.testing.assert_array_equal(block.nodes, alone.nodes)
+        np.testing.assert_array_equal(block.dense(), alone.dense())
