@@ -40,9 +40,8 @@ F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 FORMATS = ("npy", "csv", "parquet")
 # Rows of one onnxruntime call for graph students: the service's default. Block-diagonal packing
-# multiplies zeros (per target the dense adj costs O(pack rows)), and building each block (k_hop +
-# dense_block, ~180 us on Tolokers) costs more than its inference anyway: packs of 1-512 rows all
-# scored 9-15 k nodes/s of inference there against ~5.8 k blocks/s built.
+# multiplies zeros (per target the dense adj costs O(pack rows)): packs of 1-512 rows all scored
+# 9-15 k nodes/s of inference on Tolokers.
 PACK_NODES = 128
 # Rows per onnxruntime call for the graph-free MLP: 4096 measured 5-7 M nodes/s in process on a
 # 200k-node synthetic graph (1024: ~5 M, 65536: 3-4 M, out of cache), one thread.
@@ -180,10 +179,11 @@ def chunks(n: int, size: int) -> Iterator[slice]:
 def logits_of(scorer: Scorer, internal: I64) -> F32:
     """Served logits of existing internal nodes [n] -> float32 [n, C]. Graph-free: a node's block is
     its own input row, and packing concatenates rows, so this is one call on store.inputs. Else the
-    service's block-diagonal packing over each node's block (built, not cached)."""
+    service's block-diagonal packing over each node's block (built together, as the service's cache
+    fill builds them, not cached)."""
     if scorer.model.graph_free:
         return scorer.model.logits(scorer.store.inputs(internal), None)
-    return scorer.run_blocks([scorer.store.block(int(i)) for i in internal])
+    return scorer.run_blocks(list(scorer.store.blocks(internal)))
 
 
 def score_nodes(scorer: Scorer, internal: I64, batch: int, progress: bool = False) -> tuple[F32, I64]:

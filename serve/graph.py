@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,7 +29,8 @@ from bundle.manifest import Policy
 I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
 FILL_BATCH = 256  # blocks built together at start-up (bundle.policy.CSR.blocks); at most this many wasted
-BLOCK_OVERHEAD = 800  # bytes: Block and BlockAdj instances, four ndarray headers, the LRU entry (measured ~760)
+BLOCK_OVERHEAD = 400  # bytes: Block instance, an ndarray header, the LRU's entry (measured ~330)
+ADJ_OVERHEAD = 400  # bytes: a BlockAdj instance and its three ndarray headers (~430 more, measured)
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ class Block:
     def nbytes(self) -> int:
         """Array bytes plus the Python objects around them (counted so that tiny blocks, e.g. of a
         graph-free student, cannot hold millions of entries inside a small budget)."""
-        return int(BLOCK_OVERHEAD + self.nodes.nbytes + (self.adj.nbytes if self.adj is not None else 0))
+        adj = 0 if self.adj is None else ADJ_OVERHEAD + self.adj.nbytes
+        return int(BLOCK_OVERHEAD + self.nodes.nbytes + adj)
 
     def dense(self) -> F32 | None:
         """The adj the student takes: float32 [n, n] (None for graph-free students)."""
@@ -115,12 +118,13 @@ class GraphStore:
         nodes = self.csr.k_hop(np.array([node], dtype=np.int64), self.policy.k_hops)
         return Block(nodes, None if self.graph_free else self.csr.block_adj(nodes), 0)
 
-    def blocks(self, nodes: I64) -> list[Block]:
+    def blocks(self, nodes: I64) -> Iterator[Block]:
         """The blocks of existing internal nodes [b], built together (BlockCache.fill): equal to
-        `block` of each node."""
-        if self.graph_free or type(self).block is not GraphStore.block:  # a grown or temporal graph's own
-            return [self.block(int(node)) for node in nodes]
-        return [Block(hood, adj, 0) for hood, adj in self.csr.blocks(nodes, self.policy.k_hops)]
+        `block` of each node. A grown or temporal graph's blocks are its own: built one at a time,
+        as they are consumed (a fill that stops builds no more)."""
+        if self.graph_free or type(self).block is not GraphStore.block:
+            return (self.block(int(node)) for node in nodes)
+        return (Block(hood, adj, 0) for hood, adj in self.csr.blocks(nodes, self.policy.k_hops))
 
     def inputs(self, nodes: I64) -> F32:
         """The student's input rows of existing nodes [n] -> float32 [n, F] (plus the policy's
