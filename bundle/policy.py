@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -141,9 +142,10 @@ class CSR:
     def num_nodes(self) -> int:
         return len(self.indptr) - 1
 
-    @property
+    @cached_property
     def degree(self) -> I64:
-        """Entries per row (self-loop included): d[j] of the gcn new-node formula."""
+        """Entries per row (self-loop included): d[j] of the gcn new-node formula. Cached: every new
+        node scored reads it, and recomputing it costs O(N) per request."""
         return np.diff(self.indptr)
 
     def entries(self) -> Entries:
