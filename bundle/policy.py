@@ -123,6 +123,7 @@ def _sorted_isin(values: I64, sorted_set: I64) -> npt.NDArray[np.bool_]:
     found: npt.NDArray[np.bool_] = sorted_set[at] == values
     return found
 
+
 @dataclass(frozen=True)
 class CSR:
     """P by target row: indptr int64 [N+1], indices int64 [nnz] (sources), weights float32 [nnz]."""
