@@ -211,11 +211,9 @@ class CSR:
         rows, cols, weights = np.repeat(local, lens)[inside], local[by_key[at[inside]]], self.weights[pos[inside]]
         cuts = np.searchsorted(np.repeat(owner, lens)[inside], np.arange(count + 1))
         out = []
-        for b in range(count):  # copies (astype), so a cached block does not keep the batch alive
+        for b in range(count):  # copies, so a cached block does not keep the batch alive
             n, e = slice(starts[b], starts[b + 1]), slice(cuts[b], cuts[b + 1])
-            index = np.uint16 if starts[b + 1] - starts[b] <= 1 << 16 else np.int32
-            out.append((nodes[n].copy(), BlockAdj(int(starts[b + 1] - starts[b]), rows[e].astype(index),
-                                                  cols[e].astype(index), weights[e].astype(np.float32))))
+            out.append((nodes[n].copy(), BlockAdj.of(int(starts[b + 1] - starts[b]), rows[e], cols[e], weights[e])))
         return out
 
 
@@ -232,6 +230,12 @@ class BlockAdj:
     weight: F32
 
     @classmethod
+    def of(cls, n: int, row: I64, col: I64, weight: F32) -> BlockAdj:
+        """Entries over `n` local nodes, copied into the stored dtypes."""
+        index = np.uint16 if n <= 1 << 16 else np.int32
+        return cls(n, row.astype(index), col.astype(index), weight.astype(np.float32))
+
+    @classmethod
     def among(cls, nodes: I64, local: I64, cols: I64, weights: F32) -> BlockAdj:
         """Entries (local row [e], source node id [e], weight [e]) of rows of `nodes` [n], keeping
         those whose source is in `nodes` too (in order: a repeated entry keeps the last weight)."""
@@ -239,20 +243,15 @@ class BlockAdj:
         order = np.argsort(nodes)
         at = np.minimum(np.searchsorted(nodes[order], cols), max(n - 1, 0))
         inside = nodes[order][at] == cols if n else np.zeros(len(cols), dtype=bool)
-        index = np.uint16 if n <= 1 << 16 else np.int32
-        return cls(n, local[inside].astype(index), order[at[inside]].astype(index),
-                   weights[inside].astype(np.float32))
+        return cls.of(n, local[inside], order[at[inside]], weights[inside])
 
     @classmethod
     def new_node(cls, existing: BlockAdj, row: F32) -> BlockAdj:
         """A new node's block: the node at local row 0 with P row `row` [1 + k] over itself and its
         kept neighbours (rows 1..k: k_hop puts the seeds first), `existing` shifted to rows 1..n-1."""
-        n = existing.n + 1
-        index = np.uint16 if n <= 1 << 16 else np.int32
-        first = np.arange(len(row))
-        return cls(n, np.concatenate([np.zeros(len(row), np.int64), existing.row.astype(np.int64) + 1]).astype(index),
-                   np.concatenate([first, existing.col.astype(np.int64) + 1]).astype(index),
-                   np.concatenate([row.astype(np.float32), existing.weight]))
+        return cls.of(existing.n + 1, np.concatenate([np.zeros(len(row), np.int64), existing.row.astype(np.int64) + 1]),
+                      np.concatenate([np.arange(len(row)), existing.col.astype(np.int64) + 1]),
+                      np.concatenate([row.astype(np.float32), existing.weight]))
 
     @property
     def nbytes(self) -> int:
@@ -291,11 +290,17 @@ def new_node_row(kept: I64, kind: Propagation, degree: I64) -> F32:
     return row
 
 
-def new_node_block(csr: CSR, kept: I64, k_hops: int, kind: Propagation) -> tuple[I64, F32]:
-    """The block of a new node (row 0) linked to `kept` -> (existing nodes [n-1], adj [n, n]).
+def new_node_entries(csr: CSR, kept: I64, k_hops: int, kind: Propagation) -> tuple[I64, BlockAdj]:
+    """The block of a new node (row 0) linked to `kept` -> (existing nodes [n-1], its entries).
     Existing rows do not see the new node, which is why their scores stay what they were."""
     existing = csr.k_hop(kept, k_hops - 1)
-    return existing, BlockAdj.new_node(csr.block_adj(existing), new_node_row(kept, kind, csr.degree)).dense()
+    return existing, BlockAdj.new_node(csr.block_adj(existing), new_node_row(kept, kind, csr.degree))
+
+
+def new_node_block(csr: CSR, kept: I64, k_hops: int, kind: Propagation) -> tuple[I64, F32]:
+    """`new_node_entries` with the dense adj [n, n]."""
+    existing, adj = new_node_entries(csr, kept, k_hops, kind)
+    return existing, adj.dense()
 
 
 def in_degree(src: I64, dst: I64, num_nodes: int) -> I64:

@@ -153,9 +153,7 @@ class GraphStore:
             return Block(np.array([-1], dtype=np.int64), None, 0, x_new)
         p = self.policy
         kept = kernels.kept_neighbours(neighbors, self.num_nodes, p.fanout, p.seed)
-        existing = self.csr.k_hop(kept, p.k_hops - 1)
-        adj = kernels.BlockAdj.new_node(self.csr.block_adj(existing),
-                                        kernels.new_node_row(kept, p.propagation, self.csr.degree))
+        existing, adj = kernels.new_node_entries(self.csr, kept, p.k_hops, p.propagation)
         x = np.concatenate([x_new, self.inputs(existing)])
         return Block(np.concatenate([[-1], existing]).astype(np.int64), adj, 0, x)
 
