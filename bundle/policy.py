@@ -107,21 +107,21 @@ def k_hop(sources: Callable[[I64], I64], seeds: I64, hops: int) -> I64:
     nodes, frontier = seeds, seeds
     for _ in range(hops):
         reached = np.unique(sources(frontier))
-        frontier = reached[~_sorted_isin(reached, np.sort(nodes))]  # np.setdiff1d, without its overhead
+        frontier = reached[~_sorted_find(np.sort(nodes), reached)[1]]  # np.setdiff1d, without its overhead
         if not len(frontier):
             break
         nodes = np.concatenate([nodes, frontier])
     return nodes
 
 
-def _sorted_isin(values: I64, sorted_set: I64) -> npt.NDArray[np.bool_]:
-    """values [v] in the sorted array `sorted_set` [s] -> bool [v] (binary search: a node's blocks
-    are small, and np.isin's set-up cost more than the search when the cache builds every block)."""
+def _sorted_find(sorted_set: I64, values: I64) -> tuple[I64, npt.NDArray[np.bool_]]:
+    """Each of `values` [v] in the sorted array `sorted_set` [s] -> (its position there, valid where
+    found [v]; found [v]). A binary search: blocks are small, and np.isin's set-up cost more than the
+    search when the cache builds every block."""
     if not len(sorted_set):
-        return np.zeros(len(values), dtype=bool)
+        return np.zeros(len(values), dtype=np.int64), np.zeros(len(values), dtype=bool)
     at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
-    found: npt.NDArray[np.bool_] = sorted_set[at] == values
-    return found
+    return at, sorted_set[at] == values
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ class CSR:
         for hop in range(1, hops + 1):
             pos, lens = self.segments(front % n_all)
             reached = np.unique(np.repeat(front // n_all, lens) * n_all + self.indices[pos])
-            front = reached[~_sorted_isin(reached, np.sort(keys))]
+            front = reached[~_sorted_find(np.sort(keys), reached)[1]]
             if not len(front):
                 break
             keys, depth = np.concatenate([keys, front]), np.concatenate([depth, np.full(len(front), hop)])
@@ -206,8 +206,7 @@ class CSR:
         pos, lens = self.segments(nodes)
         entry_keys = np.repeat(owner, lens) * n_all + self.indices[pos]
         by_key = np.argsort(keys)
-        at = np.minimum(np.searchsorted(keys[by_key], entry_keys), len(keys) - 1)
-        inside = keys[by_key][at] == entry_keys
+        at, inside = _sorted_find(keys[by_key], entry_keys)
         rows, cols, weights = np.repeat(local, lens)[inside], local[by_key[at[inside]]], self.weights[pos[inside]]
         cuts = np.searchsorted(np.repeat(owner, lens)[inside], np.arange(count + 1))
         out = []
@@ -241,8 +240,7 @@ class BlockAdj:
         those whose source is in `nodes` too (in order: a repeated entry keeps the last weight)."""
         n = len(nodes)
         order = np.argsort(nodes)
-        at = np.minimum(np.searchsorted(nodes[order], cols), max(n - 1, 0))
-        inside = nodes[order][at] == cols if n else np.zeros(len(cols), dtype=bool)
+        at, inside = _sorted_find(nodes[order], cols)
         return cls.of(n, local[inside], order[at[inside]], weights[inside])
 
     @classmethod
