@@ -44,7 +44,7 @@ DEFAULT_GRID = ("gcn:2:16", "gcn:2:64", "gcn:2:128", "gcn:3:64", "sage:2:32", "s
                 "ppr-mlp:2:64", "mlp:2:64", "mlp:2:256", "mlp:3:256")
 # --teacher auto: the families trained, in this order, best on validation kept. gat first: it is the
 # reference design, and the one family a --teacher-budget always leaves room for.
-AUTO_TEACHERS = ("gat", "gat-sep", "gcnii", "sage-res")
+AUTO_TEACHERS = ("gat", "gat-sep", "gcnii", "grand", "sage-res")
 
 
 # `distill run --help` lists the options in these groups, in this order; every RunConfig field names one.
@@ -79,11 +79,13 @@ class RunConfig:
     teacher: str = _opt("teacher", "auto",
                         "teacher architecture (gat-sep: attention over neighbours, the node's own state "
                         "through a separate transform; gcnii: deep GCN with initial residual and identity "
-                        "mapping; sage-res: the sage-res student's residual, normalised ego / neighbour-mean "
-                        "block at teacher depth; hetero-sage: per-relation SAGE over every node and edge type of a "
-                        f"heterogeneous dataset; auto: train {', '.join(AUTO_TEACHERS)} (and hetero-sage on a "
-                        "heterogeneous dataset) in turn, keep the best on validation)",
-                        ("auto", "gat", "gat-sep", "gcnii", "gcn", "sage", "sage-res", "hetero-sage"))
+                        "mapping; grand: random propagation (DropNode, --teacher-layers hops averaged) read by "
+                        "an MLP, trained for consistency across random views; sage-res: the sage-res student's "
+                        "residual, normalised ego / neighbour-mean block at teacher depth; hetero-sage: "
+                        "per-relation SAGE over every node and edge type of a heterogeneous dataset; auto: "
+                        f"train {', '.join(AUTO_TEACHERS)} (and hetero-sage on a heterogeneous dataset) in turn, "
+                        "keep the best on validation)",
+                        ("auto", "gat", "gat-sep", "gcnii", "grand", "gcn", "sage", "sage-res", "hetero-sage"))
     teacher_layers: int = _opt("teacher", 6, "teacher message-passing layers")
     teacher_hidden: int = _opt("teacher", 64, "teacher width (all heads together for gat)")
     teacher_heads: int = _opt("teacher", 4, "attention heads per gat layer")

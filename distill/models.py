@@ -28,6 +28,10 @@ class NodeOutputs:
     logits: Tensor
     hidden: list[Tensor] = field(default_factory=list)
     attention: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+    # Training only, from a model that trains on several random views of one pass (GRAND): the logits
+    # [N, C] of the views after the first (`logits`), and its own label-free term added to the loss.
+    views: list[Tensor] = field(default_factory=list, kw_only=True)
+    regulariser: Tensor | None = field(default=None, kw_only=True)
 
 
 class FeatureNorm(nn.Module):

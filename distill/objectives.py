@@ -20,6 +20,13 @@ def supervised(logits: Tensor, y: Tensor, train_mask: Tensor) -> Tensor:
     return F.cross_entropy(logits[train_mask], y[train_mask])
 
 
+def supervised_views(out: NodeOutputs, y: Tensor, train_mask: Tensor) -> Tensor:
+    """`supervised` averaged over the pass's views (`out.logits` and `out.views`), plus the model's
+    own `out.regulariser`: a teacher's training loss. -> scalar."""
+    loss = torch.stack([supervised(z, y, train_mask) for z in (out.logits, *out.views)]).mean()
+    return loss if out.regulariser is None else loss + out.regulariser
+
+
 def soft_target_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float,
                    weight: Tensor | None = None) -> Tensor:
     """KL(softmax(t/T) || softmax(s/T)) * T^2, averaged over nodes (weighted by `weight` [N], mean 1,

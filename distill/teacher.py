@@ -16,7 +16,7 @@ from distill.config import RunConfig
 from distill.data import Dataset, bag_of_words
 from distill.errors import ConfigError
 from distill.models import FeatureNorm
-from distill.objectives import supervised
+from distill.objectives import supervised_views
 from distill.policy import prune
 from distill.teacher_models import HETERO_TEACHERS, MeanTeacher, build_teacher
 from distill.train import Edges, TrainConfig, fit, predict, test_metrics, val_rank, validate
@@ -93,7 +93,7 @@ def train_family(cfg: RunConfig, ds: Dataset, norm: FeatureNorm, tcfg: TrainConf
 
     def restart(i: int) -> TrainedTeacher:
         teacher, edges = _single_model(cfg, ds, norm, device, i, family)
-        result = fit(teacher, data, edges, lambda out: supervised(out.logits, data.y, data.train_mask), tcfg,
+        result = fit(teacher, data, edges, lambda out: supervised_views(out, data.y, data.train_mask), tcfg,
                      f"teacher {family} {i + 1}/{cfg.teacher_restarts}", progress)
         return TrainedTeacher(teacher, edges, result.__dict__)
 

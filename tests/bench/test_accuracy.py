@@ -64,9 +64,10 @@ def test_teacher_cache_keeps_apart_runs_whose_kd_changes_the_teacher_families(tm
     structure_families = teachers.teacher_families(replace(cfg, kd="response,structure"), ds)
     assert trained == [teachers.teacher_families(cfg, ds), structure_families]  # auto = response's families
     assert len(list(tmp_path.glob("*.pt"))) == 2
-    # A cache written before the key held the families: a type-aware teacher under the structure run's key.
+    # A type-aware teacher under the structure run's key (as caches written before the key held the
+    # families could hold): a family the run would not train, so it is trained again and replaced.
     structure = replace(cfg, kd="response,structure")
-    (saved,) = [p for p in tmp_path.glob("*.pt") if "families" not in torch.load(p)["options"]]
+    (saved,) = [p for p in tmp_path.glob("*.pt") if torch.load(p)["options"]["families"] == list(structure_families)]
     stale = torch.load(saved)
     torch.save({**stale, "metrics": {**stale["metrics"], "family": "hetero-sage"}}, saved)
     acc.teacher_for(structure, ds, norm, cfg.train_config, torch.device("cpu"), tmp_path)
@@ -115,6 +116,16 @@ def test_an_option_added_after_teachers_were_cached_keys_them_only_off_its_defau
     cfg = RunConfig()
     assert "teacher_keep_on" not in bench.teacher_key(cfg, cfg.families)
     assert bench.teacher_key(replace(cfg, teacher_keep_on="loss"), cfg.families)["teacher_keep_on"] == "loss"
+
+
+def test_a_family_joining_teacher_auto_keys_the_families_so_older_auto_teachers_are_not_reused():
+    bench = _bench()
+    cfg = RunConfig()
+    # teachers cached by an auto run before grand joined it were keyed without families: none matches now
+    assert bench.teacher_key(cfg, cfg.families)["families"] == list(cfg.families)
+    assert "grand" in cfg.families and "grand" not in bench.UNKEYED_AUTO
+    named = replace(cfg, teacher="gcnii")
+    assert "families" not in bench.teacher_key(named, named.families)
 
 
 def test_ensemble_members_are_cached_as_the_single_teachers_they_are(tmp_path, monkeypatch):

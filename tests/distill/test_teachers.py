@@ -183,10 +183,10 @@ def _train(cfg: RunConfig) -> dict:
 
 
 def test_auto_trains_every_family_in_order_and_keeps_the_best_on_validation(monkeypatch):
-    val = {"gat": 0.81, "gat-sep": 0.80, "gcnii": 0.83, "sage-res": 0.82}
+    val = {"gat": 0.81, "gat-sep": 0.80, "gcnii": 0.83, "grand": 0.825, "sage-res": 0.82}
     trained = _fake_families(monkeypatch, val)
     m = _train(RunConfig(dataset=SMALL, teacher="auto"))
-    assert trained == list(AUTO_TEACHERS) == ["gat", "gat-sep", "gcnii", "sage-res"]
+    assert trained == list(AUTO_TEACHERS) == ["gat", "gat-sep", "gcnii", "grand", "sage-res"]
     assert m["family"] == "gcnii" and m["families_val"] == val and m["families_skipped"] == []
     assert RunConfig(teacher="auto").teacher_name(m) == f"gcnii-{RunConfig().gcnii_layers}"
     trained.clear()
@@ -195,10 +195,10 @@ def test_auto_trains_every_family_in_order_and_keeps_the_best_on_validation(monk
 
 
 def test_auto_budget_stops_starting_families_but_always_runs_the_first(monkeypatch):
-    trained = _fake_families(monkeypatch, {"gat": 0.7, "gat-sep": 0.9, "gcnii": 0.9, "sage-res": 0.9})
+    trained = _fake_families(monkeypatch, {"gat": 0.7, "gat-sep": 0.9, "gcnii": 0.9, "grand": 0.9, "sage-res": 0.9})
     m = _train(RunConfig(dataset=SMALL, teacher_budget=1e-9))
     assert trained == ["gat"] and m["family"] == "gat"
-    assert m["families_val"] == {"gat": 0.7} and m["families_skipped"] == ["gat-sep", "gcnii", "sage-res"]
+    assert m["families_val"] == {"gat": 0.7} and m["families_skipped"] == ["gat-sep", "gcnii", "grand", "sage-res"]
 
 
 def test_auto_really_trains_each_family(monkeypatch):
@@ -286,7 +286,7 @@ def test_an_ensemble_needs_the_full_graph_and_at_least_one_member():
 
 
 def test_ensemble_members_after_the_first_keep_the_family_it_chose(monkeypatch):
-    trained = _fake_families(monkeypatch, {"gat": 0.81, "gat-sep": 0.80, "gcnii": 0.83, "sage-res": 0.82})
+    trained = _fake_families(monkeypatch, {"gat": 0.81, "gat-sep": 0.80, "gcnii": 0.83, "grand": 0.8, "sage-res": 0.82})
     m = _train(RunConfig(dataset=SMALL, teacher="auto", teacher_ensemble=3, seed=7))
     assert trained == [*AUTO_TEACHERS, "gcnii", "gcnii"]
     assert [(r["seed"], r["family"]) for r in m["members"]] == [(7, "gcnii"), (8, "gcnii"), (9, "gcnii")]
