@@ -4,14 +4,15 @@ accuracy is known, on this machine's CPU or its GPU (`--device auto`). Prints a 
     OMP_NUM_THREADS=1 python bench/epoch_time.py --dataset npz:$DATASETS/heterophilous/tolokers.npz \\
         --teachers sage-res,gcnii,gat-sep --epochs 5 --threads 1
 
-One epoch is the model's share of what `fit` runs per epoch: a training forward and backward over
-the teacher's edges (the full graph unless `--set teacher_fanout=K`), an Adam step and an eval-mode
-forward; `fit`'s scoring of that forward (AUROC on the host) and its copy of an improved state are
-left out. Each family is built as `distill run` builds it (`--set` takes any run option: depth, width,
-fan-out); the first epoch is a warm-up and is not counted. The sage-res and GCNII teachers propagate
-by one sparse product per layer; their "message passing" rows run the same models through PyG's
-gather-scatter with unit edge weights, the path structure KD's weighted edges take (for sage-res one
-multiply per edge more than its unweighted gather-scatter was).
+One epoch is the model's share of what `fit` runs per epoch: a training forward (GRAND's: all of its
+random views) and backward over the teacher's edges (the full graph unless `--set teacher_fanout=K`),
+an Adam step and an eval-mode forward; `fit`'s scoring of that forward (AUROC on the host) and its
+copy of an improved state are left out. Each family is built as `distill run` builds it (`--set`
+takes any run option: depth, width, fan-out); the first epoch is a warm-up and is not counted. The
+sage-res, GCNII and GRAND teachers propagate by one sparse product per layer (hop); their "message
+passing" rows run the same models through PyG's gather-scatter with unit edge weights, the path
+structure KD's weighted edges take (for sage-res one multiply per edge more than its unweighted
+gather-scatter was).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,10 +32,11 @@ from distill import teacher as teachers  # noqa: E402
 from distill.config import RunConfig  # noqa: E402
 from distill.data import load_dataset  # noqa: E402
 from distill.errors import ConfigError, DatasetError  # noqa: E402
+from distill.objectives import supervised_views  # noqa: E402
 from distill.train import Edges, param_groups, resolve_device  # noqa: E402
 
 # Families whose unweighted propagation is a sparse product, and the suffix of their gather-scatter row.
-SPARSE_PRODUCT = ("sage-res", "gcnii")
+SPARSE_PRODUCT = ("sage-res", "gcnii", "grand")
 MESSAGE_PASSING = " (message passing)"
 
 
@@ -49,8 +50,7 @@ def epoch_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, trai
         start = time.perf_counter()
         model.train()
         opt.zero_grad()
-        out = model.run(x, edges.edge_index, edges.edge_weight).logits
-        F.cross_entropy(out[train], y[train]).backward()
+        supervised_views(model.run(x, edges.edge_index, edges.edge_weight), y, train).backward()
         opt.step()
         model.eval()
         with torch.no_grad():
@@ -90,7 +90,7 @@ def run(spec: str, families: list[str], epochs: int, overrides: dict[str, object
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="synthetic", help="dataset spec (default: the built-in synthetic graph)")
-    ap.add_argument("--teachers", default="sage-res,gcnii,gat-sep,gat", help="comma-separated teacher families")
+    ap.add_argument("--teachers", default="sage-res,gcnii,grand,gat-sep,gat", help="comma-separated teacher families")
     ap.add_argument("--epochs", type=int, default=5, help="timed epochs per family, after one warm-up")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any distill run option")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
