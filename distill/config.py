@@ -339,9 +339,11 @@ def parse_temperature(text: str) -> tuple[float, ...]:
 
 def layer_map(spec: str, teacher_layers: int, student_layers: int) -> list[tuple[int, int]]:
     """Pairs (teacher layer, student layer), 1-based. Default: every N-th teacher layer, so a 6-layer
-    teacher and a 2-layer student give [(3, 1), (6, 2)]; explicit: `2:1,6:2`."""
+    teacher and a 2-layer student give [(3, 1), (6, 2)], and a teacher shallower than the student
+    pairs its layers with several (a 1-layer one with every student layer, never a layer 0);
+    explicit: `2:1,6:2`."""
     if not spec:
-        return [(round(teacher_layers * s / student_layers), s) for s in range(1, student_layers + 1)]
+        return [(max(1, round(teacher_layers * s / student_layers)), s) for s in range(1, student_layers + 1)]
     pairs = []
     for item in spec.split(","):
         t, sep, s = item.partition(":")

@@ -48,6 +48,7 @@ def test_grand_evaluation_is_the_mixed_order_propagation_read_by_the_mlp(in_chan
     assert out.logits.shape == (11, 3) and len(out.hidden) == 1 and out.hidden[0].shape == (11, 8)
     assert out.views == [] and out.regulariser is None
     torch.testing.assert_close(out.logits, _by_hand(model, x, edges), atol=1e-5, rtol=1e-5)
+    assert RunConfig().layer_pairs_for(len(out.hidden)) == [(1, 1), (1, 2)]  # both student layers learn from it
 
 
 def test_grand_reads_mostly_zero_features_through_their_non_zeros():

@@ -215,6 +215,7 @@ def test_depth_and_layer_map_follow_the_family():
     with pytest.raises(ConfigError, match="outside teacher 1..6"):  # auto may keep the 6-layer gat
         RunConfig(layer_map="16:2")
     assert RunConfig(teacher="gcnii", layer_map="16:2").layer_pairs_for(16) == [(16, 2)]
+    assert RunConfig(teacher_layers=1).layer_pairs == [(1, 1), (1, 2)]  # never teacher layer 0 (hidden[-1])
 
 
 def test_bad_teacher_options_exit_2_naming_the_value(tmp_path, capsys):
