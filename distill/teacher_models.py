@@ -16,7 +16,7 @@ from torch_geometric.utils import degree, scatter, to_torch_csr_tensor
 from distill.errors import ConfigError
 from distill.hetero_models import HeteroSAGE
 from distill.memo import LastResult
-from distill.models import GCN, SAGE, FeatureNorm, NodeOutputs, ResSAGE, input_dropout, norm_layer
+from distill.models import GCN, SAGE, FeatureNorm, NodeOutputs, ResSAGE, input_dropout, mostly_zeros, norm_layer
 
 
 class GAT(nn.Module):
@@ -73,6 +73,17 @@ def csr(index: Tensor, value: Tensor, n: int) -> Tensor:
         return to_torch_csr_tensor(index, value, (n, n))
 
 
+def gcn_adjacency(kept: LastResult[Tensor], edge_index: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """gcn_norm's D^-1/2 (A + I) D^-1/2 of `edge_index` as a CSR [n, n] whose rows are targets
+    (what PyG's convs take as adj_t). Training passes the same edges every epoch, so the last one is
+    kept in the model's `kept` while they are the same, unmodified tensor."""
+    adjacency = kept.get(edge_index, (n, dtype))
+    if adjacency is not None:
+        return adjacency
+    ei, ew = gcn_norm(edge_index, None, n, add_self_loops=True, dtype=dtype)
+    return kept.put(edge_index, (n, dtype), csr(ei.flip(0), ew, n))
+
+
 class GCNII(nn.Module):
     """GCNII teacher (Chen et al. 2020): dropout, linear in, ReLU, `num_layers` GCN2Conv blocks
     (initial residual `alpha` to the first hidden state, identity mapping with beta_l =
@@ -96,14 +107,8 @@ class GCNII(nn.Module):
         self._adjacency_of: LastResult[Tensor] = LastResult()
 
     def _adjacency(self, edge_index: Tensor, n: int, dtype: torch.dtype) -> Tensor:
-        """gcn_norm's D^-1/2 (A + I) D^-1/2 of `edge_index` as a CSR [n, n] whose rows are targets
-        (what PyG's convs take as adj_t); training passes the same edges every epoch, so the last one
-        is kept while they are the same, unmodified tensor."""
-        kept = self._adjacency_of.get(edge_index, (n, dtype))
-        if kept is not None:
-            return kept
-        ei, ew = gcn_norm(edge_index, None, n, add_self_loops=True, dtype=dtype)
-        return self._adjacency_of.put(edge_index, (n, dtype), csr(ei.flip(0), ew, n))
+        """`gcn_adjacency`, kept by this model."""
+        return gcn_adjacency(self._adjacency_of, edge_index, n, dtype)
 
     def run(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> NodeOutputs:
         """x [N, F], edge_index [2, E], edge_weight [E] or None -> logits [N, C], hidden: one [N, H]
@@ -156,15 +161,6 @@ class GRAND(nn.Module):
         self._adjacency_of: LastResult[Tensor] = LastResult()
         self._entries_of: LastResult[list[tuple[Tensor, Tensor]]] = LastResult()
 
-    def _adjacency(self, edge_index: Tensor, n: int, dtype: torch.dtype) -> Tensor:
-        """gcn_norm's D^-1/2 (A + I) D^-1/2 as a CSR [n, n] whose rows are targets, kept while the
-        edges are the same tensor (training passes the same edges every epoch)."""
-        kept = self._adjacency_of.get(edge_index, (n, dtype))
-        if kept is not None:
-            return kept
-        ei, ew = gcn_norm(edge_index, None, n, add_self_loops=True, dtype=dtype)
-        return self._adjacency_of.put(edge_index, (n, dtype), csr(ei.flip(0), ew, n))
-
     def _propagate(self, x: Tensor, step: Callable[[Tensor], Tensor]) -> Tensor:
         """The mean of x [N, D] and its `order` propagations by `step` -> [N, D]."""
         total = h = x
@@ -210,7 +206,7 @@ class GRAND(nn.Module):
             return None
         kept = self._entries_of.get(x, ())
         if kept is None:
-            coo = x.to_sparse_coo().coalesce() if 4 * int(torch.count_nonzero(x)) <= x.numel() else None
+            coo = x.to_sparse_coo().coalesce() if mostly_zeros(x) else None
             kept = self._entries_of.put(x, (), [] if coo is None else [(coo.indices(), coo.values())])
         return kept[0] if kept else None
 
@@ -220,7 +216,7 @@ class GRAND(nn.Module):
         x = self.feature_norm(x)
         n = x.size(0)
         if edge_weight is None:
-            adj = self._adjacency(edge_index, n, x.dtype)
+            adj = gcn_adjacency(self._adjacency_of, edge_index, n, x.dtype)
             step: Callable[[Tensor], Tensor] = lambda h: adj @ h  # noqa: E731
         else:  # weights to differentiate (structure KD's gradient importance): gather and scatter
             ei, ew = gcn_norm(edge_index, edge_weight, n, add_self_loops=True, dtype=x.dtype)
