@@ -75,17 +75,13 @@ STUDENT_OPTIONS = {f.name for f in fields(RunConfig) if f.metadata["group"] in (
 KEYED_ONLY_OFF_DEFAULT = {("teacher_keep_on", "metric"), ("teacher_ensemble", 1), ("input_dropout", "on")}
 
 
-# The --teacher auto families of the teachers cached before grand joined them, keyed without them.
-UNKEYED_AUTO = ("gat", "gat-sep", "gcnii", "sage-res")
-
-
 def teacher_key(cfg: RunConfig, families: tuple[str, ...]) -> dict[str, Any]:
     """What a cached teacher is keyed by: every option but STUDENT_OPTIONS and KEYED_ONLY_OFF_DEFAULT's
-    pairs, and the families trained where they differ from cfg.families, or under --teacher auto
-    from UNKEYED_AUTO (a teacher cached before a family joined auto never chose among it)."""
+    pairs, and the families trained under --teacher auto or where they differ from cfg.families (a
+    teacher auto kept before a family joined it never chose among that family)."""
     key: dict[str, Any] = {k: v for k, v in cfg.to_dict().items()
                            if k not in STUDENT_OPTIONS and (k, v) not in KEYED_ONLY_OFF_DEFAULT}
-    if families != cfg.families or (cfg.teacher == "auto" and families != UNKEYED_AUTO):
+    if cfg.teacher == "auto" or families != cfg.families:
         key["families"] = list(families)
     return key
 
